@@ -1,0 +1,124 @@
+"""Reading Europarl: sentence-per-line files (plain or ``.gz``) and raw session files.
+
+Raw session files (``ep-YY-MM-DD.txt``) hold tag lines (``<CHAPTER ID=..>``,
+``<SPEAKER ...>``, ``<P>``) and paragraphs of several sentences a line. Tag lines are
+dropped, chapter titles are kept as sentences, and paragraphs are cut into sentences
+by :func:`split_sentences`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import re
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from minibert.errors import MinibertError
+
+log = logging.getLogger(__name__)
+
+_TAG_RE = re.compile(r"^<(CHAPTER|SPEAKER|P)\b[^<>]*>\s*$")
+
+# A sentence ends at . ! or ? (possibly closed by quotes or a bracket), then white space,
+# then a capital letter or an opening quote.
+_BOUNDARY_RE = re.compile(r"[.!?][\"»)]*\s+(?=[«\"]?\s*[A-ZÀ-ÖØ-Þ])")
+# Words after which a full stop does not end a sentence: titles and common abbreviations.
+ABBREVIATIONS = frozenset({"M", "MM", "Mme", "Mmes", "Mlle", "Mlles", "Dr", "Me", "Mgr", "St", "etc", "cf", "p", "n", "no", "art", "vol", "env"})
+_LAST_WORD_RE = re.compile(r"(\w+)\.$")
+
+
+def split_sentences(paragraph: str) -> list[str]:
+    """Cut one paragraph of French into sentences.
+
+    ``M. Evans``, ``Mme Plooij-van Gorsel``, ``etc. Et``, single initials (``J. Smith``)
+    and numbers (``1.5``) do not end a sentence.
+    """
+    sentences, start = [], 0
+    for boundary in _BOUNDARY_RE.finditer(paragraph):
+        candidate = paragraph[start : boundary.end()].rstrip()
+        last = _LAST_WORD_RE.search(candidate)
+        if last and (last.group(1) in ABBREVIATIONS or len(last.group(1)) == 1 and last.group(1).isupper()):
+            continue
+        sentences.append(candidate)
+        start = boundary.end()
+    rest = paragraph[start:].strip()
+    if rest:
+        sentences.append(rest)
+    return sentences
+
+
+def read_sentences(source: str | Path) -> Iterator[str]:
+    """Yield the sentences of ``source`` in order, skipping empty lines.
+
+    ``source`` is a sentence-per-line text file (plain or ``.gz``), a raw Europarl
+    session file, or a directory of session files (read in file-name order).
+    """
+    path = Path(source)
+    if not path.exists():
+        raise MinibertError(f"corpus not found: {path} (data.corpus must be a text file, a .gz file or a directory)")
+    if path.is_dir():
+        yield from _read_session_dir(path)
+        return
+    lines = _read_lines(path)
+    first = next(lines, None)
+    if first is None:
+        return
+    if first.lstrip().startswith("<"):
+        yield from _session_sentences(path, _chain(first, lines))
+    else:
+        yield from (line.strip() for line in _chain(first, lines) if line.strip())
+
+
+def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
+    yield first
+    yield from rest
+
+
+def _read_session_dir(directory: Path) -> Iterator[str]:
+    files = sorted(p for p in directory.rglob("*.txt") if p.is_file())
+    if not files:
+        raise MinibertError(f"no Europarl session files (*.txt) in directory {directory}")
+    for file in files:
+        yield from _session_sentences(file, _read_lines(file))
+
+
+def _session_sentences(path: Path, lines: Iterator[str]) -> Iterator[str]:
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("<"):
+            if not _TAG_RE.match(line):
+                raise MinibertError(f"{path}:{number}: broken session tag line: {line[:60]!r}")
+            continue
+        yield from split_sentences(line)
+
+
+def _read_lines(path: Path) -> Iterator[str]:
+    """Lines of a text file as str, with line endings removed.
+
+    Bytes that are not UTF-8 are replaced (and counted, with the first line number, in a
+    warning) rather than stopping a long run; a binary or truncated file is an error.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    bad_lines, first_bad = 0, 0
+    try:
+        with opener(path, "rb") as file:
+            for number, raw in enumerate(file, start=1):
+                if b"\x00" in raw:
+                    raise MinibertError(f"{path}:{number}: this looks like a binary file, not text (a NUL byte)")
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    line = raw.decode("utf-8", errors="replace")
+                    bad_lines += 1
+                    first_bad = first_bad or number
+                yield line.rstrip("\r\n")
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise MinibertError(f"{path}: the gzip file is truncated or damaged ({error})") from None
+    except OSError as error:
+        raise MinibertError(f"{path}: cannot read: {error}") from None
+    if bad_lines:
+        log.warning("%s: %d line(s) are not valid UTF-8 (first: line %d); bad bytes were replaced by U+FFFD", path, bad_lines, first_bad)

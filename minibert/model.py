@@ -1,0 +1,182 @@
+"""A BERT-style Transformer encoder, written from scratch in plain PyTorch.
+
+Shapes in comments: B = batch, T = sequence length, D = embedding size,
+H = attention heads, D/H = size of one head, F = feed-forward size, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+
+def sinusoidal_positions(max_len: int, embed_dim: int) -> Tensor:
+    """The fixed positional encoding of "Attention Is All You Need", (max_len, D).
+
+    ``PE[pos, 2i] = sin(pos / 10000^(2i/D))`` and ``PE[pos, 2i+1] = cos(pos / 10000^(2i/D))``.
+    ``2i`` is the even dimension itself: the reference wrote ``2 * i`` with ``i``
+    already stepping by two, which made the wavelengths far too short.
+    """
+    position = torch.arange(max_len, dtype=torch.float32)[:, None]  # (max_len, 1)
+    even_dims = torch.arange(0, embed_dim, 2, dtype=torch.float32)  # (D/2,) = 2i
+    angle = position / 10_000 ** (even_dims / embed_dim)  # (max_len, D/2)
+    pe = torch.zeros(max_len, embed_dim)
+    pe[:, 0::2] = torch.sin(angle)
+    pe[:, 1::2] = torch.cos(angle[:, : embed_dim // 2])
+    return pe
+
+
+def attention_keep_mask(padding_mask: Tensor) -> Tensor:
+    """Which keys each query may look at, (B, 1, 1, T), from a padding mask (B, T).
+
+    Padding (True in ``padding_mask``) gets no weight. A row of nothing but padding may
+    look everywhere instead, so its softmax stays finite (its output is never scored).
+    """
+    keep = ~padding_mask
+    keep = keep | ~keep.any(dim=-1, keepdim=True)
+    return keep[:, None, None, :]
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head self-attention with one fused projection for queries, keys and values.
+
+    Args:
+        embed_dim: D, the size of every token's vector.
+        num_heads: H; D must be divisible by H.
+        dropout: dropout on the attention weights.
+        bias: whether the projections have biases.
+        fused: use ``F.scaled_dot_product_attention`` (same numbers, faster) instead of
+            the explicit softmax(QK^T / sqrt(D/H)) V written out below.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float, bias: bool = True, fused: bool = True) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"model.embed_dim={embed_dim} must be divisible by model.num_heads={num_heads}")
+        self.num_heads, self.dropout, self.fused = num_heads, dropout, fused
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.attn_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """x: (B, T, D); keep: (B, 1, 1, T) bool or None. Returns (B, T, D)."""
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=-1)  # 3 x (B, T, D)
+        # (B, T, D) -> (B, T, H, D/H) -> (B, H, T, D/H): each head attends on its own slice.
+        q, k, v = (t.view(B, T, self.num_heads, D // self.num_heads).transpose(1, 2) for t in (q, k, v))
+        if self.fused:
+            p = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p)  # (B, H, T, D/H)
+        else:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, T)
+            if keep is not None:
+                scores = scores.masked_fill(~keep, float("-inf"))
+            weights = self.attn_dropout(scores.softmax(dim=-1))
+            y = weights @ v  # (B, H, T, D/H)
+        y = y.transpose(1, 2).reshape(B, T, D)  # heads side by side again: (B, T, D)
+        return self.out_proj(y)
+
+
+class FeedForward(nn.Module):
+    """Position-wise ``D -> F -> D`` with an activation in between."""
+
+    def __init__(self, embed_dim: int, ff_dim: int, activation: str, bias: bool = True) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"model.activation={activation!r} must be one of {sorted(ACTIVATIONS)}")
+        self.up = nn.Linear(embed_dim, ff_dim, bias=bias)  # (B, T, D) -> (B, T, F)
+        self.act = ACTIVATIONS[activation]()
+        self.down = nn.Linear(ff_dim, embed_dim, bias=bias)  # (B, T, F) -> (B, T, D)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.act(self.up(x)))
+
+
+class EncoderLayer(nn.Module):
+    """A pre-norm block: ``x + dropout(mha(norm(x)))``, then ``x + dropout(ff(norm(x)))``.
+
+    Normalising before each sub-layer (rather than after the residual sum, as in the
+    original Transformer) keeps deep stacks trainable without a learning-rate warm-up.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, ff_dim: int, dropout: float, activation: str, bias: bool, fused: bool) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(embed_dim, bias=bias)
+        self.attn = MultiHeadSelfAttention(embed_dim, num_heads, dropout, bias, fused)
+        self.norm2 = nn.LayerNorm(embed_dim, bias=bias)
+        self.ff = FeedForward(embed_dim, ff_dim, activation, bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x), keep))
+        return x + self.dropout(self.ff(self.norm2(x)))
+
+
+class Encoder(nn.Module):
+    """Token embedding + sinusoidal positions, a stack of encoder layers, a final LayerNorm,
+    and a language-model head over the vocabulary.
+
+    Args:
+        vocab_size: V, number of token ids.
+        seq_len: longest sequence the positional table covers.
+        embed_dim: D.
+        num_heads: H.
+        num_layers: encoder layers.
+        ff_dim: F, hidden size of the feed-forward sub-layers.
+        dropout: dropout on embeddings, attention weights and sub-layer outputs.
+        activation: ``relu`` (the reference) or ``gelu`` (BERT).
+        bias: biases in linear layers and LayerNorms.
+        tie_embeddings: the head reuses the input embedding matrix as its weight.
+        fused_attention: use PyTorch's fused scaled-dot-product attention.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        seq_len: int,
+        embed_dim: int,
+        num_heads: int,
+        num_layers: int,
+        ff_dim: int,
+        dropout: float,
+        activation: str = "relu",
+        bias: bool = True,
+        tie_embeddings: bool = False,
+        fused_attention: bool = True,
+    ) -> None:
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, embed_dim)
+        self.register_buffer("positions", sinusoidal_positions(seq_len, embed_dim), persistent=False)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(
+            EncoderLayer(embed_dim, num_heads, ff_dim, dropout, activation, bias, fused_attention) for _ in range(num_layers)
+        )
+        self.final_norm = nn.LayerNorm(embed_dim, bias=bias)
+        self.lm_head = nn.Linear(embed_dim, vocab_size, bias=bias)
+        if tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight
+
+    def forward(self, input_ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """input_ids: (B, T) ids; padding_mask: (B, T), True at padding. Returns hidden states (B, T, D).
+
+        The head is applied separately (:meth:`logits`), so that training can run it only
+        on the few positions that are scored.
+        """
+        T = input_ids.shape[1]
+        if T > self.positions.shape[0]:
+            raise ValueError(f"sequence of {T} tokens is longer than the model's seq_len={self.positions.shape[0]}")
+        x = self.token_embedding(input_ids) + self.positions[:T]  # (B, T, D)
+        x = self.dropout(x)
+        keep = attention_keep_mask(padding_mask) if padding_mask is not None else None  # (B, 1, 1, T)
+        for layer in self.layers:
+            x = layer(x, keep)
+        return self.final_norm(x)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Scores over the vocabulary: (..., D) -> (..., V)."""
+        return self.lm_head(hidden)

@@ -1,0 +1,170 @@
+"""The LightningModule: the encoder, the masked-word loss, metrics and the optimiser."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from minibert.masking import IGNORE_INDEX
+from minibert.model import Encoder
+from minibert.tokenizer import Vocabulary
+
+
+class MiniBert(L.LightningModule):
+    """A masked language model over the encoder of :mod:`minibert.model`.
+
+    Args:
+        vocab_size: number of token ids; linked from the data module, never written in a config.
+        seq_len: tokens per sample; linked from the data module.
+        embed_dim, num_heads, num_layers, ff_dim, dropout, activation, bias, tie_embeddings,
+            fused_attention: the encoder's shape (see :class:`minibert.model.Encoder`).
+        optimizer: ``adam`` (the reference) or ``adamw`` (decoupled weight decay).
+        lr: peak learning rate.
+        weight_decay: applied to weight matrices and embeddings, never to norms and biases.
+        betas: Adam's moment decay rates.
+        warmup_steps: linear warm-up from 0 to ``lr`` over this many steps.
+        lr_decay: after warm-up, ``constant``, ``linear`` or ``cosine`` decay to
+            ``min_lr_ratio * lr`` at the trainer's last step.
+        min_lr_ratio: where the decay ends, as a share of ``lr``.
+        top_k: k of the top-k accuracy metric.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        seq_len: int,
+        embed_dim: int = 128,
+        num_heads: int = 8,
+        num_layers: int = 8,
+        ff_dim: int = 512,
+        dropout: float = 0.1,
+        activation: Literal["relu", "gelu"] = "relu",
+        bias: bool = True,
+        tie_embeddings: bool = False,
+        fused_attention: bool = True,
+        optimizer: Literal["adam", "adamw"] = "adam",
+        lr: float = 2e-3,
+        weight_decay: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        lr_decay: Literal["constant", "linear", "cosine"] = "constant",
+        min_lr_ratio: float = 0.0,
+        top_k: int = 5,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.encoder = Encoder(
+            vocab_size, seq_len, embed_dim, num_heads, num_layers, ff_dim, dropout, activation, bias, tie_embeddings, fused_attention
+        )
+        self.vocab: Vocabulary | None = None  # set from the data module, saved in every checkpoint
+        self.metrics = torch.nn.ModuleDict(
+            {f"{stage}_{name}": MeanMetric() for stage in ("train", "val", "test") for name in ("loss", "acc", f"top{top_k}")}
+        )
+        self._step_started = 0.0
+
+    # --- the loss, scored only where masked ---------------------------------------------
+
+    def masked_logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Logits and labels of the scored positions only: (N, V) and (N,).
+
+        The head over the vocabulary is most of the model's arithmetic, and only about
+        15% of positions are scored, so the scored rows are gathered before it.
+        """
+        hidden = self.encoder(batch["input_ids"], batch.get("padding_mask"))  # (B, T, D)
+        scored = batch["labels"] != IGNORE_INDEX  # (B, T)
+        return self.encoder.logits(hidden[scored]), batch["labels"][scored]  # (N, V), (N,)
+
+    def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        logits, labels = self.masked_logits(batch)
+        loss = F.cross_entropy(logits.float(), labels)  # float32 even under bf16 autocast
+        n = labels.numel()
+        with torch.no_grad():
+            top = logits.topk(min(self.hparams.top_k, logits.shape[-1]), dim=-1).indices  # (N, k)
+            hits = top == labels[:, None]
+            self.metrics[f"{stage}_loss"](loss.detach(), n)
+            self.metrics[f"{stage}_acc"](hits[:, 0].float().mean(), n)
+            self.metrics[f"{stage}_top{self.hparams.top_k}"](hits.any(dim=-1).float().mean(), n)
+        on_step = stage == "train"
+        for name in ("loss", "acc", f"top{self.hparams.top_k}"):
+            self.log(f"{stage}/{name}", self.metrics[f"{stage}_{name}"], on_step=on_step, on_epoch=not on_step, prog_bar=name != f"top{self.hparams.top_k}", batch_size=n)
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """The most likely word at every scored position, beside the true one."""
+        logits, labels = self.masked_logits(batch)
+        return {"predicted": logits.argmax(dim=-1), "labels": labels}
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_perplexity("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_perplexity("test")
+
+    def _log_perplexity(self, stage: str) -> None:
+        # exp of the token-weighted mean loss, the usual definition (not a mean of exps).
+        mean_loss = self.metrics[f"{stage}_loss"].compute()
+        self.log(f"{stage}/perplexity", torch.exp(mean_loss), prog_bar=stage == "val")
+
+    # --- throughput -----------------------------------------------------------------------
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Tensor], batch_idx: int) -> None:
+        elapsed = time.perf_counter() - self._step_started
+        self.log("train/tokens_per_sec", batch["input_ids"].numel() / max(elapsed, 1e-9), on_step=True, on_epoch=False)
+
+    # --- optimiser ------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer_class = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+        optimizer = optimizer_class(groups, lr=hp.lr, betas=tuple(hp.betas))
+        total = max(self.trainer.estimated_stepping_batches, 1) if self._trainer is not None else 1
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, hp.warmup_steps, total, hp.lr_decay, hp.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # --- the vocabulary travels inside every checkpoint ----------------------------------
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "vocab"):
+            self.vocab = datamodule.vocab
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.vocab is not None:
+            checkpoint["vocabulary"] = self.vocab.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "vocabulary" in checkpoint:
+            self.vocab = Vocabulary.from_dict(checkpoint["vocabulary"])
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, decay: str, min_ratio: float) -> float:
+    """The learning rate at ``step`` as a share of the peak."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if decay == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    shape = 1.0 - progress if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_ratio + (1.0 - min_ratio) * shape

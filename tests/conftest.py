@@ -1,0 +1,57 @@
+"""Shared fixtures: paths, a command-line runner, and a tiny trained run reused by many tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_DATA = REPO / "tests" / "data"
+SAMPLE_CORPUS = TEST_DATA / "sample.fr.txt"
+SHARED_DATA = REPO.parent / "shared" / "data"
+EUROPARL_30K = SHARED_DATA / "europarl" / "europarl30k.fr.txt"
+
+
+def script(name: str) -> str:
+    """The console script installed beside this Python (``lightning`` or ``minibert``)."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else shutil.which(name) or name
+
+
+def run_cli(*args: str, cwd: Path, command: str = "lightning", check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the installed command line in ``cwd`` and return its result (text output)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([script(command), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A fresh working directory holding the configs and the fixture corpus, like a clone."""
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    (tmp_path / "tests" / "data").mkdir(parents=True)
+    shutil.copy(SAMPLE_CORPUS, tmp_path / "tests" / "data")
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ``lightning fit --config configs/tiny.yaml`` run, shared by the tests that only read it."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    shutil.copytree(REPO / "configs", root / "configs")
+    (root / "tests" / "data").mkdir(parents=True)
+    shutil.copy(SAMPLE_CORPUS, root / "tests" / "data")
+    run_cli("fit", "--config", "configs/tiny.yaml", cwd=root)
+    return root
+
+
+def requires_shared(path: Path):
+    """Tests on the real corpus run where ../shared exists (CI, developers) and say so elsewhere."""
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} is not here (fresh clone without ../shared)")
