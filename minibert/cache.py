@@ -4,7 +4,8 @@ A cache directory holds, for each split, a flat ``int32`` array of token ids
 (``{split}_tokens.npy``) and the start of every sentence in it (``{split}_offsets.npy``,
 one more entry than sentences), plus the vocabulary built from the training split
 (``vocab.json``, with the word counts). Its name is a hash of everything that changes
-its content, so a changed file or setting gets a cache of its own.
+its content, so a changed file or setting gets a cache of its own. A test corpus gets a
+cache of its own too, encoded with the training vocabulary (``test_tokens.npy``, ...).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
@@ -23,11 +24,12 @@ import numpy as np
 
 from minibert.corpus import read_sentences
 from minibert.errors import MinibertError
-from minibert.tokenizer import PUNCTUATION, Vocabulary, tokenize_lines
+from minibert.tokenizer import PUNCTUATION, UNK_ID, Vocabulary, tokenize_lines
 
 CACHE_FORMAT = 1  # bump when the cache layout or the tokenizer changes
 SPLITS = ("train", "val")
-_CHUNK = 10_000  # sentences tokenized at once: fast, and bounded in memory
+_CHUNK = 2_000  # sentences tokenized at once: fast, and bounded in memory
+_BLOCK = 1 << 20  # tokens remapped at once
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,15 @@ class CacheSettings:
 
 
 def cache_key(corpus: Path, settings: CacheSettings) -> str:
-    """A name that changes whenever the corpus file (or files) or a setting changes."""
-    files = sorted(p for p in corpus.rglob("*") if p.is_file()) if corpus.is_dir() else [corpus]
-    identity = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    blob = json.dumps([CACHE_FORMAT, PUNCTUATION, identity, asdict(settings)], sort_keys=True)
+    """A name that changes whenever the corpus file (or files), the tokenizer or a setting changes."""
+    blob = json.dumps([CACHE_FORMAT, PUNCTUATION, _identity(corpus), asdict(settings)], sort_keys=True)
     return f"{corpus.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def _identity(corpus: Path) -> list[tuple[str, int, int]]:
+    """Path, size and modification time of every file of ``corpus``: any edit changes it."""
+    files = sorted(p for p in corpus.rglob("*") if p.is_file()) if corpus.is_dir() else [corpus]
+    return [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
 def build_cache(corpus: Path, settings: CacheSettings, cache_dir: Path) -> None:
@@ -56,45 +62,83 @@ def build_cache(corpus: Path, settings: CacheSettings, cache_dir: Path) -> None:
     so memory holds one int32 per token and one dict entry per distinct word, never
     all the sentences as strings. Once the split is known, the vocabulary is counted
     on the training sentences only and the provisional ids are remapped in one step.
-    The cache is written to a temporary directory and renamed when complete.
     """
     provisional: dict[str, int] = {}
-    token_chunks: list[np.ndarray] = []
-    lengths: list[int] = []
-    for sentences in _chunks(islice(read_sentences(corpus), settings.max_sentences), _CHUNK):
-        for tokens in tokenize_lines("\n".join(sentences)):
-            token_chunks.append(np.fromiter((provisional.setdefault(t, len(provisional)) for t in tokens), np.int32, len(tokens)))
-            lengths.append(len(tokens))
-    if not lengths:
-        raise MinibertError(f"corpus {corpus} has no sentences")
-
-    tokens = np.concatenate(token_chunks)
-    del token_chunks
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+    tokens, offsets = _encode_stream(corpus, settings.max_sentences, lambda t: provisional.setdefault(t, len(provisional)))
+    lengths = np.diff(offsets)
     is_val = split_mask(len(lengths), settings.val_fraction, settings.seed)
-    sentence_of_token = np.repeat(np.arange(len(lengths)), lengths)
-    train_counts = np.bincount(tokens[~is_val[sentence_of_token]], minlength=len(provisional))
-    del sentence_of_token
+    # All counts minus the validation ones: no copy of the (large) training part is needed.
+    val_tokens = tokens[np.repeat(is_val, lengths)]
+    train_counts = np.bincount(tokens, minlength=len(provisional)) - np.bincount(val_tokens, minlength=len(provisional))
+    del val_tokens
 
     words = list(provisional)
+    del provisional
     vocab = Vocabulary.from_counts(dict(zip(words, train_counts.tolist())), settings.vocab_size, settings.min_freq)
-    remap = np.fromiter((vocab.stoi.get(w, 1) for w in words), np.int32, len(words))  # 1 = <unk>
-    encoded = remap[tokens]
+    remap = np.fromiter((vocab.stoi.get(w, UNK_ID) for w in words), np.int32, len(words))
+    for block in range(0, len(tokens), _BLOCK):  # provisional ids -> vocabulary ids, in place
+        tokens[block : block + _BLOCK] = remap[tokens[block : block + _BLOCK]]
+    encoded = tokens
 
+    arrays = {}
+    for split, selected in zip(SPLITS, (~is_val, is_val)):
+        arrays[f"{split}_tokens"], arrays[f"{split}_offsets"] = _select_sentences(encoded, offsets, selected)
+    _write_atomically(cache_dir, arrays, vocab, {"corpus": str(corpus), **asdict(settings)})
+
+
+def key_for_test_corpus(test_corpus: Path, train_cache: Path) -> str:
+    """The name of a test corpus's cache: its identity and the training cache whose vocabulary encodes it."""
+    blob = json.dumps([CACHE_FORMAT, _identity(test_corpus), train_cache.name])
+    return f"test-{test_corpus.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def build_test_corpus_cache(test_corpus: Path, vocab: Vocabulary, cache_dir: Path) -> None:
+    """Encode all of ``test_corpus`` with the training ``vocab`` into one ``test`` split."""
+    tokens, offsets = _encode_stream(test_corpus, None, lambda t: vocab.stoi.get(t, UNK_ID))
+    _write_atomically(cache_dir, {"test_tokens": tokens, "test_offsets": offsets}, None, {"test_corpus": str(test_corpus)})
+
+
+def _encode_stream(corpus: Path, max_sentences: int | None, token_id: Callable[[str], int]) -> tuple[np.ndarray, np.ndarray]:
+    """All tokens of ``corpus`` as ids given by ``token_id``, (N,) int32, and sentence offsets, (S + 1,) int64.
+
+    The text is tokenized ``_CHUNK`` sentences at a time, so only one chunk of strings
+    is alive at once.
+    """
+    token_chunks: list[np.ndarray] = []
+    length_chunks: list[np.ndarray] = []
+    for sentences in _chunks(islice(read_sentences(corpus), max_sentences), _CHUNK):
+        tokenized = tokenize_lines("\n".join(sentences))
+        length_chunks.append(np.fromiter(map(len, tokenized), np.int64, len(tokenized)))
+        flat = [token for sentence in tokenized for token in sentence]
+        token_chunks.append(np.fromiter(map(token_id, flat), np.int32, len(flat)))
+    if not length_chunks:
+        raise MinibertError(f"corpus {corpus} has no sentences (it is empty or holds only blank lines)")
+    offsets = np.zeros(sum(map(len, length_chunks)) + 1, dtype=np.int64)
+    np.cumsum(np.concatenate(length_chunks), out=offsets[1:])
+    return np.concatenate(token_chunks), offsets
+
+
+def _write_atomically(cache_dir: Path, arrays: dict[str, np.ndarray], vocab: Vocabulary | None, settings: dict) -> None:
+    """Write a cache into a temporary directory, then rename it to ``cache_dir`` if that is still absent.
+
+    A reader therefore sees a complete cache or none. When another process (a DDP rank, a
+    second run) finished the same cache first, its copy is kept: same key, same content.
+    """
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=cache_dir.name + ".tmp-", dir=cache_dir.parent))
     try:
-        for split, selected in zip(SPLITS, (~is_val, is_val)):
-            split_tokens, split_offsets = _select_sentences(encoded, offsets, selected)
-            np.save(tmp / f"{split}_tokens.npy", split_tokens)
-            np.save(tmp / f"{split}_offsets.npy", split_offsets)
-        vocab.save(tmp / "vocab.json")
-        (tmp / "settings.json").write_text(json.dumps({"corpus": str(corpus), **asdict(settings)}, indent=1))
-        os.replace(tmp, cache_dir) if not cache_dir.exists() else shutil.rmtree(tmp)
-    except BaseException:
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array)
+        if vocab is not None:
+            vocab.save(tmp / "vocab.json")
+        (tmp / "settings.json").write_text(json.dumps(settings, indent=1))
+        try:
+            os.rename(tmp, cache_dir)  # fails when cache_dir exists (it is never an empty directory)
+        except OSError:
+            if not cache_dir.is_dir():
+                raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def split_mask(num_sentences: int, val_fraction: float, seed: int) -> np.ndarray:

@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 
 _TAG_RE = re.compile(r"^<(CHAPTER|SPEAKER|P)\b[^<>]*>\s*$")
 
-# A sentence ends at . ! or ? (possibly closed by quotes or a bracket), then white space,
-# then a capital letter or an opening quote.
-_BOUNDARY_RE = re.compile(r"[.!?][\"»)]*\s+(?=[«\"]?\s*[A-ZÀ-ÖØ-Þ])")
+# A candidate end of sentence: . ! or ? (possibly closed by quotes or a bracket, French
+# « guillemets » with their spaces included), then white space, then a capital letter or an
+# opening quote. Numbers (``1.5``) never match: no space follows their point.
+_BOUNDARY_RE = re.compile(r"[.!?](?:\s*[\"»)])*\s+(?=[«\"(]?\s*[A-ZÀ-ÖØ-Þ])")
 # Words after which a full stop does not end a sentence: titles and common abbreviations.
 ABBREVIATIONS = frozenset({"M", "MM", "Mme", "Mmes", "Mlle", "Mlles", "Dr", "Me", "Mgr", "St", "etc", "cf", "p", "n", "no", "art", "vol", "env"})
 _LAST_WORD_RE = re.compile(r"(\w+)\.$")
@@ -33,13 +34,13 @@ def split_sentences(paragraph: str) -> list[str]:
     """Cut one paragraph of French into sentences.
 
     ``M. Evans``, ``Mme Plooij-van Gorsel``, ``etc. Et``, single initials (``J. Smith``)
-    and numbers (``1.5``) do not end a sentence.
+    and numbers (``1.5``) do not end a sentence, nor does a ``.``, ``!`` or ``?`` inside
+    a quotation that is still open (``« Pourquoi ? Parce que. »``).
     """
     sentences, start = [], 0
     for boundary in _BOUNDARY_RE.finditer(paragraph):
         candidate = paragraph[start : boundary.end()].rstrip()
-        last = _LAST_WORD_RE.search(candidate)
-        if last and (last.group(1) in ABBREVIATIONS or len(last.group(1)) == 1 and last.group(1).isupper()):
+        if _ends_with_abbreviation(candidate) or _inside_quote(candidate):
             continue
         sentences.append(candidate)
         start = boundary.end()
@@ -49,11 +50,36 @@ def split_sentences(paragraph: str) -> list[str]:
     return sentences
 
 
+def _ends_with_abbreviation(candidate: str) -> bool:
+    last = _LAST_WORD_RE.search(candidate)
+    if last is None:
+        return False
+    word = last.group(1)
+    return word in ABBREVIATIONS or (len(word) == 1 and word.isupper())  # a single initial: J. Smith
+
+
+def _inside_quote(candidate: str) -> bool:
+    """Whether a quotation opened in ``candidate`` is still open at its end.
+
+    Straight quotes open and close alternately; French guillemets are counted as pairs.
+    """
+    return candidate.count('"') % 2 == 1 or candidate.count("«") > candidate.count("»")
+
+
 def read_sentences(source: str | Path) -> Iterator[str]:
     """Yield the sentences of ``source`` in order, skipping empty lines.
 
     ``source`` is a sentence-per-line text file (plain or ``.gz``), a raw Europarl
-    session file, or a directory of session files (read in file-name order).
+    session file (recognised by a first line that is a tag), or a directory of session
+    files (``*.txt``, read in file-name order, like the release's ``txt/fr/`` folder).
+
+    >>> from minibert.corpus import read_sentences
+    >>> sentences = list(read_sentences("tests/data/sample.fr.txt"))  # doctest: +SKIP
+
+    Raises:
+        MinibertError: the path is missing, a directory holds no session file, a tag line
+            is broken, or a ``.gz`` is truncated. Bytes that are not UTF-8 are replaced
+            and reported in one warning (count of lines, first line number).
     """
     path = Path(source)
     if not path.exists():
@@ -91,7 +117,10 @@ def _session_sentences(path: Path, lines: Iterator[str]) -> Iterator[str]:
             continue
         if line.startswith("<"):
             if not _TAG_RE.match(line):
-                raise MinibertError(f"{path}:{number}: broken session tag line: {line[:60]!r}")
+                raise MinibertError(
+                    f"{path}:{number}: broken session tag line {line[:60]!r} "
+                    "(expected <CHAPTER ID=..>, <SPEAKER ...> or <P>, closed by '>')"
+                )
             continue
         yield from split_sentences(line)
 
@@ -120,5 +149,10 @@ def _read_lines(path: Path) -> Iterator[str]:
         raise MinibertError(f"{path}: the gzip file is truncated or damaged ({error})") from None
     except OSError as error:
         raise MinibertError(f"{path}: cannot read: {error}") from None
-    if bad_lines:
-        log.warning("%s: %d line(s) are not valid UTF-8 (first: line %d); bad bytes were replaced by U+FFFD", path, bad_lines, first_bad)
+    finally:
+        # Also when the reader stops early (max_sentences): the lines read so far are reported.
+        if bad_lines:
+            log.warning(
+                "%s: %d line(s) are not valid UTF-8 (first: line %d); the bad bytes were replaced by U+FFFD",
+                path, bad_lines, first_bad,
+            )

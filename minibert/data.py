@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from minibert.cache import CacheSettings, build_cache, cache_key, load_split
+from minibert.cache import CacheSettings, build_cache, build_test_corpus_cache, cache_key, key_for_test_corpus, load_split
+from minibert.download import EUROPARL_V7_FR, EUROPARL_V7_URL, fetch_europarl_fr
 from minibert.errors import MinibertError
 from minibert.masking import MaskingConfig, mask_tokens
 from minibert.tokenizer import MASK_ID, PAD_ID, SPECIAL_TOKENS, Vocabulary
@@ -47,8 +48,12 @@ class EuroparlDataModule(L.LightningDataModule):
 
     Args:
         corpus: a sentence-per-line text file (plain or ``.gz``), a raw Europarl session
-            file, or a directory of session files.
-        data_dir: where encoded corpora are cached.
+            file, a directory of session files, or ``europarl-v7-fr``: the release's French
+            side, downloaded from ``download_url`` into ``data_dir`` on first use.
+        data_dir: where downloads and encoded corpora (``data_dir/cache/``) are kept.
+        download_url: where ``europarl-v7-fr`` comes from (the release's ``fr-en.tgz``).
+        test_corpus: an optional held-out corpus (any form ``corpus`` takes but the
+            download) for ``minibert test``, encoded with the training vocabulary.
         vocab_size: size of the vocabulary, special tokens (``<pad>``, ``<unk>``, ``<mask>``)
             included; the most frequent words of the training split fill the rest.
         min_freq: words seen fewer times in the training split become ``<unk>``.
@@ -67,8 +72,10 @@ class EuroparlDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        corpus: str = "europarl-v7-fr",
+        corpus: str = EUROPARL_V7_FR,
         data_dir: str = "data",
+        download_url: str = EUROPARL_V7_URL,
+        test_corpus: str | None = None,
         vocab_size: int = 40_003,
         min_freq: int = 1,
         max_sentences: int | None = None,
@@ -85,7 +92,7 @@ class EuroparlDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         _check_options(vocab_size, min_freq, max_sentences, val_fraction, seq_len, mask_prob, mask_token_prob, random_token_prob, batch_size, num_workers)
-        self.corpus, self.data_dir = corpus, Path(data_dir)
+        self.corpus, self.data_dir, self.download_url, self.test_corpus = corpus, Path(data_dir), download_url, test_corpus
         self.settings = CacheSettings(vocab_size, min_freq, max_sentences, val_fraction, seed)
         self.seq_len, self.packing = seq_len, packing
         self.mask_probs = (mask_prob, mask_token_prob, random_token_prob)
@@ -98,10 +105,19 @@ class EuroparlDataModule(L.LightningDataModule):
     # linked from here when the command line instantiates both (see cli.py).
     @property
     def cache_dir(self) -> Path:
-        corpus = Path(self.corpus)
-        if not corpus.exists():
-            raise MinibertError(f"data.corpus: {corpus} does not exist (give a sentence-per-line file, a .gz or a directory of Europarl session files)")
-        return self.data_dir / "cache" / cache_key(corpus, self.settings)
+        return self.data_dir / "cache" / cache_key(self._corpus_path(), self.settings)
+
+    def _corpus_path(self) -> Path:
+        if self.corpus == EUROPARL_V7_FR:
+            return fetch_europarl_fr(self.data_dir, self.download_url)
+        return _existing(self.corpus, "data.corpus")
+
+    @property
+    def test_cache_dir(self) -> Path:
+        if self.test_corpus is None:
+            raise MinibertError("`test` needs data.test_corpus, a held-out corpus (to score the validation split, use `validate`)")
+        test_corpus = _existing(self.test_corpus, "data.test_corpus")
+        return self.data_dir / "cache" / key_for_test_corpus(test_corpus, self.cache_dir)
 
     @property
     def vocab(self) -> Vocabulary:
@@ -120,18 +136,28 @@ class EuroparlDataModule(L.LightningDataModule):
         return MaskingConfig(*self.mask_probs, mask_id=MASK_ID, num_specials=len(SPECIAL_TOKENS), vocab_size=len(self.vocab))
 
     def prepare_data(self) -> None:
+        """Build the caches that are missing (Lightning calls this on one process per node)."""
         if not self.cache_dir.exists():
-            build_cache(Path(self.corpus), self.settings, self.cache_dir)
+            build_cache(self._corpus_path(), self.settings, self.cache_dir)
+        if self.test_corpus is not None and not self.test_cache_dir.exists():
+            build_test_corpus_cache(Path(self.test_corpus), self.vocab, self.test_cache_dir)
 
     def setup(self, stage: str) -> None:
+        """Memory-map the splits that ``stage`` needs (every process)."""
+        if stage == "test":
+            tokens, offsets = load_split(self.test_cache_dir, "test")
+            self.datasets["test"] = SentenceWindows(tokens, offsets, self.seq_len, self.packing)
+            return
         for split in ("train", "val"):
             tokens, offsets = load_split(self.cache_dir, split)
             self.datasets[split] = SentenceWindows(tokens, offsets, self.seq_len, self.packing)
-        if len(self.datasets["train"]) < self.batch_size:
+        if stage == "fit" and len(self.datasets["train"]) < self.batch_size:
             raise MinibertError(
                 f"data.corpus {self.corpus} gives {len(self.datasets['train'])} training samples, "
                 f"fewer than one batch (data.batch_size={self.batch_size})"
             )
+        if self.settings.val_fraction > 0 and len(self.datasets["val"]) == 0:
+            raise MinibertError(f"data.val_fraction={self.settings.val_fraction} of corpus {self.corpus} leaves no validation sentence: raise it")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -139,8 +165,13 @@ class EuroparlDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
 
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
+        # Pinned host memory only speeds up copies to a GPU; on a CPU run it is wasted.
+        on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
@@ -148,20 +179,36 @@ class EuroparlDataModule(L.LightningDataModule):
             generator=generator if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=on_gpu,
         )
 
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
         """Mask on the device the batch is on: a few vectorised operations per batch.
 
-        Training masks change with the epoch; validation masks are the same every epoch.
+        Training masks change with the epoch; validation and test masks depend on the seed
+        only, so every epoch and every run scores the same positions. Each of the three
+        gets its own random stream: the same sample id is masked differently in each.
         """
-        training = self.trainer is not None and self.trainer.training
-        epoch = self.trainer.current_epoch if training else 0
-        stream = 0 if training else 1
+        stage = self._masking_stage()
+        epoch = self.trainer.current_epoch if stage == "train" and self.trainer is not None else 0
         input_ids = batch["input_ids"]
-        corrupted, labels = mask_tokens(input_ids, batch["sample_ids"], self.masking, self.seed * 2 + stream, epoch)
+        stream_seed = self.seed * len(_STREAMS) + _STREAMS[stage]
+        corrupted, labels = mask_tokens(input_ids, batch["sample_ids"], self.masking, stream_seed, epoch)
         return {"input_ids": corrupted, "labels": labels, "padding_mask": input_ids == PAD_ID}
+
+    def _masking_stage(self) -> str:
+        if self.trainer is None or self.trainer.training:
+            return "train"
+        return "test" if self.trainer.testing or self.trainer.predicting else "val"
+
+
+_STREAMS = {"train": 0, "val": 1, "test": 2}  # one random stream of masks for each
+
+
+def _existing(path: str, option: str) -> Path:
+    if not Path(path).exists():
+        raise MinibertError(f"{option}: {path} does not exist (give a sentence-per-line file, a .gz or a directory of Europarl session files)")
+    return Path(path)
 
 
 def _check_options(vocab_size, min_freq, max_sentences, val_fraction, seq_len, mask_prob, mask_token_prob, random_token_prob, batch_size, num_workers) -> None:

@@ -34,7 +34,11 @@ def tokenize_lines(text: str) -> list[list[str]]:
 
 
 def tokenize(text: str) -> list[str]:
-    """Return the reference tokens of one sentence."""
+    """Return the reference tokens of one sentence.
+
+    >>> tokenize("L'Union a voté à 1.5 % (M. Evans).")
+    ['l', "'", 'union', 'a', 'voté', 'à', '1', '.', '5', '%', '(', 'm', '.', 'evans', ')', '.']
+    """
     return _PUNCTUATION_RE.sub(r" \1 ", text.lower()).split()
 
 
