@@ -122,7 +122,8 @@ class EuroparlDataModule(L.LightningDataModule):
     @property
     def vocab(self) -> Vocabulary:
         if self._vocab is None:
-            self.prepare_data()
+            if not self.cache_dir.exists():
+                build_cache(self._corpus_path(), self.settings, self.cache_dir)
             self._vocab = Vocabulary.load(self.cache_dir / "vocab.json")
         return self._vocab
 
@@ -137,13 +138,18 @@ class EuroparlDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Build the caches that are missing (Lightning calls this on one process per node)."""
-        if not self.cache_dir.exists():
-            build_cache(self._corpus_path(), self.settings, self.cache_dir)
+        vocab = self.vocab  # the training cache, built first: its vocabulary encodes the test corpus
         if self.test_corpus is not None and not self.test_cache_dir.exists():
-            build_test_corpus_cache(Path(self.test_corpus), self.vocab, self.test_cache_dir)
+            build_test_corpus_cache(Path(self.test_corpus), vocab, self.test_cache_dir)
 
     def setup(self, stage: str) -> None:
-        """Memory-map the splits that ``stage`` needs (every process)."""
+        """Memory-map the splits that ``stage`` needs (every process).
+
+        The caches exist already when Lightning calls this (``prepare_data``, or the
+        vocabulary link when the command line built the model); building them here too
+        keeps the module usable on its own.
+        """
+        self.prepare_data()
         if stage == "test":
             tokens, offsets = load_split(self.test_cache_dir, "test")
             self.datasets["test"] = SentenceWindows(tokens, offsets, self.seq_len, self.packing)
