@@ -15,6 +15,7 @@ import pytest
 from conftest import EUROPARL_30K, REPO, SHARED_DATA, TEST_DATA, requires_shared
 
 from minibert.corpus import read_sentences, split_sentences
+from minibert.data import EuroparlDataModule
 from minibert.download import FRENCH_MEMBER, fetch_europarl_fr
 from minibert.errors import MinibertError
 
@@ -188,10 +189,13 @@ def test_download_extracts_only_french_once(server, tmp_path):
     base, www, requests = server
     french = make_release(www)
     data_dir = tmp_path / "data"
+    data = EuroparlDataModule(corpus="europarl-v7-fr", data_dir=str(data_dir), download_url=f"{base}/fr-en.tgz", val_fraction=0.0)
+    assert {"première", "deuxième", "corpus"} <= set(data.vocab.stoi)  # built from the downloaded French
     path = fetch_europarl_fr(data_dir, f"{base}/fr-en.tgz")
     assert path == data_dir / FRENCH_MEMBER and path.read_bytes() == french
-    assert sorted(p.name for p in data_dir.iterdir()) == [FRENCH_MEMBER]  # no English, no archive, no partial file
-    assert fetch_europarl_fr(data_dir, f"{base}/fr-en.tgz") == path
+    assert sorted(p.name for p in data_dir.iterdir()) == ["cache", FRENCH_MEMBER]  # no English, no archive, no partial file
+    again = EuroparlDataModule(corpus="europarl-v7-fr", data_dir=str(data_dir), download_url=f"{base}/fr-en.tgz", val_fraction=0.0)
+    assert again.vocab.itos == data.vocab.itos
     assert requests == ["/fr-en.tgz"]  # the second use did not download again
 
 
