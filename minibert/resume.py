@@ -65,12 +65,14 @@ class SaveOnInterrupt(L.Callback):
     """On Ctrl-C (SIGINT) or SIGTERM, finish the current training step, save ``last.ckpt`` and stop.
 
     The signal only raises a flag: stopping between two steps, never inside one, keeps the
-    weights, the optimiser and the data position consistent. Under DDP the flag is shared by
-    all processes at every step, so they all stop after the same step.
+    weights, the optimiser and the data position consistent (if the signal comes with the
+    run's last step, the run simply ends). Under DDP the flag is shared by all processes at
+    every step, so they all stop after the same step.
     """
 
     def __init__(self) -> None:
         self._received: int | None = None
+        self._stop: Interrupted | None = None
         self._previous_handlers: dict[int, Any] = {}
 
     def _note(self, signal_number: int, frame: Any) -> None:
@@ -93,16 +95,21 @@ class SaveOnInterrupt(L.Callback):
         self._previous_handlers = {}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
-            return
-        path = checkpoint_dir(trainer) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
-        trainer.save_checkpoint(path)
-        name = signal.Signals(self._received or signal.SIGTERM).name
-        raise Interrupted(
-            f"{name} received: stopped after step {trainer.global_step} and saved {path}; "
-            "continue with the same command and --ckpt_path last",
-            self._received or signal.SIGTERM,
-        )
+        # Saved where Lightning saves its step checkpoints, so it resumes like one of them.
+        if self._stop is None and trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
+            path = checkpoint_dir(trainer) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+            trainer.save_checkpoint(path)
+            number = self._received or signal.SIGTERM  # another process of a DDP run got it
+            self._stop = Interrupted(
+                f"{signal.Signals(number).name} received: stopped after step {trainer.global_step} and saved {path}; "
+                "continue with the same command and --ckpt_path last",
+                number,
+            )
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        # Stopped here rather than just after saving, so that the last step's metrics are logged too.
+        if self._stop is not None:
+            raise self._stop
 
 
 def checkpoint_dir(trainer: L.Trainer) -> Path:
