@@ -16,8 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from minibert.cli import main
 from minibert.sampler import ResumableSampler
 
-STEPS = 40  # the tiny config has 34 steps an epoch: the run crosses an epoch's end after the resume
-HALF = 20  # mid-epoch
+STEPS = 24  # with batches of 32, the tiny corpus makes 17 steps an epoch: the run crosses an epoch's end after the resume
+HALF = 10  # mid-epoch
 
 
 class InterruptAtStep(L.Callback):
@@ -35,7 +35,7 @@ def fit(workdir: Path, data_dir: Path, *extra: str) -> None:
     """``lightning fit`` in-process, with a schedule whose state matters (warm-up, then linear decay)."""
     args = [
         "fit", "--config", str(workdir / "configs" / "tiny.yaml"), "--data.corpus", str(SAMPLE_CORPUS),
-        "--data.data_dir", str(data_dir), "--trainer.max_steps", str(STEPS), "--trainer.max_epochs", "-1",
+        "--data.data_dir", str(data_dir), "--data.batch_size", "32", "--trainer.max_steps", str(STEPS), "--trainer.max_epochs", "-1",
         "--model.warmup_steps", "5", "--model.lr_decay", "linear", "--trainer.enable_checkpointing", "true", *extra,
     ]
     cwd = Path.cwd()
