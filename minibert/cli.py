@@ -83,13 +83,12 @@ def check_config_files(args: Any) -> None:
     """A missing or empty ``--config`` file in one line, not after the whole usage text."""
     if not isinstance(args, (list, tuple)):
         return
-    for flag, value in zip(args, [*args[1:], None]):
-        path = value if flag == "--config" else flag.removeprefix("--config=") if flag.startswith("--config=") else None
-        if path is None:
-            continue
-        if not Path(path).is_file():
+    paths = [value for flag, value in zip(args, args[1:]) if flag == "--config"]
+    paths += [arg.removeprefix("--config=") for arg in args if arg.startswith("--config=")]
+    for path in map(Path, paths):
+        if not path.is_file():
             raise MinibertError(f"config file {path} does not exist")
-        if not Path(path).read_text(encoding="utf-8", errors="replace").strip():
+        if not path.read_text(encoding="utf-8", errors="replace").strip():
             raise MinibertError(f"config file {path} is empty")
 
 
