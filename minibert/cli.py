@@ -1,18 +1,28 @@
 """The command line: ``minibert`` (also installed as ``lightning``) and ``python -m minibert``.
 
 ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's, configured by
-``configs/*.yaml``.
+``configs/*.yaml``. ``fit --ckpt_path last`` (or a path) continues a run where it stopped:
+see :mod:`minibert.resume` for what is saved, and :mod:`minibert.checkpoint` for the checks
+made before anything is loaded.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+from pathlib import Path
+from typing import Any
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from minibert.checkpoint import SHAPE_ARGS, AtomicCheckpointIO, check_checkpoint_file, compatibility_problem
 from minibert.data import EuroparlDataModule
 from minibert.errors import MinibertError
 from minibert.module import MiniBert
+from minibert.resume import CHECKPOINT_KEY, Interrupted, ResumeState, SaveOnInterrupt
 
 
 class MiniBertCLI(LightningCLI):
@@ -24,11 +34,81 @@ class MiniBertCLI(LightningCLI):
         # the data module is instantiated, just before the model.
         parser.link_arguments("data.vocab_len", "model.vocab_size", apply_on="instantiate")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        check_config_files(sys.argv[1:] if args is None else args)
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        command = self.config[subcommand] if subcommand else self.config
+        # Right after parsing, LightningCLI reads the model's arguments from a checkpoint given
+        # by path and puts them in place of the config's: check the file first, and keep the
+        # shape the config asked for, so that a different one is reported rather than replaced.
+        ckpt_path = command.get("ckpt_path")
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
+            check_checkpoint_file(ckpt_path)
+        model = command.get("model")
+        self.requested_shape = {name: model.get(name) for name in SHAPE_ARGS if model and model.get(name) is not None}
+
+    def before_fit(self) -> None:
+        """Write checkpoints atomically; on resume, check the checkpoint and log into the run's own folder."""
+        if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the config chose
+            self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        ckpt_path = self.config_init["fit"].get("ckpt_path")
+        path = self._find_checkpoint(ckpt_path) if ckpt_path else None
+        if path is None:  # a fresh run, or 'best'/'hpc', or 'last' before any checkpoint exists
+            return
+        checkpoint = check_checkpoint_file(path)
+        problem = compatibility_problem(checkpoint, {**self.model.hparams, **self.requested_shape}, self.datamodule.vocab)
+        if problem:
+            raise MinibertError(f"cannot resume from {path}: {problem}")
+        self.config_init["fit"]["ckpt_path"] = str(path)  # Lightning loads the file just checked
+        version = checkpoint.get(CHECKPOINT_KEY, {}).get("logger_version")
+        logger = self.trainer.logger
+        # TensorBoardLogger picks a new version_N on first use unless given one: give it the
+        # checkpoint's, so that the resumed run's curves continue in the same folder.
+        if isinstance(logger, TensorBoardLogger) and logger._version is None and version is not None:
+            logger._version = version
+
+    def _find_checkpoint(self, ckpt_path: str) -> Path | None:
+        """The file that ``--ckpt_path`` names: 'last' is the newest last*.ckpt of the run's checkpoint folders."""
+        if ckpt_path in ("best", "hpc"):
+            return None
+        if ckpt_path != "last":
+            return Path(ckpt_path)
+        folders = {Path(cb.dirpath) for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath}
+        found = [path for folder in folders for path in folder.glob(f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}*.ckpt")]
+        return max(found, key=lambda path: path.stat().st_mtime_ns, default=None)
+
+
+def check_config_files(args: Any) -> None:
+    """A missing or empty ``--config`` file in one line, not after the whole usage text."""
+    if not isinstance(args, (list, tuple)):
+        return
+    paths = [value for flag, value in zip(args, args[1:]) if flag == "--config"]
+    paths += [arg.removeprefix("--config=") for arg in args if arg.startswith("--config=")]
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise MinibertError(f"config file {path} does not exist")
+        if not path.read_text(encoding="utf-8", errors="replace").strip():
+            raise MinibertError(f"config file {path} is empty")
+
 
 def main(args: list[str] | None = None) -> None:
     """Run a command; a problem with the user's input is printed as one line, exit code 2."""
     try:
-        MiniBertCLI(MiniBert, EuroparlDataModule, save_config_kwargs={"overwrite": True}, args=args)
+        MiniBertCLI(
+            MiniBert,
+            EuroparlDataModule,
+            save_config_kwargs={"overwrite": True},
+            # Added to every run, whatever callbacks the config lists: they make resuming exact.
+            trainer_defaults={"callbacks": [ResumeState(), SaveOnInterrupt()]},
+            args=args,
+        )
     except MinibertError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
+    except KeyboardInterrupt:  # before training started (reading the corpus, say): nothing to save
+        print("stopped: interrupted before training started; nothing was saved", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)

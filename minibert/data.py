@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +15,7 @@ from minibert.cache import CacheSettings, build_cache, build_test_corpus_cache, 
 from minibert.download import EUROPARL_V7_FR, EUROPARL_V7_URL, fetch_europarl_fr
 from minibert.errors import MinibertError
 from minibert.masking import MaskingConfig, mask_tokens
+from minibert.sampler import ResumableSampler
 from minibert.tokenizer import MASK_ID, PAD_ID, SPECIAL_TOKENS, Vocabulary
 
 
@@ -100,6 +102,7 @@ class EuroparlDataModule(L.LightningDataModule):
         self.seed = seed
         self._vocab: Vocabulary | None = None
         self.datasets: dict[str, SentenceWindows] = {}
+        self._resume_at = (-1, 0)  # (epoch, batches already trained in it), from a checkpoint
 
     # The cache is built on first use: the model's size depends on the vocabulary, which is
     # linked from here when the command line instantiates both (see cli.py).
@@ -166,27 +169,52 @@ class EuroparlDataModule(L.LightningDataModule):
             raise MinibertError(f"data.val_fraction={self.settings.val_fraction} of corpus {self.corpus} leaves no validation sentence: raise it")
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        # Each process trains on its own shard of every epoch (see ResumableSampler).
+        trainer = self.trainer
+        num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(len(self.datasets["train"]), self.seed, num_replicas, rank)
+        epoch, batches_done = self._resume_at
+        sampler.resume(epoch, batches_done * self.batch_size)
+        return self._loader("train", sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val", sampler=None)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test", sampler=None)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
+    def _loader(self, split: str, sampler: ResumableSampler | None) -> DataLoader:
         # Pinned host memory only speeds up copies to a GPU; on a CPU run it is wasted.
         on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator if shuffle else None,
+            sampler=sampler,
+            # A generator of its own: starting an epoch then draws nothing from the global
+            # random state, which dropout uses and a checkpoint restores.
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             pin_memory=on_gpu,
         )
+
+    # --- where a resumed run picks up the epoch --------------------------------------------
+
+    def state_dict(self) -> dict[str, int]:
+        """Saved in every checkpoint: the epoch and how many of its batches were trained."""
+        if self.trainer is None:
+            return {}
+        # At a checkpoint, the batches whose training step finished: the one just trained included.
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": self.trainer.current_epoch, "batches_done": done}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Called on resume before the train loader is made, which then skips the batches done."""
+        if state_dict:
+            self._resume_at = (state_dict["epoch"], state_dict["batches_done"])
+        # Lightning looks for this state on the DataLoader and, not finding it there, warns
+        # that a mid-epoch resume is unreliable: here it is the data module's, so it is not.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
         """Mask on the device the batch is on: a few vectorised operations per batch.

@@ -1,0 +1,101 @@
+"""Checkpoints: written whole or not at all, and checked before anything is loaded from them.
+
+A file that is missing, a directory, truncated or not a checkpoint at all, and a checkpoint
+made for another corpus, vocabulary or model shape, each stop the command with one line
+that names the file and what is wrong, before a single weight is loaded or a step is run.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from minibert.errors import MinibertError
+from minibert.tokenizer import Vocabulary
+
+# The model's arguments that fix the shapes of its weights.
+SHAPE_ARGS = ("vocab_size", "seq_len", "embed_dim", "num_heads", "num_layers", "ff_dim", "activation", "bias", "tie_embeddings")
+
+
+def check_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint (tensors memory-mapped, nothing copied into a model) or say what is wrong with it."""
+    path = Path(path)
+    if not path.exists():
+        raise MinibertError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise MinibertError(f"checkpoint {path} is a directory; give a .ckpt file (checkpoints/last.ckpt, or 'last')")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError):
+        # PyTorch's own messages are long and speak of zip archives and mmap: say it plainly.
+        size = path.stat().st_size
+        raise MinibertError(f"checkpoint {path} ({size:,} bytes) is damaged: truncated, or not a checkpoint file at all") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise MinibertError(f"checkpoint {path} holds no model weights: not a checkpoint written by minibert")
+    return checkpoint
+
+
+def compatibility_problem(checkpoint: dict[str, Any], model_args: dict[str, Any], vocabulary: Vocabulary | None) -> str | None:
+    """What differs between a checkpoint and the model and data built now, in words, or None.
+
+    Args:
+        checkpoint: a checkpoint as :func:`check_checkpoint_file` returns it.
+        model_args: the model's arguments as configured for this run.
+        vocabulary: the data module's vocabulary.
+    """
+    if vocabulary is not None and "vocabulary" in checkpoint:
+        saved_words, words = Vocabulary.from_dict(checkpoint["vocabulary"]).itos, vocabulary.itos
+    else:
+        saved_words = words = []
+    if saved_words != words:
+        if len(saved_words) != len(words):
+            return (
+                f"the checkpoint's vocabulary has {len(saved_words):,} words, the data module built "
+                f"{len(words):,} (a different corpus or data.vocab_size)"
+            )
+        first = next(i for i, (a, b) in enumerate(zip(saved_words, words)) if a != b)
+        return (
+            f"the checkpoint's vocabulary differs from the data module's from word {first:,} on "
+            f"({saved_words[first]!r} vs {words[first]!r}): a different corpus"
+        )
+    saved_args = checkpoint.get("hyper_parameters", {})
+    for name in SHAPE_ARGS:
+        if name in saved_args and name in model_args and saved_args[name] != model_args[name]:
+            return f"model.{name}: the checkpoint was trained with {saved_args[name]}, this run asks for {model_args[name]}"
+    return None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic on every local disk.
+
+    Lightning (through fsspec) writes a checkpoint into the system's temporary folder, then
+    moves it into place: a rename, atomic, when both are on one file system, but a copy when
+    ``/tmp`` is another one (often a tmpfs), and a copy killed halfway leaves a truncated
+    ``.ckpt``. Here the temporary file is written beside the checkpoint, flushed to the disk,
+    then renamed over the old one: a reader sees the old file or the new one, never a part.
+    A kill while writing leaves a hidden ``.NAME.*.tmp`` file, never a broken ``.ckpt``.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None or not _is_local_file_protocol(str(path)):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise

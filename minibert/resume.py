@@ -1,0 +1,120 @@
+"""What a run needs beyond Lightning's own checkpoint to be resumed exactly, and to be stopped safely.
+
+Lightning's checkpoint holds the weights, the optimiser and scheduler, the loops' counters
+and the data module's state (where the epoch's shuffle had got to, see
+:class:`minibert.sampler.ResumableSampler`). Two things are added here:
+
+- the random state, which dropout draws from, and the TensorBoard version folder
+  (:class:`ResumeState`);
+- a checkpoint when the run is interrupted with Ctrl-C or ``kill`` (:class:`SaveOnInterrupt`).
+
+The command line adds both callbacks to every run (see :mod:`minibert.cli`).
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+CHECKPOINT_KEY = "minibert_resume"
+
+
+class ResumeState(L.Callback):
+    """Save the random state and the logger's version in every checkpoint; restore the random state on resume.
+
+    The random state is put back at the start of training, after the sanity-check validation
+    and everything else that runs between loading a checkpoint and the first step.
+    """
+
+    def __init__(self) -> None:
+        self._random_state: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        random_state = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            random_state["cuda"] = torch.cuda.get_rng_state_all()
+        version = trainer.logger.version if trainer.logger is not None else None
+        checkpoint[CHECKPOINT_KEY] = {"random_state": random_state, "logger_version": version}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._random_state = checkpoint.get(CHECKPOINT_KEY, {}).get("random_state")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._random_state is None:
+            return
+        torch.set_rng_state(self._random_state["torch"])
+        if "cuda" in self._random_state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self._random_state["cuda"])
+        self._random_state = None
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint; the command line says where, and exits."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal_number  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+
+
+class SaveOnInterrupt(L.Callback):
+    """On Ctrl-C (SIGINT) or SIGTERM, finish the current training step, save ``last.ckpt`` and stop.
+
+    The signal only raises a flag: stopping between two steps, never inside one, keeps the
+    weights, the optimiser and the data position consistent (if the signal comes with the
+    run's last step, the run simply ends). Under DDP the flag is shared by all processes at
+    every step, so they all stop after the same step.
+    """
+
+    def __init__(self) -> None:
+        self._received: int | None = None
+        self._stop: Interrupted | None = None
+        self._previous_handlers: dict[int, Any] = {}
+
+    def _note(self, signal_number: int, frame: Any) -> None:
+        self._received = signal_number
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Replaces Lightning's own SIGTERM handler too: this one saves before stopping.
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self._previous_handlers[number] = signal.signal(number, self._note)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        for number, handler in self._previous_handlers.items():
+            signal.signal(number, handler)
+        self._previous_handlers = {}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Saved where Lightning saves its step checkpoints, so it resumes like one of them.
+        if self._stop is None and trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
+            path = checkpoint_dir(trainer) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+            trainer.save_checkpoint(path)
+            number = self._received or signal.SIGTERM  # another process of a DDP run got it
+            self._stop = Interrupted(
+                f"{signal.Signals(number).name} received: stopped after step {trainer.global_step} and saved {path}; "
+                "continue with the same command and --ckpt_path last",
+                number,
+            )
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        # Stopped here rather than just after saving, so that the last step's metrics are logged too.
+        if self._stop is not None:
+            raise self._stop
+
+
+def checkpoint_dir(trainer: L.Trainer) -> Path:
+    """Where the run's ModelCheckpoint writes (``checkpoints/`` in the configs)."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.dirpath is not None:
+        return Path(callback.dirpath)
+    return Path(trainer.default_root_dir) / "checkpoints"

@@ -1,0 +1,43 @@
+"""The order of the training samples: a fresh shuffle every epoch that a resumed run can pick up mid-epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torch.utils.data import DistributedSampler
+
+
+class ResumableSampler(DistributedSampler):
+    """Every epoch a shuffle drawn from ``(seed, epoch)`` only, cut into one shard per process.
+
+    It is PyTorch's ``DistributedSampler`` (the permutation, the padding to equal shards and
+    the ``rank::num_replicas`` shard are its own), plus one thing: it can start an epoch
+    after the samples that a checkpoint's run had already trained on. Because the order is a
+    function of ``(seed, epoch)``, a resumed run sees exactly the batches that the run which
+    never stopped would have seen.
+
+    Lightning calls ``set_epoch`` at the start of every epoch, and leaves a sampler that is
+    already a ``DistributedSampler`` in place under DDP instead of wrapping it in its own.
+
+    Args:
+        num_samples: size of the dataset.
+        seed: seeds every epoch's shuffle.
+        num_replicas, rank: how many processes train together and which one this is.
+    """
+
+    def __init__(self, num_samples: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        # DistributedSampler only needs the dataset's length.
+        super().__init__(range(num_samples), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.resume_epoch, self.resume_skip = -1, 0
+
+    def resume(self, epoch: int, samples_seen: int) -> None:
+        """Skip the first ``samples_seen`` samples of this process's shard in epoch ``epoch``."""
+        self.resume_epoch, self.resume_skip = epoch, samples_seen
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())  # this process's shard of the epoch, (num_samples,)
+        skip = self.resume_skip if self.epoch == self.resume_epoch else 0
+        return iter(indices[skip:])
+
+    # __len__ stays the whole shard: Lightning counts the epoch's batches from it and, on
+    # resume, starts its batch counter at the batches already done.

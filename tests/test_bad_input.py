@@ -1,0 +1,120 @@
+"""Every bad input of the README's "Bad input" table: the user sees one clear line, nothing is damaged.
+
+Most rows run ``minibert.cli.main`` in-process (the code path of the command line, without
+its seconds of imports); a few run the installed command to show it prints the same.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import REPO, SAMPLE_CORPUS, run_cli
+
+from minibert.cli import main
+
+# A short step: bad input must be refused before it, and the one row that trains stops at once.
+FIT = ["fit", "--config", "configs/tiny.yaml", "--trainer.max_steps", "1", "--trainer.num_sanity_val_steps", "0"]
+
+SESSION_WITH_BROKEN_TAG = """<CHAPTER ID=1>
+Reprise de la séance
+<SPEAKER ID=1 NAME="Mme la Présidente"
+La séance est ouverte à neuf heures.
+"""
+
+
+def make_bad_files(folder: Path) -> None:
+    (folder / "empty.yaml").write_text("")
+    (folder / "unknown_key.yaml").write_text("model:\n  embed_dimm: 16\n")
+    (folder / "empty.txt").write_text("")
+    (folder / "binary.txt").write_bytes(bytes(range(256)) * 4)
+    (folder / "latin1.txt").write_bytes("Le député a parlé de l'été dernier.\n".encode("latin-1") * 40)
+    packed = gzip.compress(SAMPLE_CORPUS.read_bytes())
+    (folder / "truncated.txt.gz").write_bytes(packed[: len(packed) // 2])
+    (folder / "session.txt").write_text(SESSION_WITH_BROKEN_TAG, encoding="utf-8")
+    (folder / "folder.ckpt").mkdir()
+    good = (folder / "checkpoints" / "last.ckpt").read_bytes()
+    (folder / "truncated.ckpt").write_bytes(good[: len(good) // 2])
+    (folder / "text.ckpt").write_text("not a checkpoint")
+    lines = SAMPLE_CORPUS.read_text(encoding="utf-8").splitlines()
+    (folder / "other_corpus.txt").write_text("\n".join(lines[: len(lines) // 2]) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def bad_dir(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny run (its configs, corpus and checkpoints) beside a set of bad files."""
+    folder = tmp_path_factory.mktemp("bad_input")
+    for name in ("configs", "tests", "checkpoints", "lightning_logs", "data"):
+        shutil.copytree(tiny_run / name, folder / name)
+    make_bad_files(folder)
+    return folder
+
+
+# (what the user did, the arguments, what the last line of stderr must be: a regular expression)
+ROWS = [
+    ("config file missing", ["fit", "--config", "configs/nope.yaml"], r"error: config file configs/nope.yaml does not exist"),
+    ("config file empty", ["fit", "--config", "empty.yaml"], r"error: config file empty.yaml is empty"),
+    ("unknown key in a config", ["fit", "--config", "configs/tiny.yaml", "--config", "unknown_key.yaml"],
+     r"error: Subcommand 'fit' does not accept option 'model.embed_dimm'"),
+    ("corpus missing", [*FIT, "--data.corpus", "nope.txt"], r"error: data.corpus: nope.txt does not exist .*"),
+    ("corpus empty", [*FIT, "--data.corpus", "empty.txt"], r"error: corpus empty.txt has no sentences \(it is empty or holds only blank lines\)"),
+    ("corpus binary", [*FIT, "--data.corpus", "binary.txt"], r"error: binary.txt:1: this looks like a binary file, not text .*"),
+    ("corpus truncated .gz", [*FIT, "--data.corpus", "truncated.txt.gz"], r"error: truncated.txt.gz: the gzip file is truncated or damaged .*"),
+    ("session file with a broken tag", [*FIT, "--data.corpus", "session.txt"], r"error: session.txt:3: broken session tag line .*\(expected <CHAPTER ID=..>, <SPEAKER ...> or <P>, closed by .>.\)"),
+    ("vocab_size too small", [*FIT, "--data.vocab_size", "3"], r"error: data.vocab_size=3 must be more than the 3 special tokens .*"),
+    ("seq_len too small", [*FIT, "--data.seq_len", "1"], r"error: data.seq_len=1 must be at least 2"),
+    ("batch_size zero", [*FIT, "--data.batch_size", "0"], r"error: data.batch_size=0 must be at least 1"),
+    ("batch_size larger than the corpus", [*FIT, "--data.batch_size", "100000"], r"error: data.corpus .* training samples, fewer than one batch .*"),
+    ("mask_prob above 1", [*FIT, "--data.mask_prob", "1.5"], r"error: data.mask_prob=1.5 must be a probability in \[0, 1\]"),
+    ("--ckpt_path to nothing", [*FIT, "--ckpt_path", "nope.ckpt"], r"error: checkpoint nope.ckpt does not exist"),
+    ("--ckpt_path to a directory", [*FIT, "--ckpt_path", "folder.ckpt"], r"error: checkpoint folder.ckpt is a directory; .*"),
+    ("--ckpt_path to a truncated file", [*FIT, "--ckpt_path", "truncated.ckpt"], r"error: checkpoint truncated.ckpt \(.* bytes\) is damaged: .*"),
+    ("--ckpt_path to a file that is not a checkpoint", [*FIT, "--ckpt_path", "text.ckpt"], r"error: checkpoint text.ckpt \(16 bytes\) is damaged: .*"),
+    ("resume on another corpus", [*FIT, "--ckpt_path", "last", "--data.corpus", "other_corpus.txt"],
+     r"error: cannot resume from .*last.ckpt: the checkpoint's vocabulary has \d+ words, the data module built \d+ .*"),
+    ("resume with another model shape", [*FIT, "--ckpt_path", "last", "--model.num_layers", "3"],
+     r"error: cannot resume from .*last.ckpt: model.num_layers: the checkpoint was trained with 2, this run asks for 3"),
+    ("resume by path with another model shape", [*FIT, "--ckpt_path", "checkpoints/last.ckpt", "--model.embed_dim", "32"],
+     r"error: cannot resume from checkpoints/last.ckpt: model.embed_dim: the checkpoint was trained with 16, this run asks for 32"),
+    ("resume with another seq_len", [*FIT, "--ckpt_path", "last", "--data.seq_len", "10"],
+     r"error: cannot resume from .*last.ckpt: model.seq_len: the checkpoint was trained with 12, this run asks for 10"),
+]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(("args", "expected"), [row[1:] for row in ROWS], ids=[row[0] for row in ROWS])
+def test_bad_input_is_one_clear_line(bad_dir, monkeypatch, capsys, args, expected):
+    monkeypatch.chdir(bad_dir)
+    checkpoints, logs = snapshot(bad_dir / "checkpoints"), snapshot(bad_dir / "lightning_logs")
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if line.startswith("error:")] == [stderr.strip().splitlines()[-1]]
+    assert re.fullmatch(expected, stderr.strip().splitlines()[-1])
+    # Nothing written before was touched: no checkpoint overwritten, no log file changed.
+    assert snapshot(bad_dir / "checkpoints") == checkpoints
+    assert {name: entry for name, entry in snapshot(bad_dir / "lightning_logs").items() if name in logs} == logs
+
+
+def test_text_that_is_not_utf8_is_read_with_one_warning(bad_dir, monkeypatch, capsys, caplog):
+    """Not an error: a long corpus with a few bad bytes should not stop a run. One warning says where."""
+    monkeypatch.chdir(bad_dir)
+    main([*FIT, "--data.corpus", "latin1.txt", "--trainer.logger", "false", "--trainer.callbacks", "[]"])
+    warnings = [r.getMessage() for r in caplog.records if "not valid UTF-8" in r.getMessage()]
+    assert warnings == ["latin1.txt: 40 line(s) are not valid UTF-8 (first: line 1); the bad bytes were replaced by U+FFFD"]
+
+
+@pytest.mark.parametrize("row", ["unknown key in a config", "--ckpt_path to a truncated file"])
+def test_the_installed_command_prints_the_same_line(bad_dir, row):
+    _, args, expected = next(r for r in ROWS if r[0] == row)
+    result = run_cli(*args, cwd=bad_dir, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert re.fullmatch(expected, result.stderr.strip().splitlines()[-1])

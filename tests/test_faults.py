@@ -1,0 +1,101 @@
+"""A real ``lightning fit`` killed, stopped and resumed: nothing lost but the steps since the last checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import script
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from minibert.checkpoint import AtomicCheckpointIO, check_checkpoint_file
+from minibert.cli import main
+
+MAX_STEPS = 50  # the tiny config: 34 steps an epoch, a step checkpoint every 10
+FIT = ["fit", "--config", "configs/tiny.yaml", "--trainer.max_steps", str(MAX_STEPS), "--trainer.max_epochs", "-1"]
+
+
+def start(workdir: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([script("lightning"), *FIT, *args], cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_last_checkpoint(process: subprocess.Popen, folder: Path, after_step: int, timeout: float = 240) -> int:
+    """Wait until ``last.ckpt`` holds a step later than ``after_step``; that step."""
+    deadline, seen = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        last = folder / "last.ckpt"
+        stamp = last.stat().st_mtime_ns if last.exists() else None
+        if stamp != seen and stamp is not None:
+            seen = stamp
+            if (step := global_step(last)) > after_step:
+                return step
+        assert process.poll() is None, f"fit ended before a new checkpoint:\n{process.communicate()[1][-3000:]}"
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("no new checkpoint in time")
+
+
+def global_step(path: Path) -> int:
+    return check_checkpoint_file(path)["global_step"]
+
+
+def test_killed_then_stopped_then_resumed_run_reaches_the_end(workdir, monkeypatch):
+    checkpoints = workdir / "checkpoints"
+
+    # 1. SIGKILL in the middle of training, once a step checkpoint exists.
+    first = start(workdir)
+    wait_for_last_checkpoint(first, checkpoints, after_step=0)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    for path in checkpoints.glob("*.ckpt"):  # every checkpoint on disk is whole
+        check_checkpoint_file(path)
+    killed_at = global_step(checkpoints / "last.ckpt")
+    assert killed_at >= 10 and killed_at % 10 == 0
+
+    # 2. Resumed from last.ckpt, then SIGTERM: it finishes its step, saves, and says so.
+    second = start(workdir, "--ckpt_path", "last")
+    wait_for_last_checkpoint(second, checkpoints, after_step=killed_at)
+    second.send_signal(signal.SIGTERM)
+    _, stderr = second.communicate(timeout=120)
+    assert second.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    last_line = stderr.strip().splitlines()[-1]
+    stopped_at = global_step(checkpoints / "last.ckpt")
+    assert last_line == (
+        f"stopped: SIGTERM received: stopped after step {stopped_at} and saved {checkpoints / 'last.ckpt'}; "
+        "continue with the same command and --ckpt_path last"
+    )
+    assert killed_at < stopped_at < MAX_STEPS
+
+    # 3. Resumed again (in-process: the same code without the imports' seconds): it runs to
+    # the end, logging into the same TensorBoard folder.
+    monkeypatch.chdir(workdir)
+    main([*FIT, "--ckpt_path", "last"])
+    assert global_step(checkpoints / "last.ckpt") == MAX_STEPS
+    logs = workdir / "lightning_logs"
+    assert [p.name for p in logs.iterdir()] == ["version_0"]
+    # Steps logged twice (after the kill's checkpoint, before the kill) are replaced by the resumed run's.
+    steps = [event.step for event in EventAccumulator(str(logs / "version_0")).Reload().Scalars("train/loss")]
+    assert sorted(set(steps)) == list(range(MAX_STEPS))
+    print(f"killed after last.ckpt held step {killed_at}, resumed there; SIGTERM at step {stopped_at}; ended at {MAX_STEPS}")
+
+
+def test_a_write_that_dies_halfway_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 10}, path)
+    before = path.read_bytes()
+
+    def dies_halfway(obj, file, **kwargs):
+        file.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # as a Ctrl-C or a full disk would, in the middle of the write
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 20}, path)
+    assert path.read_bytes() == before and check_checkpoint_file(path)["global_step"] == 10
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left either

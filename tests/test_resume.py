@@ -1,0 +1,127 @@
+"""Resuming a run: the same steps, the same losses, the same weights as a run that never stopped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import REPO, SAMPLE_CORPUS
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from minibert.cli import main
+from minibert.sampler import ResumableSampler
+
+STEPS = 24  # with batches of 32, the tiny corpus makes 17 steps an epoch: the run crosses an epoch's end after the resume
+HALF = 10  # mid-epoch
+
+
+class InterruptAtStep(L.Callback):
+    """Sends this process a Ctrl-C after a given step, as a person would (see SaveOnInterrupt)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def fit(workdir: Path, data_dir: Path, *extra: str) -> None:
+    """``lightning fit`` in-process, with a schedule whose state matters (warm-up, then linear decay)."""
+    args = [
+        "fit", "--config", str(workdir / "configs" / "tiny.yaml"), "--data.corpus", str(SAMPLE_CORPUS),
+        "--data.data_dir", str(data_dir), "--data.batch_size", "32", "--trainer.max_steps", str(STEPS), "--trainer.max_epochs", "-1",
+        "--model.warmup_steps", "5", "--model.lr_decay", "linear", "--trainer.enable_checkpointing", "true", *extra,
+    ]
+    cwd = Path.cwd()
+    os.chdir(workdir)
+    try:
+        main(args)
+    finally:
+        os.chdir(cwd)
+
+
+def losses(run: Path) -> dict[int, float]:
+    events = EventAccumulator(str(run)).Reload()
+    return {event.step: event.value for event in events.Scalars("train/loss")}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One run of STEPS steps, and one stopped by Ctrl-C after HALF steps then resumed with --ckpt_path last."""
+    root = tmp_path_factory.mktemp("resume")
+    data_dir = root / "data"
+    dirs = {name: root / name for name in ("whole", "resumed")}
+    for folder in dirs.values():
+        shutil.copytree(REPO / "configs", folder / "configs")
+    fit(dirs["whole"], data_dir)
+    with pytest.raises(SystemExit) as stop:
+        fit(dirs["resumed"], data_dir, "--trainer.callbacks+=test_resume.InterruptAtStep", f"--trainer.callbacks.step={HALF}")
+    assert stop.value.code == 128 + signal.SIGINT
+    dirs["half_checkpoint"] = dirs["resumed"] / "half.ckpt"
+    shutil.copy(dirs["resumed"] / "checkpoints" / "last.ckpt", dirs["half_checkpoint"])
+    fit(dirs["resumed"], data_dir, "--ckpt_path", "last")
+    return dirs
+
+
+def test_interrupted_run_saved_the_step_it_stopped_at(runs):
+    checkpoint = torch.load(runs["half_checkpoint"], weights_only=True)
+    assert checkpoint["global_step"] == HALF
+    assert checkpoint["EuroparlDataModule"] == {"epoch": 0, "batches_done": HALF}  # mid-epoch
+
+
+def test_resumed_run_logs_the_same_losses_into_the_same_folder(runs):
+    whole, resumed = (runs[name] / "lightning_logs" for name in ("whole", "resumed"))
+    assert sorted(p.name for p in resumed.iterdir()) == ["version_0"]
+    expected, got = losses(whole / "version_0"), losses(resumed / "version_0")
+    second_half = range(HALF, STEPS)  # the logged step is the global step before the update
+    assert [got[step] for step in second_half] == [expected[step] for step in second_half]
+
+
+def test_resumed_run_ends_with_the_same_weights_and_optimiser_bit_for_bit(runs):
+    whole, resumed = (torch.load(runs[name] / "checkpoints" / "last.ckpt", weights_only=True) for name in ("whole", "resumed"))
+    assert whole["global_step"] == resumed["global_step"] == STEPS
+    assert whole["epoch"] == resumed["epoch"] == 1
+    for name, tensor in whole["state_dict"].items():
+        assert torch.equal(tensor, resumed["state_dict"][name]), name
+    for (_, a), (_, b) in zip(sorted(whole["optimizer_states"][0]["state"].items()), sorted(resumed["optimizer_states"][0]["state"].items())):
+        assert all(torch.equal(a[key], b[key]) for key in a)
+    assert whole["lr_schedulers"] == resumed["lr_schedulers"]
+
+
+# --- the sampler on its own -----------------------------------------------------------------
+
+
+def test_sampler_resumed_mid_epoch_yields_the_rest_of_that_epoch():
+    whole = ResumableSampler(103, seed=7)
+    whole.set_epoch(3)
+    resumed = ResumableSampler(103, seed=7)
+    resumed.resume(epoch=3, samples_seen=48)
+    resumed.set_epoch(3)
+    assert list(resumed) == list(whole)[48:]
+    resumed.set_epoch(4)  # the next epoch is whole again
+    whole.set_epoch(4)
+    assert list(resumed) == list(whole) and len(resumed) == 103
+
+
+def shards(num_samples: int, num_replicas: int, epoch: int) -> list[list[int]]:
+    samplers = [ResumableSampler(num_samples, seed=0, num_replicas=num_replicas, rank=rank) for rank in range(num_replicas)]
+    for sampler in samplers:
+        sampler.set_epoch(epoch)
+    return [list(sampler) for sampler in samplers]
+
+
+def test_sampler_gives_each_process_its_own_shard_of_every_epoch():
+    for epoch in (0, 1):
+        parts = shards(99, 3, epoch)
+        assert [len(part) for part in parts] == [33, 33, 33]
+        assert sorted(sum(parts, [])) == list(range(99))  # disjoint, and together the whole epoch
+    # Uneven sizes are padded with a few repeated samples, as DistributedSampler does.
+    parts = shards(100, 3, 0)
+    assert [len(part) for part in parts] == [34, 34, 34] and set(sum(parts, [])) == set(range(100))
+    assert shards(99, 1, 0) != shards(99, 1, 1)  # a new shuffle every epoch
