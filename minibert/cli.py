@@ -1,7 +1,8 @@
 """The command line: ``minibert`` (also installed as ``lightning``) and ``python -m minibert``.
 
 ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's, configured by
-``configs/*.yaml``.
+``configs/*.yaml``; ``export``, ``neighbors`` and ``fill-mask`` look into a trained
+checkpoint (:mod:`minibert.explore`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import sys
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from minibert import explore
 from minibert.data import EuroparlDataModule
 from minibert.errors import MinibertError
 from minibert.module import MiniBert
@@ -27,8 +29,12 @@ class MiniBertCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     """Run a command; a problem with the user's input is printed as one line, exit code 2."""
+    argv = sys.argv[1:] if args is None else args
     try:
-        MiniBertCLI(MiniBert, EuroparlDataModule, save_config_kwargs={"overwrite": True}, args=args)
+        if argv and argv[0] in explore.COMMANDS:
+            explore.main(argv)
+        else:
+            MiniBertCLI(MiniBert, EuroparlDataModule, save_config_kwargs={"overwrite": True}, args=args)
     except MinibertError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
