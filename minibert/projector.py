@@ -60,10 +60,10 @@ def write_projector_files(out_dir: str | Path, vectors: Tensor, words: Sequence[
         raise ValueError(f"{vectors.shape[0]} vectors, {len(words)} words and {len(counts or words)} counts must match")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # 9 significant digits read back as exactly the same float32.
-    number = "{:.9g}".format
+    # 9 significant digits read back as exactly the same float32; one %-format a row is the fastest pure-Python way.
+    row_format = "\t".join(["%.9g"] * vectors.shape[1]) + "\n"
     rows = vectors.detach().float().cpu().tolist()
-    _write_atomic(out_dir / "vectors.tsv", "".join("\t".join(map(number, row)) + "\n" for row in rows))
+    _write_atomic(out_dir / "vectors.tsv", "".join(row_format % tuple(row) for row in rows))
     if counts is None:
         metadata = "".join(escape_token(w) + "\n" for w in words)
     else:

@@ -41,13 +41,13 @@ def batches() -> DataLoader:
     )
 
 
-def fit(root: Path, callback: EmbeddingProjector, logger, model: MiniBert | None = None, **trainer_args) -> L.Trainer:
+def fit(root: Path, callback: EmbeddingProjector, logger, model: MiniBert | None = None, ckpt_path: Path | None = None, **trainer_args) -> L.Trainer:
     trainer = L.Trainer(
         default_root_dir=root, logger=logger, callbacks=[callback], accelerator="cpu", devices=1,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
         **{"max_epochs": 2, **trainer_args},
     )
-    trainer.fit(model or tiny_model(), train_dataloaders=batches())
+    trainer.fit(model or tiny_model(), train_dataloaders=batches(), ckpt_path=ckpt_path)
     return trainer
 
 
@@ -76,6 +76,15 @@ def test_fit_stopped_mid_epoch_exports_its_last_weights_once(tmp_path):
     fit(tmp_path, EmbeddingProjector(top_k=5), False, model, max_steps=BATCHES_PER_EPOCH + 1, max_epochs=-1)
     assert folders(tmp_path) == ["epoch_0", "epoch_1"]  # epoch 1 stopped after one step
     assert torch.equal(read_vectors(tmp_path / "projector" / "epoch_1" / "vectors.tsv"), model.encoder.token_embedding.weight[3:8])
+
+
+def test_resuming_a_finished_run_adds_no_folder(tmp_path):
+    trainer = fit(tmp_path, EmbeddingProjector(top_k=5), False)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    before = {p: p.read_bytes() for p in (tmp_path / "projector").rglob("*.tsv")}
+    again = fit(tmp_path, EmbeddingProjector(top_k=5), False, ckpt_path=tmp_path / "last.ckpt")  # max_epochs already reached
+    assert again.global_step == trainer.global_step
+    assert {p: p.read_bytes() for p in (tmp_path / "projector").rglob("*.tsv")} == before  # no epoch_2 copy of epoch 1
 
 
 def fake_trainer(root: Path, epoch: int, step: int) -> SimpleNamespace:
