@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import run_cli
-from test_projector import read_metadata, read_vectors
+from test_projector import EMBEDDINGS_KEY, read_metadata, read_vectors
 
 from minibert.cli import main
 from minibert.errors import MinibertError
@@ -42,7 +42,7 @@ def test_export_writes_every_word_and_a_picture(checkpoint, saved, tmp_path):
     groups.write_text(f"# two groups\nfirst\t{words[0]} {words[1]} {words[2]}\n\nsecond\t{words[3]} {words[4]} introuvable\n", encoding="utf-8")
     out, png = tmp_path / "export", tmp_path / "map.png"
     result = run_cli("export", "--ckpt_path", str(checkpoint), "--top_k", "0", "--out", str(out), "--png", str(png), "--groups", str(groups), cwd=tmp_path)
-    assert torch.equal(read_vectors(out / "vectors.tsv"), saved["state_dict"]["encoder.token_embedding.weight"][3:])
+    assert torch.equal(read_vectors(out / "vectors.tsv"), saved["state_dict"][EMBEDDINGS_KEY][3:])
     header, rows = read_metadata(out / "metadata.tsv")
     assert header == ["word", "count"] and [row[0] for row in rows] == words
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -50,7 +50,7 @@ def test_export_writes_every_word_and_a_picture(checkpoint, saved, tmp_path):
 
 
 def test_neighbors_prints_cosine_neighbours_with_scores(checkpoint, saved, tmp_path):
-    matrix = saved["state_dict"]["encoder.token_embedding.weight"]
+    matrix = saved["state_dict"][EMBEDDINGS_KEY]
     queries = saved["vocabulary"]["words"][:2]
     out = run_cli("neighbors", "--ckpt_path", str(checkpoint), *queries, "--k", "3", cwd=tmp_path).stdout.splitlines()
     vocab = Vocabulary.from_dict(saved["vocabulary"])
@@ -117,10 +117,12 @@ def test_damaged_checkpoints_are_named(checkpoint, tmp_path):
         assert "\n" not in str(error.value)
 
 
-def test_command_errors_are_one_line_and_exit_2(checkpoint, capsys):
+def test_command_errors_are_one_line_and_exit_2(checkpoint, saved, capsys):
+    seq_len = saved["hyper_parameters"]["seq_len"]
     for argv, message in [
         (["fill-mask", "--ckpt_path", str(checkpoint), "sans masque"], "error: the text 'sans masque' has no <mask> to fill"),
-        (["fill-mask", "--ckpt_path", str(checkpoint), "la <mask> " + "mot " * 20], "error: the text has 22 tokens; this model reads at most 12"),
+        (["fill-mask", "--ckpt_path", str(checkpoint), "la <mask>" + " mot" * seq_len],
+         f"error: the text has {seq_len + 2} tokens; this model reads at most {seq_len}"),
         (["export", "--ckpt_path", str(checkpoint)], "error: export needs --out DIR (projector files), --png FILE (a picture), or both"),
     ]:
         with pytest.raises(SystemExit) as exit_:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from conftest import REPO
 from google.protobuf import text_format
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
@@ -23,6 +25,15 @@ from minibert.projector import (
 from minibert.tokenizer import Vocabulary
 
 ODD_WORDS = ["tab\there", "line\nbreak", "cr\rhere", "back\\slash", "form\x0cfeed", "sep\u2028arator", "plain"]
+
+
+EMBEDDINGS_KEY = "encoder.token_embedding.weight"  # the input word embeddings in a checkpoint's state_dict
+
+
+def tiny_top_k() -> int:
+    """The callback's top_k in configs/tiny.yaml, the config of the tiny_run fixture."""
+    config = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text(encoding="utf-8"))
+    return next(c["init_args"]["top_k"] for c in config["trainer"]["callbacks"] if c["class_path"].endswith("EmbeddingProjector"))
 
 
 def unescape(field: str) -> str:
@@ -143,11 +154,11 @@ def test_config_lists_complete_epoch_folders_in_order_once(tmp_path):
 def test_tiny_run_files_are_the_checkpoint_embeddings(tiny_run):
     """The last epoch's files parse back to exactly the embeddings saved in last.ckpt."""
     checkpoint = torch.load(tiny_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    matrix = checkpoint["state_dict"]["encoder.token_embedding.weight"]
+    matrix = checkpoint["state_dict"][EMBEDDINGS_KEY]
     words, counts = checkpoint["vocabulary"]["words"], checkpoint["vocabulary"]["counts"]
     version = tiny_run / "lightning_logs" / "version_0"
     assert [f.name for f in epoch_folders(version)] == ["epoch_0", "epoch_1"]
-    top_k = 50  # configs/tiny.yaml
+    top_k = tiny_top_k()
     folder = version / "projector" / "epoch_1"
     assert torch.equal(read_vectors(folder / "vectors.tsv"), matrix[3 : 3 + top_k])
     header, rows = read_metadata(folder / "metadata.tsv")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_projector import read_vectors
+from test_projector import EMBEDDINGS_KEY, read_vectors, tiny_top_k
 
 from minibert.cli import main
 
@@ -97,8 +97,8 @@ def tensor(server: TensorBoard, run: str, name: str, shape: list[int]) -> torch.
 
 def test_tensorboard_shows_one_tensor_per_epoch_with_the_words(tiny_run, tensorboard):
     checkpoint = torch.load(tiny_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    matrix = checkpoint["state_dict"]["encoder.token_embedding.weight"]  # (V, D)
-    top_k = 50  # configs/tiny.yaml
+    matrix = checkpoint["state_dict"][EMBEDDINGS_KEY]  # (V, D)
+    top_k = tiny_top_k()
     server = tensorboard(tiny_run / "lightning_logs")
     server.wait_for_runs(["version_0"])
 
