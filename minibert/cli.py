@@ -3,7 +3,8 @@
 ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's, configured by
 ``configs/*.yaml``. ``fit --ckpt_path last`` (or a path) continues a run where it stopped:
 see :mod:`minibert.resume` for what is saved, and :mod:`minibert.checkpoint` for the checks
-made before anything is loaded.
+made before anything is loaded. ``export``, ``neighbors`` and ``fill-mask`` look into a
+trained checkpoint (:mod:`minibert.explore`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from minibert import explore
 from minibert.checkpoint import SHAPE_ARGS, AtomicCheckpointIO, check_checkpoint_file, compatibility_problem
 from minibert.data import EuroparlDataModule
 from minibert.errors import MinibertError
@@ -94,15 +96,19 @@ def check_config_files(args: Any) -> None:
 
 def main(args: list[str] | None = None) -> None:
     """Run a command; a problem with the user's input is printed as one line, exit code 2."""
+    argv = sys.argv[1:] if args is None else args
     try:
-        MiniBertCLI(
-            MiniBert,
-            EuroparlDataModule,
-            save_config_kwargs={"overwrite": True},
-            # Added to every run, whatever callbacks the config lists: they make resuming exact.
-            trainer_defaults={"callbacks": [ResumeState(), SaveOnInterrupt()]},
-            args=args,
-        )
+        if argv and argv[0] in explore.COMMANDS:
+            explore.main(argv)
+        else:
+            MiniBertCLI(
+                MiniBert,
+                EuroparlDataModule,
+                save_config_kwargs={"overwrite": True},
+                # Added to every run, whatever callbacks the config lists: they make resuming exact.
+                trainer_defaults={"callbacks": [ResumeState(), SaveOnInterrupt()]},
+                args=args,
+            )
     except MinibertError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -3,23 +3,31 @@
 ``vectors.tsv`` holds one row of tab-separated floats a word, no header;
 ``metadata.tsv`` holds the words, one a line: with one column it has no header, with
 several (word, count) it starts with a header line, which is how the projector tells
-the two apart. Both load as they are in projector.tensorflow.org.
+the two apart. Both load as they are in projector.tensorflow.org ("Load": vectors, then
+metadata), and ``projector_config.pbtxt`` lists them for ``tensorboard --logdir``.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from minibert.tokenizer import Vocabulary
 
 CONFIG_NAME = "projector_config.pbtxt"
 TENSOR_NAME = "word_embeddings"
+EPOCH_FOLDER = re.compile(r"epoch_(\d+)")
+
+# A backslash starts every escape, so it is escaped too and the words read back unchanged.
+# Beside tab, \n and \r, str.splitlines() also breaks lines on the other characters listed.
+_ESCAPES = str.maketrans(
+    {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+    | {c: f"\\u{ord(c):04x}" for c in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+)
 
 
 def top_word_ids(vocab: Vocabulary, top_k: int) -> list[int]:
@@ -31,15 +39,31 @@ def top_word_ids(vocab: Vocabulary, top_k: int) -> list[int]:
 
 def escape_token(token: str) -> str:
     """Tabs and line breaks inside a token would shift every following row."""
-    return token.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return token.translate(_ESCAPES)
+
+
+def embedding_matrix(encoder: nn.Module, source: str) -> Tensor:
+    """The (V, D) matrix to export: ``input`` word embeddings, or the ``output`` head's rows.
+
+    With tied embeddings the head's weight *is* the input matrix, so both give the same numbers.
+    """
+    if source == "input":
+        return encoder.token_embedding.weight
+    if source == "output":
+        return encoder.lm_head.weight
+    raise ValueError(f"embedding source must be 'input' or 'output', not {source!r}")
 
 
 def write_projector_files(out_dir: str | Path, vectors: Tensor, words: Sequence[str], counts: Sequence[int] | None = None) -> None:
-    """Write ``vectors.tsv`` and ``metadata.tsv`` into ``out_dir``, each atomically."""
+    """Write ``vectors.tsv`` (N, D) and ``metadata.tsv`` (N words, plus counts) into ``out_dir``."""
+    if len(words) != vectors.shape[0] or (counts is not None and len(counts) != len(words)):
+        raise ValueError(f"{vectors.shape[0]} vectors, {len(words)} words and {len(counts or words)} counts must match")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # 9 significant digits read back as exactly the same float32; one %-format a row is the fastest pure-Python way.
+    row_format = "\t".join(["%.9g"] * vectors.shape[1]) + "\n"
     rows = vectors.detach().float().cpu().tolist()
-    _write_atomic(out_dir / "vectors.tsv", "".join("\t".join(f"{v:.6g}" for v in row) + "\n" for row in rows))
+    _write_atomic(out_dir / "vectors.tsv", "".join(row_format % tuple(row) for row in rows))
     if counts is None:
         metadata = "".join(escape_token(w) + "\n" for w in words)
     else:
@@ -47,19 +71,27 @@ def write_projector_files(out_dir: str | Path, vectors: Tensor, words: Sequence[
     _write_atomic(out_dir / "metadata.tsv", metadata)
 
 
-def write_projector_config(log_dir: str | Path, folders: Sequence[Path]) -> None:
-    """(Re)write TensorBoard's projector config listing one tensor per exported folder.
+def epoch_folders(log_dir: str | Path) -> list[Path]:
+    """The complete ``projector/epoch_E`` folders under ``log_dir``, by epoch."""
+    found = []
+    for folder in (Path(log_dir) / "projector").glob("epoch_*"):
+        match = EPOCH_FOLDER.fullmatch(folder.name)
+        if match and (folder / "vectors.tsv").is_file() and (folder / "metadata.tsv").is_file():
+            found.append((int(match.group(1)), folder))
+    return [folder for _, folder in sorted(found)]
 
-    It is rebuilt from the folders on disk each time, so a resumed run keeps the
-    entries of earlier epochs and never lists one twice.
+
+def write_projector_config(log_dir: str | Path) -> None:
+    """(Re)write ``log_dir/projector_config.pbtxt`` with one tensor per epoch folder on disk.
+
+    It is rebuilt from the folders each time, so a resumed run keeps the entries of
+    earlier epochs and never lists one twice.
     """
     log_dir = Path(log_dir)
     entries = []
-    for folder in folders:
+    for folder in epoch_folders(log_dir):
         rel = folder.relative_to(log_dir).as_posix()
-        num_rows = sum(1 for _ in open(folder / "vectors.tsv", encoding="utf-8"))
-        with open(folder / "vectors.tsv", encoding="utf-8") as file:
-            dim = len(file.readline().split("\t"))
+        num_rows, dim = _tsv_shape(folder)
         entries.append(
             "embeddings {\n"
             f'  tensor_name: "{TENSOR_NAME}/{folder.name}"\n'
@@ -71,21 +103,26 @@ def write_projector_config(log_dir: str | Path, folders: Sequence[Path]) -> None
     _write_atomic(log_dir / CONFIG_NAME, "".join(entries))
 
 
-def embedding_matrix(encoder: torch.nn.Module, source: str) -> Tensor:
-    """The (V, D) matrix to export: input embeddings, or the output layer's rows."""
-    if source == "input":
-        return encoder.token_embedding.weight
-    if source == "output":
-        return encoder.lm_head.weight
-    raise ValueError(f"embedding source must be 'input' or 'output', not {source!r}")
+def _tsv_shape(folder: Path) -> tuple[int, int]:
+    """(rows, columns) of a folder's vectors, read from the small metadata file and one vector row."""
+    with open(folder / "metadata.tsv", encoding="utf-8") as file:
+        lines = file.read().split("\n")[:-1]  # the file ends with a newline
+    header = 1 if lines and "\t" in lines[0] else 0  # a tab in the first line means several columns
+    with open(folder / "vectors.tsv", encoding="utf-8") as file:
+        dim = len(file.readline().split("\t"))
+    return len(lines) - header, dim
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    """Write to a temporary name beside ``path`` and rename: readers see the old file or the new one.
+
+    The temporary file is opened like any other (tempfile.mkstemp would make it private, 0600).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as file:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as file:
             file.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise

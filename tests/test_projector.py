@@ -1,0 +1,167 @@
+"""The projector files: format rules, atomic writes, the TensorBoard config, and the tiny run's files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO
+from google.protobuf import text_format
+from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+from minibert import projector
+from minibert.model import Encoder
+from minibert.projector import (
+    embedding_matrix,
+    epoch_folders,
+    escape_token,
+    top_word_ids,
+    write_projector_config,
+    write_projector_files,
+)
+from minibert.tokenizer import Vocabulary
+
+ODD_WORDS = ["tab\there", "line\nbreak", "cr\rhere", "back\\slash", "form\x0cfeed", "sep\u2028arator", "plain"]
+
+
+EMBEDDINGS_KEY = "encoder.token_embedding.weight"  # the input word embeddings in a checkpoint's state_dict
+
+
+def tiny_top_k() -> int:
+    """The callback's top_k in configs/tiny.yaml, the config of the tiny_run fixture."""
+    config = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text(encoding="utf-8"))
+    return next(c["init_args"]["top_k"] for c in config["trainer"]["callbacks"] if c["class_path"].endswith("EmbeddingProjector"))
+
+
+def unescape(field: str) -> str:
+    """The reader's side of escape_token, written independently: one escape at a time, left to right."""
+    simple = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+    return re.sub(r"\\(u[0-9a-f]{4}|.)", lambda m: chr(int(m[1][1:], 16)) if len(m[1]) == 5 else simple[m[1]], field)
+
+
+def read_vectors(path: Path) -> torch.Tensor:
+    """vectors.tsv as the projector reads it: every line a row of tab-separated floats."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == "", "the file ends with a newline"
+    return torch.tensor([[float(v) for v in line.split("\t")] for line in lines[:-1]], dtype=torch.float32)
+
+
+def read_metadata(path: Path) -> tuple[list[str] | None, list[list[str]]]:
+    """(header or None, rows of fields), splitting on \\n and \\t only, as the projector does."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == ""
+    rows = [line.split("\t") for line in lines[:-1]]
+    header = rows.pop(0) if len(rows[0]) > 1 else None  # the projector's rule: several columns => a header
+    return header, rows
+
+
+def test_vectors_have_no_header_and_read_back_as_the_same_float32(tmp_path):
+    vectors = torch.randn(7, 5) * torch.logspace(-8, 8, 5)  # tiny and huge values alike
+    write_projector_files(tmp_path, vectors, [f"w{i}" for i in range(7)])
+    assert torch.equal(read_vectors(tmp_path / "vectors.tsv"), vectors)
+
+
+def test_one_column_metadata_has_no_header(tmp_path):
+    write_projector_files(tmp_path, torch.zeros(2, 3), ["la", "commission"])
+    assert (tmp_path / "metadata.tsv").read_text(encoding="utf-8") == "la\ncommission\n"
+
+
+def test_metadata_with_counts_has_a_header(tmp_path):
+    write_projector_files(tmp_path, torch.zeros(2, 3), ["la", "commission"], [120, 7])
+    assert (tmp_path / "metadata.tsv").read_text(encoding="utf-8") == "word\tcount\nla\t120\ncommission\t7\n"
+
+
+@pytest.mark.parametrize("counts", [None, list(range(len(ODD_WORDS)))])
+def test_tabs_and_line_breaks_inside_words_never_shift_rows(tmp_path, counts):
+    write_projector_files(tmp_path, torch.zeros(len(ODD_WORDS), 2), ODD_WORDS, counts)
+    text = (tmp_path / "metadata.tsv").read_text(encoding="utf-8")
+    assert len(text.splitlines()) == len(ODD_WORDS) + (counts is not None)  # even Python's widest line split
+    header, rows = read_metadata(tmp_path / "metadata.tsv")
+    assert all(len(row) == (1 if counts is None else 2) for row in rows)
+    assert [unescape(row[0]) for row in rows] == ODD_WORDS
+    assert header == (None if counts is None else ["word", "count"])
+
+
+def test_escape_token_leaves_ordinary_words_alone():
+    assert escape_token("européenne") == "européenne"
+    assert escape_token("a\tb") == "a\\tb" and escape_token("a\\tb") == "a\\\\tb"  # never confused
+
+
+def test_mismatched_lengths_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="must match"):
+        write_projector_files(tmp_path, torch.zeros(3, 2), ["a", "b"])
+
+
+def test_an_interrupted_write_leaves_the_previous_file_and_no_temporary(tmp_path, monkeypatch):
+    write_projector_files(tmp_path, torch.ones(2, 2), ["a", "b"])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(projector.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_projector_files(tmp_path, torch.zeros(2, 2), ["c", "d"])
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_files_get_the_permissions_of_any_new_file(tmp_path):
+    write_projector_files(tmp_path, torch.ones(1, 2), ["a"])
+    (tmp_path / "plain.txt").write_text("a")  # made the ordinary way, through the umask
+    mode = (tmp_path / "plain.txt").stat().st_mode & 0o777
+    assert (tmp_path / "vectors.tsv").stat().st_mode & 0o777 == (tmp_path / "metadata.tsv").stat().st_mode & 0o777 == mode
+
+
+def test_top_word_ids_leave_out_special_tokens():
+    vocab = Vocabulary(["de", "la", "le"], [30, 20, 10])
+    assert top_word_ids(vocab, 2) == [3, 4]
+    assert top_word_ids(vocab, 0) == top_word_ids(vocab, 99) == [3, 4, 5]
+
+
+def test_output_embeddings_are_the_input_ones_only_when_tied():
+    untied = Encoder(10, 4, 8, 2, 1, 16, 0.0, tie_embeddings=False)
+    tied = Encoder(10, 4, 8, 2, 1, 16, 0.0, tie_embeddings=True)
+    assert embedding_matrix(tied, "output") is embedding_matrix(tied, "input")
+    assert not torch.equal(embedding_matrix(untied, "output"), embedding_matrix(untied, "input"))
+    with pytest.raises(ValueError, match="'input' or 'output'"):
+        embedding_matrix(untied, "hidden")
+
+
+def parse_config(log_dir: Path) -> ProjectorConfig:
+    return text_format.Parse((log_dir / "projector_config.pbtxt").read_text(encoding="utf-8"), ProjectorConfig())
+
+
+def test_config_lists_complete_epoch_folders_in_order_once(tmp_path):
+    for epoch, rows in [(10, 4), (2, 3)]:
+        write_projector_files(tmp_path / "projector" / f"epoch_{epoch}", torch.zeros(rows, 5), ["w"] * rows, [1] * rows)
+    write_projector_files(tmp_path / "projector" / "epoch_3", torch.zeros(2, 5), ["w"] * 2)  # one-column metadata
+    (tmp_path / "projector" / "epoch_4").mkdir()  # an export that never finished
+    (tmp_path / "projector" / "epoch_4" / "vectors.tsv").write_text("1\t2\n")
+    (tmp_path / "projector" / "epoch_x").mkdir()
+    write_projector_config(tmp_path)
+    write_projector_config(tmp_path)  # rewriting (a resumed run) lists nothing twice
+    config = parse_config(tmp_path)
+    assert [e.tensor_name for e in config.embeddings] == [f"word_embeddings/epoch_{e}" for e in (2, 3, 10)]
+    assert [list(e.tensor_shape) for e in config.embeddings] == [[3, 5], [2, 5], [4, 5]]
+    for embedding in config.embeddings:  # paths are relative to the config's folder, as TensorBoard wants
+        assert (tmp_path / embedding.tensor_path).is_file() and (tmp_path / embedding.metadata_path).is_file()
+    assert epoch_folders(tmp_path) == [tmp_path / "projector" / f"epoch_{e}" for e in (2, 3, 10)]
+
+
+def test_tiny_run_files_are_the_checkpoint_embeddings(tiny_run):
+    """The last epoch's files parse back to exactly the embeddings saved in last.ckpt."""
+    checkpoint = torch.load(tiny_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    matrix = checkpoint["state_dict"][EMBEDDINGS_KEY]
+    words, counts = checkpoint["vocabulary"]["words"], checkpoint["vocabulary"]["counts"]
+    version = tiny_run / "lightning_logs" / "version_0"
+    assert [f.name for f in epoch_folders(version)] == ["epoch_0", "epoch_1"]
+    top_k = tiny_top_k()
+    folder = version / "projector" / "epoch_1"
+    assert torch.equal(read_vectors(folder / "vectors.tsv"), matrix[3 : 3 + top_k])
+    header, rows = read_metadata(folder / "metadata.tsv")
+    assert header == ["word", "count"]
+    assert rows == [[w, str(c)] for w, c in zip(words[:top_k], counts[:top_k])]
+    assert [list(e.tensor_shape) for e in parse_config(version).embeddings] == [[top_k, matrix.shape[1]]] * 2
