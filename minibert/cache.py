@@ -91,10 +91,25 @@ def build_cache(corpus: Path, settings: CacheSettings, cache_dir: Path) -> None:
             np.save(tmp / f"{split}_offsets.npy", split_offsets)
         vocab.save(tmp / "vocab.json")
         (tmp / "settings.json").write_text(json.dumps({"corpus": str(corpus), **asdict(settings)}, indent=1))
-        os.replace(tmp, cache_dir) if not cache_dir.exists() else shutil.rmtree(tmp)
+        _publish(tmp, cache_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _publish(tmp: Path, cache_dir: Path) -> None:
+    """Rename the finished ``tmp`` to ``cache_dir``, unless another process got there first.
+
+    Processes started together (``torchrun``, one per GPU) may all build the same cache:
+    the first rename wins, and renaming onto the existing, non-empty directory fails for
+    the others, who drop their identical copy.
+    """
+    try:
+        os.replace(tmp, cache_dir)
+    except OSError:
+        if not (cache_dir / "vocab.json").exists():
+            raise
+        shutil.rmtree(tmp)
 
 
 def split_mask(num_sentences: int, val_fraction: float, seed: int) -> np.ndarray:

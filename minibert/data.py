@@ -8,7 +8,8 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from minibert.cache import CacheSettings, build_cache, cache_key, load_split
 from minibert.errors import MinibertError
@@ -137,14 +138,22 @@ class EuroparlDataModule(L.LightningDataModule):
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        # Under DDP, Lightning would shard validation with a DistributedSampler, which pads
+        # the shards to equal sizes by repeating samples: those would count twice in the
+        # validation metrics. This sampler deals each rank a disjoint share instead (sizes
+        # off by at most one), so the synced metrics equal a single-process validation.
+        sampler = None
+        if self.trainer is not None and self.trainer.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(self.datasets["val"], self.trainer.world_size, self.trainer.global_rank, shuffle=False)
+        return self._loader("val", shuffle=False, sampler=sampler)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             generator=generator if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
