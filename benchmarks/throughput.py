@@ -206,6 +206,19 @@ def matmul_peak_gflops(device: str, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory, MiB.
+
+    Linux's VmHWM rather than ``ru_maxrss``: a process started by ``subprocess`` inherits its
+    parent's ``ru_maxrss`` across exec, so a small child would report its parent's peak.
+    """
+    with contextlib.suppress(OSError):
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_rss_child(name: str, argv: list[str]) -> dict[str, float]:
     """Peak resident memory of a fresh process that trains only ``name`` (MiB), and its RSS before the steps."""
     out = subprocess.run(
@@ -246,11 +259,12 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.only:  # a child run measuring one model's peak memory
         _, step = MAKERS[args.only](args, vocab_size)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        before = peak_rss_mib()
         for i in range(args.steps):
             step(batches[i % len(batches)], i)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"before_mib": before, "peak_mib": peak}))
+        peak = peak_rss_mib()
+        gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.device(args.device).type == "cuda" else None
+        print(json.dumps({"before_mib": before, "peak_mib": peak, "gpu_peak_mib": gpu}))
         return
 
     import transformers
@@ -285,11 +299,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nminibert training steps/s (the data loader's demand): {1 / statistics.median(times['minibert']):.2f}")
 
     if not args.no_subprocess:
-        print("\n| model | RSS before steps MiB | peak RSS of training MiB |")
-        print("| --- | ---: | ---: |")
+        print("\n| model | RSS before steps MiB | peak RSS of training MiB | peak GPU memory MiB |")
+        print("| --- | ---: | ---: | ---: |")
         for name in MODELS:
             rss = peak_rss_child(name, argv)
-            print(f"| {name} | {rss['before_mib']:.0f} | {rss['peak_mib']:.0f} |")
+            gpu = f"{rss['gpu_peak_mib']:.0f}" if rss["gpu_peak_mib"] is not None else "-"
+            print(f"| {name} | {rss['before_mib']:.0f} | {rss['peak_mib']:.0f} | {gpu} |")
 
     if not args.no_profile:
         _, step = make_minibert(args, vocab_size)
@@ -298,6 +313,9 @@ def main(argv: list[str] | None = None) -> None:
         print("\nminibert, two training steps, top operations by self CPU time:")
         print(profile_step(step, batches))
 
+    # On a busy machine the medians suffer from the other processes; the fastest steps show
+    # what each model does when it has the cores to itself.
+    print(f"ratio of the fastest steps (less sensitive to other load): {min(times['hf_bert']) / min(times['minibert']):.2f}")
     print(f"speedup_vs_hf={rate['minibert'] / rate['hf_bert']:.2f}")
 
 
