@@ -6,10 +6,11 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from minibert.cache import CacheSettings, build_cache, build_test_corpus_cache, cache_key, key_for_test_corpus, load_split
 from minibert.download import EUROPARL_V7_FR, EUROPARL_V7_URL, fetch_europarl_fr
@@ -178,12 +179,19 @@ class EuroparlDataModule(L.LightningDataModule):
         return self._loader("train", sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", sampler=None)
+        # Under DDP, Lightning would shard validation with a DistributedSampler, which pads
+        # the shards to equal sizes by repeating samples: those would count twice in the
+        # validation metrics. This sampler deals each rank a disjoint share instead (sizes
+        # off by at most one), so the synced metrics equal a single-process validation.
+        sampler = None
+        if self.trainer is not None and self.trainer.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(self.datasets["val"], self.trainer.world_size, self.trainer.global_rank, shuffle=False)
+        return self._loader("val", sampler)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", sampler=None)
 
-    def _loader(self, split: str, sampler: ResumableSampler | None) -> DataLoader:
+    def _loader(self, split: str, sampler: Sampler | None) -> DataLoader:
         # Pinned host memory only speeds up copies to a GPU; on a CPU run it is wasted.
         on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(

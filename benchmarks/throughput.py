@@ -1,0 +1,323 @@
+"""Training throughput of minibert against Hugging Face's BertForMaskedLM, same sizes, same batches.
+
+    python benchmarks/throughput.py                      # CPU, fp32, the base configuration
+    python benchmarks/throughput.py --threads 2 --steps 30
+    python benchmarks/throughput.py --device cuda --precision bf16-mixed [--compile]
+
+Both models train on the same masked batches of the corpus (batch 128, 20 tokens, BERT's
+15% masking), one step of each in turn (the order flips every round) so that whatever else
+the machine is doing slows both alike. A step is forward + loss + backward + Adam step;
+minibert's is its LightningModule's own ``training_step`` (metrics included). The script
+also prints the peak resident memory of each model's training (in a fresh process each),
+the machine, a roofline (one large ``torch.mm``) and a profile of minibert's step.
+It ends with ``speedup_vs_hf=<ratio>`` (tokens/s of minibert over BertForMaskedLM's).
+Needs the ``bench`` extra: ``pip install -e ".[bench]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from minibert.data import EuroparlDataModule
+from minibert.masking import IGNORE_INDEX, mask_tokens
+from minibert.module import MiniBert
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "europarl" / "europarl30k.fr.txt"
+MODELS = ("minibert", "hf_bert")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="corpus whose vocabulary sizes the models")
+    p.add_argument("--data-dir", default=str(REPO / "data"), help="where the encoded corpus is cached")
+    p.add_argument("--vocab-size", type=int, default=40_003, help="vocabulary cap, as in configs/base.yaml")
+    p.add_argument("--max-sentences", type=int, default=30_000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seq-len", type=int, default=20)
+    p.add_argument("--embed-dim", type=int, default=128)
+    p.add_argument("--num-heads", type=int, default=8)
+    p.add_argument("--num-layers", type=int, default=8)
+    p.add_argument("--ff-dim", type=int, default=512)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps of each model")
+    p.add_argument("--steps", type=int, default=20, help="timed steps of each model")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads, the same for both")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed"))
+    p.add_argument("--compile", action="store_true", help="torch.compile both models (minibert: its encoder)")
+    p.add_argument("--no-subprocess", action="store_true", help="skip the per-model peak-memory runs")
+    p.add_argument("--no-profile", action="store_true", help="skip the profile of one minibert step")
+    p.add_argument("--only", choices=MODELS, help=argparse.SUPPRESS)  # the peak-memory child runs
+    return p.parse_args(argv)
+
+
+# --- the batches ------------------------------------------------------------------------------
+
+
+def masked_batches(args: argparse.Namespace, count: int) -> tuple[list[dict[str, torch.Tensor]], int]:
+    """``count`` real training batches, masked as training masks them, and the vocabulary size."""
+    data = EuroparlDataModule(
+        corpus=args.corpus, data_dir=args.data_dir, vocab_size=args.vocab_size, max_sentences=args.max_sentences,
+        seq_len=args.seq_len, batch_size=args.batch_size,
+    )
+    data.prepare_data()
+    data.setup("fit")
+    batches = []
+    for raw in data.train_dataloader():
+        corrupted, labels = mask_tokens(raw["input_ids"], raw["sample_ids"], data.masking, seed=0, epoch=0)
+        batch = {"input_ids": corrupted, "labels": labels, "padding_mask": raw["input_ids"] == 0}
+        batches.append({k: v.to(args.device) for k, v in batch.items()})
+        if len(batches) == count:
+            break
+    return batches, len(data.vocab)
+
+
+# --- the two models, each with a step function --------------------------------------------------
+
+
+def autocast(args: argparse.Namespace):
+    if args.precision == "bf16-mixed":
+        return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_minibert(args: argparse.Namespace, vocab_size: int) -> tuple[torch.nn.Module, Callable]:
+    module = MiniBert(
+        vocab_size, args.seq_len, args.embed_dim, args.num_heads, args.num_layers, args.ff_dim, args.dropout, lr=args.lr
+    ).to(args.device)
+    module.train()
+    optimizer = module.configure_optimizers()["optimizer"]
+    if args.compile:
+        # Only the encoder: its shapes are fixed, while the number of masked rows that the
+        # head sees changes every batch (compiling it would recompile or need dynamic shapes).
+        module.encoder.forward = torch.compile(module.encoder.forward)
+
+    def step(batch: dict[str, torch.Tensor], index: int) -> None:
+        with autocast(args):
+            loss = module.training_step(batch, index)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return module, step
+
+
+def make_hf_bert(args: argparse.Namespace, vocab_size: int) -> tuple[torch.nn.Module, Callable]:
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(
+        vocab_size=vocab_size, hidden_size=args.embed_dim, num_attention_heads=args.num_heads,
+        num_hidden_layers=args.num_layers, intermediate_size=args.ff_dim, max_position_embeddings=max(args.seq_len, 32),
+        hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout, pad_token_id=0,
+    )
+    model = BertForMaskedLM(config).to(args.device)
+    model.train()
+    # The same optimiser as minibert's configure_optimizers: fused Adam, weight decay on matrices only.
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.Adam(groups, lr=args.lr, fused=True)
+    forward = torch.compile(model) if args.compile else model
+
+    def step(batch: dict[str, torch.Tensor], index: int) -> None:
+        with autocast(args):
+            # labels are IGNORE_INDEX (-100, the value BertForMaskedLM ignores too) where not masked.
+            out = forward(input_ids=batch["input_ids"], attention_mask=(~batch["padding_mask"]).long(), labels=batch["labels"])
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return model, step
+
+
+MAKERS = {"minibert": make_minibert, "hf_bert": make_hf_bert}
+
+
+# --- measurements -----------------------------------------------------------------------------
+
+
+def sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed_interleaved(steps: dict[str, Callable], batches: list, args: argparse.Namespace) -> dict[str, list[float]]:
+    """Seconds of every timed step of each model, the models taking turns (order flipped each round)."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for i in range(args.warmup + args.steps):
+        batch = batches[i % len(batches)]
+        for name in names if i % 2 == 0 else names[::-1]:
+            sync(args.device)
+            start = time.perf_counter()
+            steps[name](batch, i)
+            sync(args.device)
+            if i >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def step_flops(args: argparse.Namespace, vocab_size: int, scored_rows: float, head_rows: str) -> float:
+    """Multiply-add FLOPs of one training step (forward x 3: backward costs about twice the forward).
+
+    Counts the matrix products only: per layer the fused q/k/v projection, the attention
+    scores and weighted sum, the output projection and the two feed-forward layers; then the
+    head over the vocabulary (minibert: on the scored rows only; BERT: a D x D transform and
+    the vocabulary on every position).
+    """
+    B, T, D, Fd, L = args.batch_size, args.seq_len, args.embed_dim, args.ff_dim, args.num_layers
+    tokens = B * T
+    per_layer = 2 * tokens * D * 3 * D + 2 * 2 * tokens * T * D + 2 * tokens * D * D + 2 * 2 * tokens * D * Fd
+    if head_rows == "scored":
+        head = 2 * scored_rows * D * vocab_size
+    else:
+        head = 2 * tokens * D * D + 2 * tokens * D * vocab_size
+    return 3.0 * (L * per_layer + head)
+
+
+def matmul_peak_gflops(device: str, n: int = 2048, repeats: int = 5) -> float:
+    """The machine's fp32 matrix-multiply speed: the best of a few (n x n) @ (n x n) products."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory, MiB.
+
+    Linux's VmHWM rather than ``ru_maxrss``: a process started by ``subprocess`` inherits its
+    parent's ``ru_maxrss`` across exec, so a small child would report its parent's peak.
+    """
+    with contextlib.suppress(OSError):
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_rss_child(name: str, argv: list[str]) -> dict[str, float]:
+    """Peak resident memory of a fresh process that trains only ``name`` (MiB), and its RSS before the steps."""
+    out = subprocess.run(
+        [sys.executable, __file__, *argv, "--only", name, "--warmup", "0", "--steps", "3", "--no-profile"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def profile_step(step: Callable, batches: list, rows: int = 12) -> str:
+    """The operations one training step spends its time in, by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        for i in range(2):
+            step(batches[i], i)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {cores} cores usable{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    warnings.filterwarnings("ignore", message=".*self.log.*")  # training_step logs; no Trainer here to log to
+    batches, vocab_size = masked_batches(args, count=8)
+
+    if args.only:  # a child run measuring one model's peak memory
+        _, step = MAKERS[args.only](args, vocab_size)
+        before = peak_rss_mib()
+        for i in range(args.steps):
+            step(batches[i % len(batches)], i)
+        peak = peak_rss_mib()
+        gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.device(args.device).type == "cuda" else None
+        print(json.dumps({"before_mib": before, "peak_mib": peak, "gpu_peak_mib": gpu}))
+        return
+
+    import transformers
+
+    steps = {name: MAKERS[name](args, vocab_size)[1] for name in MODELS}
+    times = timed_interleaved(steps, batches, args)
+    scored = statistics.mean(float((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
+    peak = matmul_peak_gflops(args.device)
+    tokens = args.batch_size * args.seq_len
+
+    print(f"machine: {machine()}, transformers {transformers.__version__}")
+    print(
+        f"setup: batch {args.batch_size} x {args.seq_len} tokens, D {args.embed_dim}, {args.num_heads} heads, {args.num_layers} layers, "
+        f"FF {args.ff_dim}, vocabulary {vocab_size}, {scored:.0f} scored positions a batch on average; "
+        f"device {args.device}, {args.precision}, compile {args.compile}, {args.threads} threads, "
+        f"{args.warmup} warm-up + {args.steps} timed steps each, interleaved"
+    )
+    print(f"roofline: torch.mm 2048x2048 fp32 {peak:.1f} GFLOP/s")
+    print()
+    print(f"| model | tokens/s (median) | step ms (median) | min..max ms | GFLOP/step | GFLOP/s | % of mm |")
+    print(f"| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    rate = {}
+    for name, head_rows in zip(MODELS, ("scored", "all")):
+        median = statistics.median(times[name])
+        rate[name] = tokens / median
+        flops = step_flops(args, vocab_size, scored, head_rows)
+        achieved = flops / median / 1e9
+        print(
+            f"| {name} | {rate[name]:,.0f} | {median * 1e3:.1f} | {min(times[name]) * 1e3:.0f}..{max(times[name]) * 1e3:.0f} "
+            f"| {flops / 1e9:.2f} | {achieved:.1f} | {100 * achieved / peak:.0f}% |"
+        )
+    print(f"\nminibert training steps/s (the data loader's demand): {1 / statistics.median(times['minibert']):.2f}")
+
+    if not args.no_subprocess:
+        print("\n| model | RSS before steps MiB | peak RSS of training MiB | peak GPU memory MiB |")
+        print("| --- | ---: | ---: | ---: |")
+        for name in MODELS:
+            rss = peak_rss_child(name, argv)
+            gpu = f"{rss['gpu_peak_mib']:.0f}" if rss["gpu_peak_mib"] is not None else "-"
+            print(f"| {name} | {rss['before_mib']:.0f} | {rss['peak_mib']:.0f} | {gpu} |")
+
+    if not args.no_profile:
+        _, step = make_minibert(args, vocab_size)
+        for i in range(args.warmup):
+            step(batches[i % len(batches)], i)
+        print("\nminibert, two training steps, top operations by self CPU time:")
+        print(profile_step(step, batches))
+
+    # On a busy machine the medians suffer from the other processes; the fastest steps show
+    # what each model does when it has the cores to itself.
+    print(f"ratio of the fastest steps (less sensitive to other load): {min(times['hf_bert']) / min(times['minibert']):.2f}")
+    print(f"speedup_vs_hf={rate['minibert'] / rate['hf_bert']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
