@@ -76,7 +76,8 @@ class MultiHeadSelfAttention(nn.Module):
             scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, T)
             if keep is not None:
                 scores = scores.masked_fill(~keep, float("-inf"))
-            weights = self.attn_dropout(scores.softmax(dim=-1))
+            # The softmax runs in float32 even under bf16 autocast: its sums need the precision.
+            weights = self.attn_dropout(scores.float().softmax(dim=-1).to(v.dtype))  # (B, H, T, T)
             y = weights @ v  # (B, H, T, D/H)
         y = y.transpose(1, 2).reshape(B, T, D)  # heads side by side again: (B, T, D)
         return self.out_proj(y)
@@ -133,6 +134,8 @@ class Encoder(nn.Module):
         bias: biases in linear layers and LayerNorms.
         tie_embeddings: the head reuses the input embedding matrix as its weight.
         fused_attention: use PyTorch's fused scaled-dot-product attention.
+        init_std: weights of embeddings and linear layers start as N(0, init_std²), biases
+            at zero (BERT's scheme); ``None`` keeps PyTorch's defaults (the reference).
     """
 
     def __init__(
@@ -148,6 +151,7 @@ class Encoder(nn.Module):
         bias: bool = True,
         tie_embeddings: bool = False,
         fused_attention: bool = True,
+        init_std: float | None = 0.02,
     ) -> None:
         super().__init__()
         self.token_embedding = nn.Embedding(vocab_size, embed_dim)
@@ -160,6 +164,8 @@ class Encoder(nn.Module):
         self.lm_head = nn.Linear(embed_dim, vocab_size, bias=bias)
         if tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight
+        if init_std is not None:
+            self.apply(lambda module: _init_weights(module, init_std))
 
     def forward(self, input_ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """input_ids: (B, T) ids; padding_mask: (B, T), True at padding. Returns hidden states (B, T, D).
@@ -180,3 +186,18 @@ class Encoder(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         """Scores over the vocabulary: (..., D) -> (..., V)."""
         return self.lm_head(hidden)
+
+
+def _init_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialisation: small normal weights, zero biases, LayerNorms at identity.
+
+    PyTorch's default ``nn.Embedding`` draws N(0, 1): word vectors of norm ~sqrt(D) = 11
+    that drown the positional encoding (norm sqrt(D/2) = 8, entries in [-1, 1]) and, when
+    the head is tied to them, give the first logits a spread of ~sqrt(D) and a starting loss
+    far above log(V). With std 0.02 every word starts near zero and the positions are
+    visible from the first step.
+    """
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
