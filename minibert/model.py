@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from minibert.errors import MinibertError
+
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
 
@@ -57,7 +59,7 @@ class MultiHeadSelfAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, dropout: float, bias: bool = True, fused: bool = True) -> None:
         super().__init__()
         if embed_dim % num_heads:
-            raise ValueError(f"model.embed_dim={embed_dim} must be divisible by model.num_heads={num_heads}")
+            raise MinibertError(f"model.embed_dim={embed_dim} must be divisible by model.num_heads={num_heads}")
         self.num_heads, self.dropout, self.fused = num_heads, dropout, fused
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
@@ -84,17 +86,25 @@ class MultiHeadSelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Position-wise ``D -> F -> D`` with an activation in between."""
+    """Position-wise ``D -> F -> D`` with an activation in between.
+
+    Args:
+        embed_dim: D.
+        ff_dim: F, the hidden size (4 D in BERT and in the reference).
+        activation: ``relu`` or ``gelu``.
+        bias: whether the two linear layers have biases.
+    """
 
     def __init__(self, embed_dim: int, ff_dim: int, activation: str, bias: bool = True) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(f"model.activation={activation!r} must be one of {sorted(ACTIVATIONS)}")
-        self.up = nn.Linear(embed_dim, ff_dim, bias=bias)  # (B, T, D) -> (B, T, F)
+            raise MinibertError(f"model.activation={activation!r} must be one of {sorted(ACTIVATIONS)}")
+        self.up = nn.Linear(embed_dim, ff_dim, bias=bias)
         self.act = ACTIVATIONS[activation]()
-        self.down = nn.Linear(ff_dim, embed_dim, bias=bias)  # (B, T, F) -> (B, T, D)
+        self.down = nn.Linear(ff_dim, embed_dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        """x: (B, T, D) -> (B, T, F) -> (B, T, D)."""
         return self.down(self.act(self.up(x)))
 
 
@@ -103,6 +113,7 @@ class EncoderLayer(nn.Module):
 
     Normalising before each sub-layer (rather than after the residual sum, as in the
     original Transformer) keeps deep stacks trainable without a learning-rate warm-up.
+    The arguments are :class:`Encoder`'s; ``fused`` is its ``fused_attention``.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, ff_dim: int, dropout: float, activation: str, bias: bool, fused: bool) -> None:
@@ -114,6 +125,7 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """x: (B, T, D); keep: (B, 1, 1, T) bool or None (see :func:`attention_keep_mask`). Returns (B, T, D)."""
         x = x + self.dropout(self.attn(self.norm1(x), keep))
         return x + self.dropout(self.ff(self.norm2(x)))
 
@@ -154,6 +166,8 @@ class Encoder(nn.Module):
         init_std: float | None = 0.02,
     ) -> None:
         super().__init__()
+        if init_std is not None and init_std <= 0:
+            raise MinibertError(f"model.init_std={init_std} must be positive (or null for PyTorch's default initialisation)")
         self.token_embedding = nn.Embedding(vocab_size, embed_dim)
         self.register_buffer("positions", sinusoidal_positions(seq_len, embed_dim), persistent=False)
         self.dropout = nn.Dropout(dropout)
@@ -175,7 +189,7 @@ class Encoder(nn.Module):
         """
         T = input_ids.shape[1]
         if T > self.positions.shape[0]:
-            raise ValueError(f"sequence of {T} tokens is longer than the model's seq_len={self.positions.shape[0]}")
+            raise MinibertError(f"a sequence of {T} tokens is longer than the model's seq_len={self.positions.shape[0]}")
         x = self.token_embedding(input_ids) + self.positions[:T]  # (B, T, D)
         x = self.dropout(x)
         keep = attention_keep_mask(padding_mask) if padding_mask is not None else None  # (B, 1, 1, T)
@@ -191,11 +205,11 @@ class Encoder(nn.Module):
 def _init_weights(module: nn.Module, std: float) -> None:
     """BERT's initialisation: small normal weights, zero biases, LayerNorms at identity.
 
-    PyTorch's default ``nn.Embedding`` draws N(0, 1): word vectors of norm ~sqrt(D) = 11
-    that drown the positional encoding (norm sqrt(D/2) = 8, entries in [-1, 1]) and, when
-    the head is tied to them, give the first logits a spread of ~sqrt(D) and a starting loss
-    far above log(V). With std 0.02 every word starts near zero and the positions are
-    visible from the first step.
+    PyTorch's default ``nn.Embedding`` draws N(0, 1): entries that Adam's steps of about
+    ``lr`` each move by a few percent in a short run, so a word's vector stays mostly its
+    random start and related words do not come together; tied to the head, the same
+    matrix gives first logits a spread of ~sqrt(D) and a starting loss far above log(V).
+    From N(0, 0.02) what a word's vector holds after training is what it learned.
     """
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, mean=0.0, std=std)

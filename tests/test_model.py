@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from minibert.errors import MinibertError
 from minibert.model import Encoder, EncoderLayer, sinusoidal_positions
 
 D, H, F_DIM, V, T = 16, 4, 32, 50, 7
@@ -191,9 +192,11 @@ def test_bert_initialisation_is_small_with_zero_biases():
     assert default.token_embedding.weight.std().item() == pytest.approx(1.0, rel=0.05)
 
 
-def test_sequence_longer_than_the_position_table_is_refused():
-    with pytest.raises(ValueError, match="seq_len=7"):
+def test_bad_shapes_are_clear_errors():
+    with pytest.raises(MinibertError, match="seq_len=7"):
         small_encoder()(torch.zeros(1, T + 1, dtype=torch.long))
+    with pytest.raises(MinibertError, match="model.embed_dim=16 must be divisible by model.num_heads=3"):
+        small_encoder(num_heads=3)
 
 
 # --- size of the reference model ------------------------------------------------------------

@@ -9,8 +9,9 @@ import math
 import lightning as L
 import pytest
 import torch
+import yaml
 import torch.nn.functional as F
-from conftest import REPO
+from conftest import REPO, run_cli
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
@@ -184,6 +185,13 @@ def test_configs_log_the_learning_rate():
     for name in ("base", "quick"):
         text = (REPO / "configs" / f"{name}.yaml").read_text()
         assert "lightning.pytorch.callbacks.LearningRateMonitor" in text, name
+
+
+def test_quick_config_resolves(tmp_path):
+    config = yaml.safe_load(run_cli("fit", "--config", str(REPO / "configs" / "quick.yaml"), "--print_config", cwd=tmp_path).stdout)
+    assert config["data"]["corpus"] == "../shared/data/europarl/europarl30k.fr.txt"
+    assert (config["model"]["init_std"], config["model"]["tie_embeddings"], config["model"]["lr_decay"]) == (0.02, True, "cosine")
+    assert config["trainer"]["max_steps"] == 1200
 
 
 # --- the embedding-quality benchmark ---------------------------------------------------------------
