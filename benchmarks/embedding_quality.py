@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> None:
         vectors, words, excluded = checkpoint_embeddings(args.ckpt_path, args.source)
         report(f"{args.ckpt_path} ({args.source} embeddings)", vectors, words, groups, args.k, excluded)
         return
-    scores = [report("word2vec", *word2vec_embeddings(args.corpus, args.max_sentences, args.seed + run), groups, args.k) for run in range(args.repeats)]
+    scores = []
+    for run in range(args.repeats):
+        vectors, words, excluded = word2vec_embeddings(args.corpus, args.max_sentences, args.seed + run)
+        scores.append(report("word2vec", vectors, words, groups, args.k, excluded))
     if len(scores) > 1:
         print(f"word2vec over {len(scores)} runs: mean purity@{args.k} = {sum(scores) / len(scores):.3f} (min {min(scores):.3f}, max {max(scores):.3f})")
 

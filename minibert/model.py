@@ -148,6 +148,9 @@ class Encoder(nn.Module):
         fused_attention: use PyTorch's fused scaled-dot-product attention.
         init_std: weights of embeddings and linear layers start as N(0, init_std²), biases
             at zero (BERT's scheme); ``None`` keeps PyTorch's defaults (the reference).
+        scale_embeddings: multiply the word vectors by sqrt(D) before adding the positions,
+            as "Attention Is All You Need" does, so that small initial word vectors are not
+            lost next to the positional encoding, whose entries reach ±1.
     """
 
     def __init__(
@@ -164,11 +167,13 @@ class Encoder(nn.Module):
         tie_embeddings: bool = False,
         fused_attention: bool = True,
         init_std: float | None = 0.02,
+        scale_embeddings: bool = False,
     ) -> None:
         super().__init__()
         if init_std is not None and init_std <= 0:
             raise MinibertError(f"model.init_std={init_std} must be positive (or null for PyTorch's default initialisation)")
         self.token_embedding = nn.Embedding(vocab_size, embed_dim)
+        self.embed_scale = math.sqrt(embed_dim) if scale_embeddings else 1.0
         self.register_buffer("positions", sinusoidal_positions(seq_len, embed_dim), persistent=False)
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
@@ -190,7 +195,7 @@ class Encoder(nn.Module):
         T = input_ids.shape[1]
         if T > self.positions.shape[0]:
             raise MinibertError(f"a sequence of {T} tokens is longer than the model's seq_len={self.positions.shape[0]}")
-        x = self.token_embedding(input_ids) + self.positions[:T]  # (B, T, D)
+        x = self.token_embedding(input_ids) * self.embed_scale + self.positions[:T]  # (B, T, D)
         x = self.dropout(x)
         keep = attention_keep_mask(padding_mask) if padding_mask is not None else None  # (B, 1, 1, T)
         for layer in self.layers:

@@ -24,7 +24,7 @@ class MiniBert(L.LightningModule):
         vocab_size: number of token ids; linked from the data module, never written in a config.
         seq_len: tokens per sample; linked from the data module.
         embed_dim, num_heads, num_layers, ff_dim, dropout, activation, bias, tie_embeddings,
-            fused_attention, init_std: the encoder's shape and initialisation (see
+            fused_attention, init_std, scale_embeddings: the encoder's shape and initialisation (see
             :class:`minibert.model.Encoder`).
         optimizer: ``adam`` (the reference) or ``adamw`` (decoupled weight decay).
         lr: peak learning rate.
@@ -51,6 +51,7 @@ class MiniBert(L.LightningModule):
         tie_embeddings: bool = False,
         fused_attention: bool = True,
         init_std: float | None = 0.02,
+        scale_embeddings: bool = False,
         optimizer: Literal["adam", "adamw"] = "adam",
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
@@ -63,7 +64,7 @@ class MiniBert(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.encoder = Encoder(
-            vocab_size, seq_len, embed_dim, num_heads, num_layers, ff_dim, dropout, activation, bias, tie_embeddings, fused_attention, init_std
+            vocab_size, seq_len, embed_dim, num_heads, num_layers, ff_dim, dropout, activation, bias, tie_embeddings, fused_attention, init_std, scale_embeddings
         )
         self.vocab: Vocabulary | None = None  # set from the data module, saved in every checkpoint
         self.metrics = torch.nn.ModuleDict(

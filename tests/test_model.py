@@ -192,6 +192,15 @@ def test_bert_initialisation_is_small_with_zero_biases():
     assert default.token_embedding.weight.std().item() == pytest.approx(1.0, rel=0.05)
 
 
+@pytest.mark.parametrize("scale", [False, True])
+def test_input_is_word_vector_plus_position(scale):
+    encoder = small_encoder(num_layers=0, scale_embeddings=scale)  # only the final LayerNorm is left
+    ids, _ = batch()
+    words = encoder.token_embedding.weight[ids] * (math.sqrt(D) if scale else 1.0)
+    expected = encoder.final_norm(words + sinusoidal_positions(T, D))
+    torch.testing.assert_close(encoder(ids), expected)
+
+
 def test_bad_shapes_are_clear_errors():
     with pytest.raises(MinibertError, match="seq_len=7"):
         small_encoder()(torch.zeros(1, T + 1, dtype=torch.long))

@@ -191,7 +191,7 @@ def test_quick_config_resolves(tmp_path):
     config = yaml.safe_load(run_cli("fit", "--config", str(REPO / "configs" / "quick.yaml"), "--print_config", cwd=tmp_path).stdout)
     assert config["data"]["corpus"] == "../shared/data/europarl/europarl30k.fr.txt"
     assert (config["model"]["init_std"], config["model"]["tie_embeddings"], config["model"]["lr_decay"]) == (0.02, True, "cosine")
-    assert config["trainer"]["max_steps"] == 1200
+    assert config["model"]["scale_embeddings"] is True
 
 
 # --- the embedding-quality benchmark ---------------------------------------------------------------
