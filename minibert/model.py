@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from minibert.errors import MinibertError
+
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
 
@@ -57,7 +59,7 @@ class MultiHeadSelfAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, dropout: float, bias: bool = True, fused: bool = True) -> None:
         super().__init__()
         if embed_dim % num_heads:
-            raise ValueError(f"model.embed_dim={embed_dim} must be divisible by model.num_heads={num_heads}")
+            raise MinibertError(f"model.embed_dim={embed_dim} must be divisible by model.num_heads={num_heads}")
         self.num_heads, self.dropout, self.fused = num_heads, dropout, fused
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
@@ -76,24 +78,33 @@ class MultiHeadSelfAttention(nn.Module):
             scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, T)
             if keep is not None:
                 scores = scores.masked_fill(~keep, float("-inf"))
-            weights = self.attn_dropout(scores.softmax(dim=-1))
+            # The softmax runs in float32 even under bf16 autocast: its sums need the precision.
+            weights = self.attn_dropout(scores.float().softmax(dim=-1).to(v.dtype))  # (B, H, T, T)
             y = weights @ v  # (B, H, T, D/H)
         y = y.transpose(1, 2).reshape(B, T, D)  # heads side by side again: (B, T, D)
         return self.out_proj(y)
 
 
 class FeedForward(nn.Module):
-    """Position-wise ``D -> F -> D`` with an activation in between."""
+    """Position-wise ``D -> F -> D`` with an activation in between.
+
+    Args:
+        embed_dim: D.
+        ff_dim: F, the hidden size (4 D in BERT and in the reference).
+        activation: ``relu`` or ``gelu``.
+        bias: whether the two linear layers have biases.
+    """
 
     def __init__(self, embed_dim: int, ff_dim: int, activation: str, bias: bool = True) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(f"model.activation={activation!r} must be one of {sorted(ACTIVATIONS)}")
-        self.up = nn.Linear(embed_dim, ff_dim, bias=bias)  # (B, T, D) -> (B, T, F)
+            raise MinibertError(f"model.activation={activation!r} must be one of {sorted(ACTIVATIONS)}")
+        self.up = nn.Linear(embed_dim, ff_dim, bias=bias)
         self.act = ACTIVATIONS[activation]()
-        self.down = nn.Linear(ff_dim, embed_dim, bias=bias)  # (B, T, F) -> (B, T, D)
+        self.down = nn.Linear(ff_dim, embed_dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        """x: (B, T, D) -> (B, T, F) -> (B, T, D)."""
         return self.down(self.act(self.up(x)))
 
 
@@ -102,6 +113,7 @@ class EncoderLayer(nn.Module):
 
     Normalising before each sub-layer (rather than after the residual sum, as in the
     original Transformer) keeps deep stacks trainable without a learning-rate warm-up.
+    The arguments are :class:`Encoder`'s; ``fused`` is its ``fused_attention``.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, ff_dim: int, dropout: float, activation: str, bias: bool, fused: bool) -> None:
@@ -113,6 +125,7 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """x: (B, T, D); keep: (B, 1, 1, T) bool or None (see :func:`attention_keep_mask`). Returns (B, T, D)."""
         x = x + self.dropout(self.attn(self.norm1(x), keep))
         return x + self.dropout(self.ff(self.norm2(x)))
 
@@ -133,6 +146,11 @@ class Encoder(nn.Module):
         bias: biases in linear layers and LayerNorms.
         tie_embeddings: the head reuses the input embedding matrix as its weight.
         fused_attention: use PyTorch's fused scaled-dot-product attention.
+        init_std: weights of embeddings and linear layers start as N(0, init_std²), biases
+            at zero (BERT's scheme); ``None`` keeps PyTorch's defaults (the reference).
+        scale_embeddings: multiply the word vectors by sqrt(D) before adding the positions,
+            as "Attention Is All You Need" does, so that small initial word vectors are not
+            lost next to the positional encoding, whose entries reach ±1.
     """
 
     def __init__(
@@ -148,9 +166,14 @@ class Encoder(nn.Module):
         bias: bool = True,
         tie_embeddings: bool = False,
         fused_attention: bool = True,
+        init_std: float | None = 0.02,
+        scale_embeddings: bool = False,
     ) -> None:
         super().__init__()
+        if init_std is not None and init_std <= 0:
+            raise MinibertError(f"model.init_std={init_std} must be positive (or null for PyTorch's default initialisation)")
         self.token_embedding = nn.Embedding(vocab_size, embed_dim)
+        self.embed_scale = math.sqrt(embed_dim) if scale_embeddings else 1.0
         self.register_buffer("positions", sinusoidal_positions(seq_len, embed_dim), persistent=False)
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
@@ -160,6 +183,8 @@ class Encoder(nn.Module):
         self.lm_head = nn.Linear(embed_dim, vocab_size, bias=bias)
         if tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight
+        if init_std is not None:
+            self.apply(lambda module: _init_weights(module, init_std))
 
     def forward(self, input_ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """input_ids: (B, T) ids; padding_mask: (B, T), True at padding. Returns hidden states (B, T, D).
@@ -169,8 +194,8 @@ class Encoder(nn.Module):
         """
         T = input_ids.shape[1]
         if T > self.positions.shape[0]:
-            raise ValueError(f"sequence of {T} tokens is longer than the model's seq_len={self.positions.shape[0]}")
-        x = self.token_embedding(input_ids) + self.positions[:T]  # (B, T, D)
+            raise MinibertError(f"a sequence of {T} tokens is longer than the model's seq_len={self.positions.shape[0]}")
+        x = self.token_embedding(input_ids) * self.embed_scale + self.positions[:T]  # (B, T, D)
         x = self.dropout(x)
         keep = attention_keep_mask(padding_mask) if padding_mask is not None else None  # (B, 1, 1, T)
         for layer in self.layers:
@@ -180,3 +205,18 @@ class Encoder(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         """Scores over the vocabulary: (..., D) -> (..., V)."""
         return self.lm_head(hidden)
+
+
+def _init_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialisation: small normal weights, zero biases, LayerNorms at identity.
+
+    PyTorch's default ``nn.Embedding`` draws N(0, 1): entries that Adam's steps of about
+    ``lr`` each move by a few percent in a short run, so a word's vector stays mostly its
+    random start and related words do not come together; tied to the head, the same
+    matrix gives first logits a spread of ~sqrt(D) and a starting loss far above log(V).
+    From N(0, 0.02) what a word's vector holds after training is what it learned.
+    """
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import time
+from time import perf_counter
 from typing import Any, Literal
 
 import lightning as L
@@ -24,7 +24,8 @@ class MiniBert(L.LightningModule):
         vocab_size: number of token ids; linked from the data module, never written in a config.
         seq_len: tokens per sample; linked from the data module.
         embed_dim, num_heads, num_layers, ff_dim, dropout, activation, bias, tie_embeddings,
-            fused_attention: the encoder's shape (see :class:`minibert.model.Encoder`).
+            fused_attention, init_std, scale_embeddings: the encoder's shape and initialisation (see
+            :class:`minibert.model.Encoder`).
         optimizer: ``adam`` (the reference) or ``adamw`` (decoupled weight decay).
         lr: peak learning rate.
         weight_decay: applied to weight matrices and embeddings, never to norms and biases.
@@ -49,6 +50,8 @@ class MiniBert(L.LightningModule):
         bias: bool = True,
         tie_embeddings: bool = False,
         fused_attention: bool = True,
+        init_std: float | None = 0.02,
+        scale_embeddings: bool = False,
         optimizer: Literal["adam", "adamw"] = "adam",
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
@@ -61,7 +64,7 @@ class MiniBert(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.encoder = Encoder(
-            vocab_size, seq_len, embed_dim, num_heads, num_layers, ff_dim, dropout, activation, bias, tie_embeddings, fused_attention
+            vocab_size, seq_len, embed_dim, num_heads, num_layers, ff_dim, dropout, activation, bias, tie_embeddings, fused_attention, init_std, scale_embeddings
         )
         self.vocab: Vocabulary | None = None  # set from the data module, saved in every checkpoint
         self.metrics = torch.nn.ModuleDict(
@@ -81,9 +84,14 @@ class MiniBert(L.LightningModule):
         scored = batch["labels"] != IGNORE_INDEX  # (B, T)
         return self.encoder.logits(hidden[scored]), batch["labels"][scored]  # (N, V), (N,)
 
-    def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+    def masked_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean cross-entropy over the scored positions, with their logits (N, V) and labels (N,)."""
         logits, labels = self.masked_logits(batch)
-        loss = F.cross_entropy(logits.float(), labels)  # float32 even under bf16 autocast
+        loss = F.cross_entropy(logits.float(), labels)  # log-softmax and loss in float32 even under bf16 autocast
+        return loss, logits, labels
+
+    def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        loss, logits, labels = self.masked_loss(batch)
         n = labels.numel()
         with torch.no_grad():
             top = logits.topk(min(self.hparams.top_k, logits.shape[-1]), dim=-1).indices  # (N, k)
@@ -126,10 +134,10 @@ class MiniBert(L.LightningModule):
     # --- throughput -----------------------------------------------------------------------
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._step_started = time.perf_counter()
+        self._step_started = perf_counter()
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Tensor], batch_idx: int) -> None:
-        elapsed = time.perf_counter() - self._step_started
+        elapsed = perf_counter() - self._step_started
         self.log("train/tokens_per_sec", batch["input_ids"].numel() / max(elapsed, 1e-9), on_step=True, on_epoch=False)
 
     # --- optimiser ------------------------------------------------------------------------
