@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from minibert.checkpoint import check_checkpoint_file
 from minibert.errors import MinibertError
 from minibert.module import MiniBert
 from minibert.projector import embedding_matrix, top_word_ids, write_projector_files
@@ -30,25 +30,9 @@ COMMANDS = ("export", "neighbors", "fill-mask")
 # --- the checkpoint -----------------------------------------------------------------------
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's dictionary, loaded with ``weights_only=True`` (tensors and plain values only).
-
-    A missing file, a directory or a damaged file is a :class:`MinibertError` naming the file.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise MinibertError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        raise MinibertError(f"checkpoint {path} is a directory, not a checkpoint file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated, not a checkpoint at all, or holding objects weights_only refuses
-        raise MinibertError(f"checkpoint {path} is damaged or not a checkpoint ({_first_line(error)})") from error
-
-
 def load_checkpoint(path: str | Path) -> tuple[MiniBert, Vocabulary]:
     """The model of a checkpoint, in eval mode on the CPU, and its vocabulary."""
-    checkpoint = read_checkpoint(path)
+    checkpoint = check_checkpoint_file(path)
     missing = [key for key in ("state_dict", "hyper_parameters", "vocabulary") if key not in checkpoint]
     if missing:
         raise MinibertError(f"checkpoint {path} is not a minibert checkpoint: it has no {', '.join(missing)}")

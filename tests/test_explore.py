@@ -106,8 +106,8 @@ def test_damaged_checkpoints_are_named(checkpoint, tmp_path):
     (tmp_path / "text.ckpt").write_text("not a checkpoint")
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     cases = {
-        truncated: "is damaged or not a checkpoint",
-        tmp_path / "text.ckpt": "is damaged or not a checkpoint",
+        truncated: r"\([\d,]+ bytes\) is damaged: truncated, or not a checkpoint file at all",
+        tmp_path / "text.ckpt": r"\(16 bytes\) is damaged: truncated, or not a checkpoint file at all",
         tmp_path: "is a directory",
         tmp_path / "other.ckpt": "is not a minibert checkpoint: it has no hyper_parameters, vocabulary",
     }
