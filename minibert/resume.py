@@ -6,9 +6,10 @@ and the data module's state (where the epoch's shuffle had got to, see
 
 - the random state, which dropout draws from, and the TensorBoard version folder
   (:class:`ResumeState`);
-- a checkpoint when the run is interrupted with Ctrl-C or ``kill`` (:class:`SaveOnInterrupt`).
+- a checkpoint when the run is interrupted with Ctrl-C or ``kill`` (:class:`SaveOnInterrupt`),
+  and one after the run's last step (:class:`SaveFinalStep`).
 
-The command line adds both callbacks to every run (see :mod:`minibert.cli`).
+The command line adds these callbacks to every run (see :mod:`minibert.cli`).
 """
 
 from __future__ import annotations
@@ -95,10 +96,8 @@ class SaveOnInterrupt(L.Callback):
         self._previous_handlers = {}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Saved where Lightning saves its step checkpoints, so it resumes like one of them.
         if self._stop is None and trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
-            path = checkpoint_dir(trainer) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
-            trainer.save_checkpoint(path)
+            path = save_last(trainer)
             number = self._received or signal.SIGTERM  # another process of a DDP run got it
             self._stop = Interrupted(
                 f"{signal.Signals(number).name} received: stopped after step {trainer.global_step} and saved {path}; "
@@ -110,6 +109,27 @@ class SaveOnInterrupt(L.Callback):
         # Stopped here rather than just after saving, so that the last step's metrics are logged too.
         if self._stop is not None:
             raise self._stop
+
+
+class SaveFinalStep(L.Callback):
+    """Save ``last.ckpt`` after the step that reaches ``trainer.max_steps``.
+
+    ModelCheckpoint saves every N steps or after a validation; when ``max_steps`` is not one
+    of those steps, the last steps of a run would be trained and then lost (Lightning saves
+    ``last.ckpt`` at the end of training only if it never saved one before). A run with
+    checkpointing turned off (``trainer.enable_checkpointing: false``) saves nothing.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.checkpoint_callback is not None and 0 < trainer.max_steps <= trainer.global_step:
+            save_last(trainer)
+
+
+def save_last(trainer: L.Trainer) -> Path:
+    """Save ``last.ckpt`` between two steps, where Lightning saves its step checkpoints, so it resumes like one of them."""
+    path = checkpoint_dir(trainer) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+    trainer.save_checkpoint(path)
+    return path
 
 
 def checkpoint_dir(trainer: L.Trainer) -> Path:

@@ -125,3 +125,19 @@ def test_sampler_gives_each_process_its_own_shard_of_every_epoch():
     parts = shards(100, 3, 0)
     assert [len(part) for part in parts] == [34, 34, 34] and set(sum(parts, [])) == set(range(100))
     assert shards(99, 1, 0) != shards(99, 1, 1)  # a new shuffle every epoch
+
+
+def test_last_checkpoint_holds_the_final_step_and_resumes_from_it(tmp_path):
+    """With one checkpoint every 10 steps (no epoch-end one, as in quick.yaml), step 23 of 23 is saved too, and resumes."""
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    every_10_steps = tmp_path / "every_10_steps.yaml"
+    every_10_steps.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "      init_args: {dirpath: checkpoints, every_n_train_steps: 10, save_last: true}\n"
+    )
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    fit(tmp_path, tmp_path / "data", "--config", str(every_10_steps), "--trainer.max_steps", "23")
+    assert torch.load(last, weights_only=True)["global_step"] == 23
+    fit(tmp_path, tmp_path / "data", "--config", str(every_10_steps), "--trainer.max_steps", "25", "--ckpt_path", "last")
+    assert torch.load(last, weights_only=True)["global_step"] == 25
+    assert sorted(losses(tmp_path / "lightning_logs" / "version_0")) == list(range(25))
