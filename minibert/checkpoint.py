@@ -7,9 +7,7 @@ that names the file and what is wrong, before a single weight is loaded or a ste
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from minibert.errors import MinibertError
+from minibert.files import atomic_write
 from minibert.tokenizer import Vocabulary
 
 # The model's arguments that fix the shapes of its weights.
@@ -81,7 +80,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ``/tmp`` is another one (often a tmpfs), and a copy killed halfway leaves a truncated
     ``.ckpt``. Here the temporary file is written beside the checkpoint, flushed to the disk,
     then renamed over the old one: a reader sees the old file or the new one, never a part.
-    A kill while writing leaves a hidden ``.NAME.*.tmp`` file, never a broken ``.ckpt``.
+    A kill while writing leaves a hidden ``.NAME.PID.tmp`` file, never a broken ``.ckpt``
+    (see :func:`minibert.files.atomic_write`).
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
@@ -89,13 +89,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_write(path, "wb") as file:
+            torch.save(checkpoint, file)

@@ -9,13 +9,13 @@ metadata), and ``projector_config.pbtxt`` lists them for ``tensorboard --logdir`
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from torch import Tensor, nn
 
+from minibert.files import atomic_write
 from minibert.tokenizer import Vocabulary
 
 CONFIG_NAME = "projector_config.pbtxt"
@@ -114,15 +114,6 @@ def _tsv_shape(folder: Path) -> tuple[int, int]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary name beside ``path`` and rename: readers see the old file or the new one.
-
-    The temporary file is opened like any other (tempfile.mkstemp would make it private, 0600).
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as file:
-            file.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Readers see the old file or the new one, never a part (see :func:`minibert.files.atomic_write`)."""
+    with atomic_write(path, encoding="utf-8", newline="\n") as file:
+        file.write(text)

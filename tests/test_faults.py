@@ -99,3 +99,10 @@ def test_a_write_that_dies_halfway_leaves_the_old_checkpoint_whole(tmp_path, mon
         AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 20}, path)
     assert path.read_bytes() == before and check_checkpoint_file(path)["global_step"] == 10
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left either
+
+
+def test_checkpoints_get_the_permissions_of_any_new_file(tmp_path):
+    """Written through a temporary file, yet readable by whoever could read any other file of the user's."""
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {}, "global_step": 1}, tmp_path / "last.ckpt")
+    (tmp_path / "plain.txt").write_text("a")  # made the ordinary way, through the umask
+    assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777

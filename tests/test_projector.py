@@ -12,7 +12,7 @@ from conftest import REPO
 from google.protobuf import text_format
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
-from minibert import projector
+from minibert import files
 from minibert.model import Encoder
 from minibert.projector import (
     embedding_matrix,
@@ -102,7 +102,7 @@ def test_an_interrupted_write_leaves_the_previous_file_and_no_temporary(tmp_path
     def crash(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(projector.os, "replace", crash)
+    monkeypatch.setattr(files.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
         write_projector_files(tmp_path, torch.zeros(2, 2), ["c", "d"])
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
