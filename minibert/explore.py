@@ -33,7 +33,7 @@ COMMANDS = ("export", "neighbors", "fill-mask")
 def load_checkpoint(path: str | Path) -> tuple[MiniBert, Vocabulary]:
     """The model of a checkpoint, in eval mode on the CPU, and its vocabulary."""
     checkpoint = check_checkpoint_file(path)
-    missing = [key for key in ("state_dict", "hyper_parameters", "vocabulary") if key not in checkpoint]
+    missing = [key for key in ("hyper_parameters", "vocabulary") if key not in checkpoint]  # state_dict: checked already
     if missing:
         raise MinibertError(f"checkpoint {path} is not a minibert checkpoint: it has no {', '.join(missing)}")
     # LightningCLI adds bookkeeping entries such as "_instantiator"; they are not model arguments.
