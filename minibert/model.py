@@ -33,6 +33,34 @@ def sinusoidal_positions(max_len: int, embed_dim: int) -> Tensor:
     return pe
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (zero each element with probability ``p``, scale the rest by 1/(1-p)),
+    with cheaper random numbers on CPU.
+
+    PyTorch's CPU dropout draws one random number per element: at the base configuration
+    that is about a tenth of a training step. Here one 64-bit draw is cut into four 15-bit
+    numbers, which is about three times faster for the whole forward and backward. An
+    element is dropped with probability ``round(p * 2^15) / 2^15`` (within 2^-16 of ``p``)
+    and the survivors are scaled by exactly the inverse of their share, so the expected
+    output is still the input. On other devices, and inside ``torch.compile``, PyTorch's own
+    dropout is already fast.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu" or torch.compiler.is_compiling():  # compiled code draws its own fast numbers
+            return super().forward(x)
+        n = x.numel()
+        # random_() on int64 gives 63 random bits (the sign bit stays 0); masking every
+        # 16-bit quarter to 15 bits makes the four quarters alike.
+        words = torch.empty((n + 3) // 4, dtype=torch.int64).random_()  # (ceil(n/4),)
+        bits = (words.view(torch.int16)[:n] & 0x7FFF).view(x.shape)  # x's shape, uniform in [0, 2^15)
+        dropped = round(self.p * 2**15)
+        keep = (bits >= dropped).to(x.dtype).mul_(2**15 / (2**15 - dropped))  # 0 or the scale, in x's dtype
+        return x * keep
+
+
 def attention_keep_mask(padding_mask: Tensor) -> Tensor:
     """Which keys each query may look at, (B, 1, 1, T), from a padding mask (B, T).
 
@@ -53,17 +81,19 @@ class MultiHeadSelfAttention(nn.Module):
         dropout: dropout on the attention weights.
         bias: whether the projections have biases.
         fused: use ``F.scaled_dot_product_attention`` (same numbers, faster) instead of
-            the explicit softmax(QK^T / sqrt(D/H)) V written out below.
+            the explicit softmax(QK^T / sqrt(D/H)) V written out below, wherever PyTorch
+            has a fused kernel for it: on GPU, and on CPU when no dropout is applied (CPU
+            attention with dropout falls back to the same steps, with slower dropout).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float, bias: bool = True, fused: bool = True) -> None:
         super().__init__()
         if embed_dim % num_heads:
             raise MinibertError(f"model.embed_dim={embed_dim} must be divisible by model.num_heads={num_heads}")
-        self.num_heads, self.dropout, self.fused = num_heads, dropout, fused
+        self.num_heads, self.fused = num_heads, fused
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.attn_dropout = nn.Dropout(dropout)
+        self.attn_dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
         """x: (B, T, D); keep: (B, 1, 1, T) bool or None. Returns (B, T, D)."""
@@ -71,8 +101,8 @@ class MultiHeadSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(D, dim=-1)  # 3 x (B, T, D)
         # (B, T, D) -> (B, T, H, D/H) -> (B, H, T, D/H): each head attends on its own slice.
         q, k, v = (t.view(B, T, self.num_heads, D // self.num_heads).transpose(1, 2) for t in (q, k, v))
-        if self.fused:
-            p = self.dropout if self.training else 0.0
+        p = self.attn_dropout.p if self.training else 0.0
+        if self.fused and (p == 0.0 or x.device.type != "cpu"):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p)  # (B, H, T, D/H)
         else:
             scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, T)
@@ -122,11 +152,18 @@ class EncoderLayer(nn.Module):
         self.attn = MultiHeadSelfAttention(embed_dim, num_heads, dropout, bias, fused)
         self.norm2 = nn.LayerNorm(embed_dim, bias=bias)
         self.ff = FeedForward(embed_dim, ff_dim, activation, bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
-    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
-        """x: (B, T, D); keep: (B, 1, 1, T) bool or None (see :func:`attention_keep_mask`). Returns (B, T, D)."""
+    def forward(self, x: Tensor, keep: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+        """x: (B, T, D); keep: (B, 1, 1, T) bool or None (see :func:`attention_keep_mask`).
+
+        Returns (B, T, D), or (N, D) with ``rows``, a (B, T) bool mask of the N positions
+        wanted: every position is still a key and value of the attention, but the
+        feed-forward, which works on each position alone, runs on the wanted ones only.
+        """
         x = x + self.dropout(self.attn(self.norm1(x), keep))
+        if rows is not None:
+            x = x[rows]  # (B, T, D) -> (N, D)
         return x + self.dropout(self.ff(self.norm2(x)))
 
 
@@ -170,12 +207,14 @@ class Encoder(nn.Module):
         scale_embeddings: bool = False,
     ) -> None:
         super().__init__()
+        if not 0 <= dropout < 1:
+            raise MinibertError(f"model.dropout={dropout} must be in [0, 1)")
         if init_std is not None and init_std <= 0:
             raise MinibertError(f"model.init_std={init_std} must be positive (or null for PyTorch's default initialisation)")
         self.token_embedding = nn.Embedding(vocab_size, embed_dim)
         self.embed_scale = math.sqrt(embed_dim) if scale_embeddings else 1.0
         self.register_buffer("positions", sinusoidal_positions(seq_len, embed_dim), persistent=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.layers = nn.ModuleList(
             EncoderLayer(embed_dim, num_heads, ff_dim, dropout, activation, bias, fused_attention) for _ in range(num_layers)
         )
@@ -186,11 +225,13 @@ class Encoder(nn.Module):
         if init_std is not None:
             self.apply(lambda module: _init_weights(module, init_std))
 
-    def forward(self, input_ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor, padding_mask: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
         """input_ids: (B, T) ids; padding_mask: (B, T), True at padding. Returns hidden states (B, T, D).
 
-        The head is applied separately (:meth:`logits`), so that training can run it only
-        on the few positions that are scored.
+        ``rows``, a (B, T) bool mask, asks for the hidden states of those N positions only,
+        (N, D): training scores about 15% of positions, and the last layer's feed-forward
+        then runs on those alone (a twentieth of a training step's arithmetic at the base
+        configuration). The head is applied separately (:meth:`logits`), for the same reason.
         """
         T = input_ids.shape[1]
         if T > self.positions.shape[0]:
@@ -198,8 +239,11 @@ class Encoder(nn.Module):
         x = self.token_embedding(input_ids) * self.embed_scale + self.positions[:T]  # (B, T, D)
         x = self.dropout(x)
         keep = attention_keep_mask(padding_mask) if padding_mask is not None else None  # (B, 1, 1, T)
-        for layer in self.layers:
-            x = layer(x, keep)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x, keep, rows if i == last else None)  # the last one: (N, D) if rows are given
+        if rows is not None and not self.layers:
+            x = x[rows]
         return self.final_norm(x)
 
     def logits(self, hidden: Tensor) -> Tensor:

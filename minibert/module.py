@@ -78,11 +78,12 @@ class MiniBert(L.LightningModule):
         """Logits and labels of the scored positions only: (N, V) and (N,).
 
         The head over the vocabulary is most of the model's arithmetic, and only about
-        15% of positions are scored, so the scored rows are gathered before it.
+        15% of positions are scored, so the scored rows are gathered before it (and before
+        the last layer's feed-forward: see :meth:`minibert.model.Encoder.forward`).
         """
-        hidden = self.encoder(batch["input_ids"], batch.get("padding_mask"))  # (B, T, D)
         scored = batch["labels"] != IGNORE_INDEX  # (B, T)
-        return self.encoder.logits(hidden[scored]), batch["labels"][scored]  # (N, V), (N,)
+        hidden = self.encoder(batch["input_ids"], batch.get("padding_mask"), rows=scored)  # (N, D)
+        return self.encoder.logits(hidden), batch["labels"][scored]  # (N, V), (N,)
 
     def masked_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Mean cross-entropy over the scored positions, with their logits (N, V) and labels (N,)."""

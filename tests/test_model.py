@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from minibert.errors import MinibertError
-from minibert.model import Encoder, EncoderLayer, sinusoidal_positions
+from minibert.model import Dropout, Encoder, EncoderLayer, sinusoidal_positions
 
 D, H, F_DIM, V, T = 16, 4, 32, 50, 7
 
@@ -155,6 +155,72 @@ def test_all_false_padding_mask_changes_nothing(fused):
     torch.testing.assert_close(encoder(ids, no_padding), encoder(ids), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_cpu_training_with_dropout_takes_the_explicit_path(with_mask):
+    # PyTorch's CPU attention has no fused kernel with dropout: ours then writes the steps
+    # out with its own dropout, so both settings draw the same numbers and agree exactly.
+    fused = small_encoder(fused_attention=True, dropout=0.2).train()
+    explicit = small_encoder(fused_attention=False, dropout=0.2).train()
+    explicit.load_state_dict(fused.state_dict())
+    ids, padding = batch()
+    mask = padding if with_mask else None
+    torch.manual_seed(3)
+    ours = fused(ids, mask)
+    torch.manual_seed(3)
+    torch.testing.assert_close(explicit(ids, mask), ours, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("layers", [0, 1, 2])
+def test_rows_give_the_same_hidden_states_as_a_full_pass(layers):
+    encoder = small_encoder(num_layers=layers)
+    ids, padding = batch()
+    rows = torch.rand(ids.shape, generator=torch.Generator().manual_seed(1)) < 0.4
+    rows &= ~padding
+    hidden = encoder(ids, padding, rows=rows)
+    assert hidden.shape == (int(rows.sum()), D)
+    torch.testing.assert_close(hidden, encoder(ids, padding)[rows], atol=1e-6, rtol=0)
+
+
+# --- dropout --------------------------------------------------------------------------------
+
+
+def test_dropout_zeroes_the_share_asked_for_and_keeps_the_mean():
+    dropout = Dropout(0.1).train()
+    torch.manual_seed(0)
+    out = dropout(torch.ones(1000, 1000))
+    dropped = round(0.1 * 2**15)  # 3277 of 2^15 = 0.100006
+    assert (out == 0).float().mean().item() == pytest.approx(dropped / 2**15, abs=1e-3)  # 3.3 standard deviations
+    kept = out[out != 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 2**15 / (2**15 - dropped)))  # survivors scaled exactly
+    assert out.mean().item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_dropout_draws_uniform_bits_everywhere():
+    # Each 64-bit draw feeds four neighbouring elements: each quarter must drop alike.
+    dropout = Dropout(0.5).train()
+    torch.manual_seed(0)
+    dropped = dropout(torch.ones(400_000)).view(-1, 4) == 0  # (100_000, 4)
+    torch.testing.assert_close(dropped.float().mean(0), torch.full((4,), 0.5), atol=5e-3, rtol=0)
+
+
+def test_dropout_backward_uses_the_forward_mask_and_is_seeded():
+    dropout = Dropout(0.3).train()
+    x = torch.randn(64, 33, requires_grad=True)  # 64 * 33 is not a multiple of 4
+    torch.manual_seed(5)
+    out = dropout(x)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, out.detach() / x.detach())  # the gradient is the mask times the scale
+    torch.manual_seed(5)
+    torch.testing.assert_close(dropout(x), out)
+    assert not torch.equal(dropout(x), out)  # a new draw, a new mask
+
+
+def test_dropout_is_the_identity_in_eval_mode_or_at_zero():
+    x = torch.randn(8, 8)
+    assert Dropout(0.5).eval()(x) is x
+    assert Dropout(0.0).train()(x) is x
+
+
 # --- gradients and options ------------------------------------------------------------------
 
 
@@ -206,6 +272,8 @@ def test_bad_shapes_are_clear_errors():
         small_encoder()(torch.zeros(1, T + 1, dtype=torch.long))
     with pytest.raises(MinibertError, match="model.embed_dim=16 must be divisible by model.num_heads=3"):
         small_encoder(num_heads=3)
+    with pytest.raises(MinibertError, match=r"model.dropout=1.0 must be in \[0, 1\)"):
+        small_encoder(dropout=1.0)
 
 
 # --- size of the reference model ------------------------------------------------------------
