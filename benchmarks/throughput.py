@@ -105,8 +105,9 @@ def make_minibert(args: argparse.Namespace, vocab_size: int) -> tuple[torch.nn.M
     module.train()
     optimizer = module.configure_optimizers()["optimizer"]
     if args.compile:
-        # Only the encoder: its shapes are fixed, while the number of masked rows that the
-        # head sees changes every batch (compiling it would recompile or need dynamic shapes).
+        # Only the encoder: the number of masked rows changes every batch, and the loss and
+        # metrics over them would recompile; the encoder's last layer sees that number too,
+        # and Dynamo recompiles it once with the size marked dynamic.
         module.encoder.forward = torch.compile(module.encoder.forward)
 
     def step(batch: dict[str, torch.Tensor], index: int) -> None:
