@@ -43,10 +43,17 @@ class CacheSettings:
     seed: int
 
 
-def cache_key(corpus: Path, settings: CacheSettings) -> str:
-    """A name that changes whenever the corpus file (or files), the tokenizer or a setting changes."""
+def cache_key(corpus: Path, settings: CacheSettings, vocab: Vocabulary | None = None) -> str:
+    """A name that changes whenever the corpus file (or files), the tokenizer, a setting or a given vocabulary changes."""
     blob = json.dumps([CACHE_FORMAT, PUNCTUATION, _identity(corpus), asdict(settings)], sort_keys=True)
+    if vocab is not None:
+        blob += vocab_fingerprint(vocab)
     return f"{corpus.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def vocab_fingerprint(vocab: Vocabulary) -> str:
+    """A short hash of the vocabulary's words in order: the same words give the same ids."""
+    return hashlib.sha256("\n".join(vocab.itos).encode()).hexdigest()[:16]
 
 
 def _identity(corpus: Path) -> list[tuple[str, int, int]]:
@@ -55,8 +62,11 @@ def _identity(corpus: Path) -> list[tuple[str, int, int]]:
     return [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
-def build_cache(corpus: Path, settings: CacheSettings, cache_dir: Path) -> None:
+def build_cache(corpus: Path, settings: CacheSettings, cache_dir: Path, vocab: Vocabulary | None = None) -> None:
     """Tokenize, split, count and encode ``corpus`` into ``cache_dir``.
+
+    ``vocab``, when given (a checkpoint's), encodes the corpus instead of the vocabulary
+    counted on its training split.
 
     Words get provisional ids in order of first appearance while the text streams by,
     so memory holds one int32 per token and one dict entry per distinct word, never
@@ -74,7 +84,8 @@ def build_cache(corpus: Path, settings: CacheSettings, cache_dir: Path) -> None:
 
     words = list(provisional)
     del provisional
-    vocab = Vocabulary.from_counts(dict(zip(words, train_counts.tolist())), settings.vocab_size, settings.min_freq)
+    if vocab is None:
+        vocab = Vocabulary.from_counts(dict(zip(words, train_counts.tolist())), settings.vocab_size, settings.min_freq)
     remap = np.fromiter((vocab.stoi.get(w, UNK_ID) for w in words), np.int32, len(words))
     for block in range(0, len(tokens), _BLOCK):  # provisional ids -> vocabulary ids, in place
         tokens[block : block + _BLOCK] = remap[tokens[block : block + _BLOCK]]
@@ -86,9 +97,9 @@ def build_cache(corpus: Path, settings: CacheSettings, cache_dir: Path) -> None:
     _write_atomically(cache_dir, arrays, vocab, {"corpus": str(corpus), **asdict(settings)})
 
 
-def key_for_test_corpus(test_corpus: Path, train_cache: Path) -> str:
-    """The name of a test corpus's cache: its identity and the training cache whose vocabulary encodes it."""
-    blob = json.dumps([CACHE_FORMAT, _identity(test_corpus), train_cache.name])
+def key_for_test_corpus(test_corpus: Path, vocab: Vocabulary) -> str:
+    """The name of a test corpus's cache: its identity and the vocabulary that encodes it."""
+    blob = json.dumps([CACHE_FORMAT, PUNCTUATION, _identity(test_corpus), vocab_fingerprint(vocab)])
     return f"test-{test_corpus.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 

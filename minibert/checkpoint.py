@@ -42,6 +42,14 @@ def check_checkpoint_file(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+def checkpoint_vocabulary(path: str | Path) -> Vocabulary:
+    """The vocabulary saved in a checkpoint, or one line saying why there is none."""
+    checkpoint = check_checkpoint_file(path)
+    if "vocabulary" not in checkpoint:
+        raise MinibertError(f"checkpoint {path} holds no vocabulary: not a checkpoint written by minibert's training")
+    return Vocabulary.from_dict(checkpoint["vocabulary"])
+
+
 def compatibility_problem(checkpoint: dict[str, Any], model_args: dict[str, Any], vocabulary: Vocabulary | None) -> str | None:
     """What differs between a checkpoint and the model and data built now, in words, or None.
 

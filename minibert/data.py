@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -13,6 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from minibert.cache import CacheSettings, build_cache, build_test_corpus_cache, cache_key, key_for_test_corpus, load_split
+from minibert.checkpoint import checkpoint_vocabulary
 from minibert.download import EUROPARL_V7_FR, EUROPARL_V7_URL, fetch_europarl_fr
 from minibert.errors import MinibertError
 from minibert.masking import MaskingConfig, mask_tokens
@@ -20,30 +22,70 @@ from minibert.sampler import ResumableSampler
 from minibert.tokenizer import MASK_ID, PAD_ID, SPECIAL_TOKENS, Vocabulary
 
 
-class SentenceWindows(Dataset):
-    """Fixed-length samples, one starting at each sentence of a split.
+WINDOWS = ("tile", "sentence")
+
+
+class TokenWindows(Dataset):
+    """Samples of ``seq_len`` tokens cut from the token stream of one split.
+
+    ``windows="tile"`` lays windows end to end over the stream, so every token is inside
+    one. ``windows="sentence"`` (the reference) starts one window at each sentence: the
+    tail of a sentence longer than ``seq_len`` is then never inside any sample.
+
+    A training epoch moves every tile right by the same number of tokens (chosen by
+    :class:`minibert.sampler.ResumableSampler`), so a word meets new neighbours and new
+    positions from one epoch to the next. Sample ``i`` is tile ``i % num_windows`` moved by
+    ``i // num_windows`` tokens; the last tile then runs on from the end of the stream
+    to its start (``wrap``). Evaluation uses no shift and pads the last tile instead, so
+    every held-out token is scored exactly once.
 
     Args:
         tokens: flat token ids of the split, (N,).
         offsets: start of every sentence in ``tokens``, plus the end, (S + 1,).
-        seq_len: length of every sample.
-        packing: run on into the following sentences (the reference's behaviour) instead
-            of cutting at the sentence's end and padding.
+        seq_len: tokens per sample.
+        packing: a window runs on across sentence ends (true), or stops at the end of its
+            sentence and is padded (false: tiles then cut each sentence on its own).
+        windows: ``tile`` or ``sentence``, as above.
+        shifts: how many shifts the sampler may choose from: ``seq_len`` for training
+            with packed tiles, 1 (no shift) otherwise.
     """
 
-    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, seq_len: int, packing: bool) -> None:
+    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, seq_len: int, packing: bool, windows: str = "tile", shifts: int = 1) -> None:
         self.tokens, self.offsets, self.seq_len, self.packing = tokens, offsets, seq_len, packing
+        self.starts = window_starts(offsets, seq_len, packing, windows)  # (num_windows,)
+        self.shifts = shifts if windows == "tile" and packing else 1
+        self.wrap = self.shifts > 1
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.starts)
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return self.num_windows * self.shifts
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        start = int(self.offsets[index])
-        end = len(self.tokens) if self.packing else int(self.offsets[index + 1])
-        window = np.full(self.seq_len, PAD_ID, dtype=np.int64)
+        shift, window = divmod(index, self.num_windows)
+        start = (int(self.starts[window]) + shift) % len(self.tokens)
+        end = len(self.tokens) if self.packing else int(self.offsets[np.searchsorted(self.offsets, start, side="right")])
         piece = self.tokens[start : min(end, start + self.seq_len)]
-        window[: len(piece)] = piece
-        return {"input_ids": torch.from_numpy(window), "sample_ids": torch.tensor(index)}
+        if self.wrap and len(piece) < self.seq_len:  # run on from the start of the stream
+            piece = np.concatenate([piece, self.tokens[: self.seq_len - len(piece)]])
+        sample = np.full(self.seq_len, PAD_ID, dtype=np.int64)
+        sample[: len(piece)] = piece
+        return {"input_ids": torch.from_numpy(sample), "sample_ids": torch.tensor(index)}
+
+
+def window_starts(offsets: np.ndarray, seq_len: int, packing: bool, windows: str) -> np.ndarray:
+    """Where each window starts in the token stream, (num_windows,)."""
+    sentence_starts, lengths = offsets[:-1], np.diff(offsets)
+    if windows == "sentence":
+        return sentence_starts
+    if packing:  # tiles over the whole stream
+        return np.arange(0, offsets[-1], seq_len)
+    # Tiles over each sentence on its own: a sentence of n tokens gives ceil(n / seq_len) windows.
+    per_sentence = -(-lengths // seq_len)
+    first = np.repeat(np.cumsum(per_sentence) - per_sentence, per_sentence)  # index of each sentence's first window
+    return np.repeat(sentence_starts, per_sentence) + seq_len * (np.arange(per_sentence.sum()) - first)
 
 
 class EuroparlDataModule(L.LightningDataModule):
@@ -56,15 +98,23 @@ class EuroparlDataModule(L.LightningDataModule):
         data_dir: where downloads and encoded corpora (``data_dir/cache/``) are kept.
         download_url: where ``europarl-v7-fr`` comes from (the release's ``fr-en.tgz``).
         test_corpus: an optional held-out corpus (any form ``corpus`` takes but the
-            download) for ``minibert test``, encoded with the training vocabulary.
+            download) for ``test`` and ``predict``, encoded with the model's vocabulary.
+        vocab_from: a checkpoint whose vocabulary to use instead of building one from
+            ``corpus``. ``validate``, ``test`` and ``predict`` set it to their ``--ckpt_path``:
+            scoring ``test_corpus`` then needs nothing but the checkpoint.
         vocab_size: size of the vocabulary, special tokens (``<pad>``, ``<unk>``, ``<mask>``)
             included; the most frequent words of the training split fill the rest.
         min_freq: words seen fewer times in the training split become ``<unk>``.
         max_sentences: keep only the first N sentences of the corpus (all when null).
         val_fraction: share of sentences held out for validation, chosen by ``seed``.
         seq_len: tokens per sample.
-        packing: a sample runs on into the next sentences (true) or is one padded sentence (false).
+        windows: ``tile`` (windows end to end over the text: every token is trained on and
+            scored) or ``sentence`` (the reference: one window starting at each sentence).
+            See :class:`TokenWindows`.
+        packing: a sample runs on into the next sentences (true) or stops at its sentence's end (false).
         mask_prob: chance that a token is chosen for prediction.
+        val_mask_prob: the same for validation and test; null: ``mask_prob``. A fixed value
+            (0.15, BERT's) compares runs trained with different ``mask_prob`` on the same task.
         mask_token_prob: chance that a chosen token becomes ``<mask>``.
         random_token_prob: chance that a chosen token becomes a random word (else it is kept).
         batch_size: samples per batch, per process.
@@ -79,13 +129,16 @@ class EuroparlDataModule(L.LightningDataModule):
         data_dir: str = "data",
         download_url: str = EUROPARL_V7_URL,
         test_corpus: str | None = None,
+        vocab_from: str | None = None,
         vocab_size: int = 40_003,
         min_freq: int = 1,
         max_sentences: int | None = None,
         val_fraction: float = 0.05,
         seq_len: int = 20,
+        windows: Literal["tile", "sentence"] = "tile",
         packing: bool = True,
         mask_prob: float = 0.15,
+        val_mask_prob: float | None = None,
         mask_token_prob: float = 0.8,
         random_token_prob: float = 0.1,
         batch_size: int = 128,
@@ -94,22 +147,25 @@ class EuroparlDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        _check_options(vocab_size, min_freq, max_sentences, val_fraction, seq_len, mask_prob, mask_token_prob, random_token_prob, batch_size, num_workers)
+        _check_options(vocab_size, min_freq, max_sentences, val_fraction, seq_len, windows, mask_prob, val_mask_prob, mask_token_prob, random_token_prob, batch_size, num_workers)
         self.corpus, self.data_dir, self.download_url, self.test_corpus = corpus, Path(data_dir), download_url, test_corpus
+        self.vocab_from = vocab_from
         self.settings = CacheSettings(vocab_size, min_freq, max_sentences, val_fraction, seed)
-        self.seq_len, self.packing = seq_len, packing
-        self.mask_probs = (mask_prob, mask_token_prob, random_token_prob)
+        self.seq_len, self.windows, self.packing = seq_len, windows, packing
+        self.mask_prob, self.val_mask_prob = mask_prob, mask_prob if val_mask_prob is None else val_mask_prob
+        self.mask_token_prob, self.random_token_prob = mask_token_prob, random_token_prob
         self.batch_size, self.num_workers, self.persistent_workers = batch_size, num_workers, persistent_workers
         self.seed = seed
         self._vocab: Vocabulary | None = None
-        self.datasets: dict[str, SentenceWindows] = {}
+        self.datasets: dict[str, TokenWindows] = {}
         self._resume_at = (-1, 0)  # (epoch, batches already trained in it), from a checkpoint
 
     # The cache is built on first use: the model's size depends on the vocabulary, which is
     # linked from here when the command line instantiates both (see cli.py).
     @property
     def cache_dir(self) -> Path:
-        return self.data_dir / "cache" / cache_key(self._corpus_path(), self.settings)
+        given = self.vocab if self.vocab_from else None  # else the vocabulary is built into this cache
+        return self.data_dir / "cache" / cache_key(self._corpus_path(), self.settings, given)
 
     def _corpus_path(self) -> Path:
         if self.corpus == EUROPARL_V7_FR:
@@ -119,30 +175,37 @@ class EuroparlDataModule(L.LightningDataModule):
     @property
     def test_cache_dir(self) -> Path:
         if self.test_corpus is None:
-            raise MinibertError("`test` needs data.test_corpus, a held-out corpus (to score the validation split, use `validate`)")
+            raise MinibertError("`test` and `predict` need data.test_corpus, a held-out corpus (to score the validation split, use `validate`)")
         test_corpus = _existing(self.test_corpus, "data.test_corpus")
-        return self.data_dir / "cache" / key_for_test_corpus(test_corpus, self.cache_dir)
+        return self.data_dir / "cache" / key_for_test_corpus(test_corpus, self.vocab)
 
     @property
     def vocab(self) -> Vocabulary:
+        if self._vocab is None and self.vocab_from:
+            self._vocab = checkpoint_vocabulary(self.vocab_from)
         if self._vocab is None:
-            if not self.cache_dir.exists():
-                build_cache(self._corpus_path(), self.settings, self.cache_dir)
+            self._build_cache()
             self._vocab = Vocabulary.load(self.cache_dir / "vocab.json")
         return self._vocab
+
+    def _build_cache(self) -> None:
+        """Encode ``corpus`` into ``cache_dir`` unless it is there already."""
+        if not self.cache_dir.exists():
+            build_cache(self._corpus_path(), self.settings, self.cache_dir, self._vocab)
 
     @property
     def vocab_len(self) -> int:
         """Number of entries of the built vocabulary (at most ``vocab_size``)."""
         return len(self.vocab)
 
-    @property
-    def masking(self) -> MaskingConfig:
-        return MaskingConfig(*self.mask_probs, mask_id=MASK_ID, num_specials=len(SPECIAL_TOKENS), vocab_size=len(self.vocab))
+    def masking(self, stage: str) -> MaskingConfig:
+        """How ``stage`` (train, val or test) corrupts its batches."""
+        mask_prob = self.mask_prob if stage == "train" else self.val_mask_prob
+        return MaskingConfig(mask_prob, self.mask_token_prob, self.random_token_prob, MASK_ID, len(SPECIAL_TOKENS), len(self.vocab))
 
     def prepare_data(self) -> None:
         """Build the caches that are missing (Lightning calls this on one process per node)."""
-        vocab = self.vocab  # the training cache, built first: its vocabulary encodes the test corpus
+        vocab = self.vocab  # built first (or read from vocab_from): it encodes the other caches
         if self.test_corpus is not None and not self.test_cache_dir.exists():
             build_test_corpus_cache(Path(self.test_corpus), vocab, self.test_cache_dir)
 
@@ -154,26 +217,33 @@ class EuroparlDataModule(L.LightningDataModule):
         keeps the module usable on its own.
         """
         self.prepare_data()
-        if stage == "test":
-            tokens, offsets = load_split(self.test_cache_dir, "test")
-            self.datasets["test"] = SentenceWindows(tokens, offsets, self.seq_len, self.packing)
+        if stage in ("test", "predict"):
+            self.datasets["test"] = self._windows(self.test_cache_dir, "test")
             return
+        self._build_cache()  # with vocab_from, the splits are encoded with that vocabulary
         for split in ("train", "val"):
-            tokens, offsets = load_split(self.cache_dir, split)
-            self.datasets[split] = SentenceWindows(tokens, offsets, self.seq_len, self.packing)
-        if stage == "fit" and len(self.datasets["train"]) < self.batch_size:
+            self.datasets[split] = self._windows(self.cache_dir, split)
+        num_windows = self.datasets["train"].num_windows
+        if stage == "fit" and num_windows < self.batch_size:
             raise MinibertError(
-                f"data.corpus {self.corpus} gives {len(self.datasets['train'])} training samples, "
+                f"data.corpus {self.corpus} gives {num_windows} training samples, "
                 f"fewer than one batch (data.batch_size={self.batch_size})"
             )
         if self.settings.val_fraction > 0 and len(self.datasets["val"]) == 0:
             raise MinibertError(f"data.val_fraction={self.settings.val_fraction} of corpus {self.corpus} leaves no validation sentence: raise it")
 
+    def _windows(self, cache_dir: Path, split: str) -> TokenWindows:
+        tokens, offsets = load_split(cache_dir, split)
+        # Training tiles move by up to seq_len - 1 tokens each epoch; held-out ones stay put.
+        shifts = self.seq_len if split == "train" else 1
+        return TokenWindows(tokens, offsets, self.seq_len, self.packing, self.windows, shifts)
+
     def train_dataloader(self) -> DataLoader:
         # Each process trains on its own shard of every epoch (see ResumableSampler).
         trainer = self.trainer
         num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ResumableSampler(len(self.datasets["train"]), self.seed, num_replicas, rank)
+        train = self.datasets["train"]
+        sampler = ResumableSampler(train.num_windows, self.seed, num_replicas, rank, shifts=train.shifts)
         epoch, batches_done = self._resume_at
         sampler.resume(epoch, batches_done * self.batch_size)
         return self._loader("train", sampler)
@@ -189,6 +259,9 @@ class EuroparlDataModule(L.LightningDataModule):
         return self._loader("val", sampler)
 
     def test_dataloader(self) -> DataLoader:
+        return self._loader("test", sampler=None)
+
+    def predict_dataloader(self) -> DataLoader:
         return self._loader("test", sampler=None)
 
     def _loader(self, split: str, sampler: Sampler | None) -> DataLoader:
@@ -235,7 +308,7 @@ class EuroparlDataModule(L.LightningDataModule):
         epoch = self.trainer.current_epoch if stage == "train" and self.trainer is not None else 0
         input_ids = batch["input_ids"]
         stream_seed = self.seed * len(_STREAMS) + _STREAMS[stage]
-        corrupted, labels = mask_tokens(input_ids, batch["sample_ids"], self.masking, stream_seed, epoch)
+        corrupted, labels = mask_tokens(input_ids, batch["sample_ids"], self.masking(stage), stream_seed, epoch)
         return {"input_ids": corrupted, "labels": labels, "padding_mask": input_ids == PAD_ID}
 
     def _masking_stage(self) -> str:
@@ -253,7 +326,7 @@ def _existing(path: str, option: str) -> Path:
     return Path(path)
 
 
-def _check_options(vocab_size, min_freq, max_sentences, val_fraction, seq_len, mask_prob, mask_token_prob, random_token_prob, batch_size, num_workers) -> None:
+def _check_options(vocab_size, min_freq, max_sentences, val_fraction, seq_len, windows, mask_prob, val_mask_prob, mask_token_prob, random_token_prob, batch_size, num_workers) -> None:
     special = len(SPECIAL_TOKENS)
     checks = [
         (vocab_size > special, f"data.vocab_size={vocab_size} must be more than the {special} special tokens ({', '.join(SPECIAL_TOKENS)})"),
@@ -261,11 +334,14 @@ def _check_options(vocab_size, min_freq, max_sentences, val_fraction, seq_len, m
         (max_sentences is None or max_sentences >= 1, f"data.max_sentences={max_sentences} must be at least 1 (or null for all)"),
         (0 <= val_fraction < 1, f"data.val_fraction={val_fraction} must be in [0, 1)"),
         (seq_len >= 2, f"data.seq_len={seq_len} must be at least 2"),
+        (windows in WINDOWS, f"data.windows={windows!r} must be one of {', '.join(WINDOWS)}"),
         (batch_size >= 1, f"data.batch_size={batch_size} must be at least 1"),
         (num_workers >= 0, f"data.num_workers={num_workers} must be at least 0"),
     ]
-    for name, p in (("mask_prob", mask_prob), ("mask_token_prob", mask_token_prob), ("random_token_prob", random_token_prob)):
-        checks.append((0 <= p <= 1, f"data.{name}={p} must be a probability in [0, 1]"))
+    probabilities = {"mask_prob": mask_prob, "val_mask_prob": val_mask_prob, "mask_token_prob": mask_token_prob, "random_token_prob": random_token_prob}
+    for name, p in probabilities.items():
+        if p is not None:  # val_mask_prob: null follows mask_prob
+            checks.append((0 <= p <= 1, f"data.{name}={p} must be a probability in [0, 1]"))
     checks.append((mask_token_prob + random_token_prob <= 1, f"data.mask_token_prob + data.random_token_prob = {mask_token_prob + random_token_prob} must not exceed 1"))
     for ok, message in checks:
         if not ok:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 from torch.utils.data import DistributedSampler
 
 
@@ -20,24 +21,33 @@ class ResumableSampler(DistributedSampler):
     already a ``DistributedSampler`` in place under DDP instead of wrapping it in its own.
 
     Args:
-        num_samples: size of the dataset.
-        seed: seeds every epoch's shuffle.
+        num_windows: how many windows an epoch trains on (the dataset's tiles).
+        seed: seeds every epoch's shuffle and shift.
         num_replicas, rank: how many processes train together and which one this is.
+        shifts: every epoch also draws a shift in ``[0, shifts)`` from ``(seed, epoch)`` and
+            yields ``shift * num_windows + window``: the dataset's index of that window moved
+            by ``shift`` tokens (see :class:`minibert.data.TokenWindows`).
     """
 
-    def __init__(self, num_samples: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(self, num_windows: int, seed: int, num_replicas: int = 1, rank: int = 0, shifts: int = 1) -> None:
         # DistributedSampler only needs the dataset's length.
-        super().__init__(range(num_samples), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        super().__init__(range(num_windows), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.num_windows, self.shifts = num_windows, shifts
         self.resume_epoch, self.resume_skip = -1, 0
 
     def resume(self, epoch: int, samples_seen: int) -> None:
         """Skip the first ``samples_seen`` samples of this process's shard in epoch ``epoch``."""
         self.resume_epoch, self.resume_skip = epoch, samples_seen
 
+    def shift(self) -> int:
+        """This epoch's shift, the same in every process."""
+        return int(np.random.default_rng([self.seed, self.epoch]).integers(self.shifts))
+
     def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())  # this process's shard of the epoch, (num_samples,)
+        windows = list(super().__iter__())  # this process's shard of the epoch, (num_samples,)
         skip = self.resume_skip if self.epoch == self.resume_epoch else 0
-        return iter(indices[skip:])
+        offset = self.shift() * self.num_windows
+        return iter([offset + window for window in windows[skip:]])
 
     # __len__ stays the whole shard: Lightning counts the epoch's batches from it and, on
     # resume, starts its batch counter at the batches already done.

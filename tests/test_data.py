@@ -47,17 +47,86 @@ def write_corpus(path: Path, lengths: list[int]) -> list[list[str]]:
     return sentences
 
 
-@pytest.mark.parametrize("packing", [True, False])
-def test_samples_with_and_without_packing(tmp_path, packing):
-    sentences = write_corpus(tmp_path / "c.txt", [3, 6, 2, 5])
-    data = module(tmp_path, corpus=str(tmp_path / "c.txt"), vocab_size=100, seq_len=4, batch_size=1, val_fraction=0.0, packing=packing)
+def words_of(data: EuroparlDataModule, split: str, indices) -> list[list[str]]:
+    return [data.vocab.decode(data.datasets[split][i]["input_ids"].tolist()) for i in indices]
+
+
+PAD = "<pad>"
+SAMPLES = {  # sentences of 3, 6, 2 and 5 tokens, in windows of 4
+    ("tile", True): [["w0x0", "w0x1", "w0x2", "w1x0"], ["w1x1", "w1x2", "w1x3", "w1x4"], ["w1x5", "w2x0", "w2x1", "w3x0"], ["w3x1", "w3x2", "w3x3", "w3x4"]],
+    ("tile", False): [
+        ["w0x0", "w0x1", "w0x2", PAD], ["w1x0", "w1x1", "w1x2", "w1x3"], ["w1x4", "w1x5", PAD, PAD],
+        ["w2x0", "w2x1", PAD, PAD], ["w3x0", "w3x1", "w3x2", "w3x3"], ["w3x4", PAD, PAD, PAD],
+    ],
+    # The reference: a window starts at each sentence start and runs on into the next ones (packing), or is cut and padded.
+    ("sentence", True): [["w0x0", "w0x1", "w0x2", "w1x0"], ["w1x0", "w1x1", "w1x2", "w1x3"], ["w2x0", "w2x1", "w3x0", "w3x1"], ["w3x0", "w3x1", "w3x2", "w3x3"]],
+    ("sentence", False): [["w0x0", "w0x1", "w0x2", PAD], ["w1x0", "w1x1", "w1x2", "w1x3"], ["w2x0", "w2x1", PAD, PAD], ["w3x0", "w3x1", "w3x2", "w3x3"]],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("windows, packing", list(SAMPLES))
+def test_windows_with_and_without_packing(tmp_path, windows, packing):
+    write_corpus(tmp_path / "c.txt", [3, 6, 2, 5])
+    data = module(tmp_path, corpus=str(tmp_path / "c.txt"), vocab_size=100, seq_len=4, batch_size=1, val_fraction=0.0, windows=windows, packing=packing)
     data.setup("fit")
-    words = [data.vocab.decode(data.datasets["train"][i]["input_ids"].tolist()) for i in range(4)]
-    if packing:  # a window starts at each sentence start and runs on into the next ones
-        assert words == [["w0x0", "w0x1", "w0x2", "w1x0"], sentences[1][:4], ["w2x0", "w2x1", "w3x0", "w3x1"], ["w3x0", "w3x1", "w3x2", "w3x3"]]
-    else:  # one sentence, cut or padded
-        assert words == [sentences[0] + ["<pad>"], sentences[1][:4], sentences[2] + ["<pad>", "<pad>"], sentences[3][:4]]
-    assert [data.datasets["train"][i]["sample_ids"].item() for i in range(4)] == [0, 1, 2, 3]
+    train = data.datasets["train"]
+    assert words_of(data, "train", range(train.num_windows)) == SAMPLES[windows, packing]
+    assert [train[i]["sample_ids"].item() for i in range(train.num_windows)] == list(range(train.num_windows))
+    assert len(train) == train.num_windows * (4 if (windows, packing) == ("tile", True) else 1)  # shifted copies
+
+
+def epoch_tokens(data: EuroparlDataModule, epoch: int) -> tuple[list[int], list[list[str]]]:
+    """The indices a training epoch draws, and the words of those samples, through the real sampler."""
+    sampler = data.train_dataloader().sampler
+    sampler.set_epoch(epoch)
+    indices = list(sampler)
+    return indices, words_of(data, "train", indices)
+
+
+def test_tiles_train_on_every_token_every_epoch_with_a_fresh_shift(tmp_path):
+    sentences = write_corpus(tmp_path / "c.txt", [7, 30, 2, 11, 25, 4])  # 79 tokens: 8 tiles of 10
+    data = module(tmp_path, corpus=str(tmp_path / "c.txt"), vocab_size=200, seq_len=10, batch_size=2, val_fraction=0.0)
+    data.setup("fit")
+    every_token = sorted(w for s in sentences for w in s)
+    shifts = set()
+    for epoch in range(6):
+        indices, samples = epoch_tokens(data, epoch)
+        assert len(samples) == 8 and PAD not in sum(samples, [])
+        # Each token once, and one tile's worth run on from the end of the stream to its start.
+        assert set(sum(samples, [])) == set(every_token) and len(sum(samples, [])) == 80
+        shifts.add(indices[0] // 8)
+    assert len(shifts) > 1, "every epoch moved the tiles by the same amount"
+
+
+def test_reference_windows_never_see_the_tails_of_long_sentences(tmp_path):
+    write_corpus(tmp_path / "c.txt", [30, 25, 4])
+    data = module(tmp_path, corpus=str(tmp_path / "c.txt"), vocab_size=200, seq_len=10, batch_size=2, val_fraction=0.0, windows="sentence")
+    data.setup("fit")
+    seen = set(sum(epoch_tokens(data, 0)[1], []))
+    assert "w0x29" not in seen and "w1x20" not in seen and {"w0x9", "w1x9", "w2x3"} <= seen
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_held_out_windows_score_every_token_exactly_once(tmp_path, packing):
+    data = module(tmp_path, packing=packing, val_fraction=0.2)
+    data.setup("fit")
+    val = data.datasets["val"]
+    held_out = [t for i in range(len(val)) for t in val[i]["input_ids"].tolist() if t != PAD_ID]
+    assert held_out == val.tokens.tolist() and len(val) == val.num_windows
+
+
+def test_validation_scores_its_own_share_of_words(tmp_path):
+    """mask_prob for training, val_mask_prob for validation and test: runs with another mask_prob compare on one task."""
+    data = module(tmp_path, mask_prob=0.4, val_mask_prob=0.15, val_fraction=0.3)
+    data.setup("fit")
+
+    def share(split: str, stage: str) -> float:
+        batch = masked_batch(data, split, list(range(data.datasets[split].num_windows)), stage)
+        return ((batch["labels"] != IGNORE_INDEX).sum() / (~batch["padding_mask"]).sum()).item()
+
+    assert share("train", "train") == pytest.approx(0.4, abs=0.03)
+    assert share("val", "validate") == pytest.approx(0.15, abs=0.03)
+    assert module(tmp_path, mask_prob=0.4).val_mask_prob == 0.4  # null: the training share
 
 
 def test_padding_is_masked_and_never_scored(tmp_path):
@@ -83,7 +152,6 @@ def test_no_validation_sentence_is_trained_on(tmp_path):
         words = data.vocab.decode(train[i]["input_ids"].tolist())
         seen |= {int(w[1:].split("x")[0]) for w in words if w.startswith("w")}
     assert len(val_sentences) == 20 and seen == set(range(200)) - val_sentences
-    assert len(data.datasets["val"]) == 20
 
 
 # --- masks: reproducible ----------------------------------------------------------------
@@ -163,7 +231,7 @@ def test_test_corpus_is_encoded_with_the_training_vocabulary(tmp_path):
     data.setup("test")
     test = data.datasets["test"]
     sentences = HELDOUT.read_text(encoding="utf-8").splitlines()
-    assert len(test) == len(sentences)
+    assert len(test.offsets) == len(sentences) + 1
     for i, sentence in enumerate(sentences):
         ids = test.tokens[test.offsets[i] : test.offsets[i + 1]].tolist()
         assert data.vocab.decode(ids) == [w if w in data.vocab.stoi else "<unk>" for w in tokenize(sentence)]
@@ -179,7 +247,7 @@ def test_test_corpus_is_encoded_with_the_training_vocabulary(tmp_path):
 
 def test_test_without_test_corpus_is_a_clear_error(tmp_path):
     data = module(tmp_path)
-    with pytest.raises(MinibertError, match="`test` needs data.test_corpus"):
+    with pytest.raises(MinibertError, match="`test` and `predict` need data.test_corpus"):
         data.setup("test")
 
 
@@ -193,6 +261,28 @@ def test_lightning_test_reports_test_metrics(tiny_run, workdir):
         assert metric in result.stdout, result.stdout
 
 
+def test_a_checkpoint_is_enough_to_score_held_out_text(tiny_run, workdir):
+    """test and predict take the vocabulary from --ckpt_path: the training corpus may be gone."""
+    (workdir / "tests" / "data" / "sample.fr.txt").unlink()
+    shutil.copy(HELDOUT, workdir / "held.txt")
+    checkpoint = str(tiny_run / "checkpoints" / "last.ckpt")
+    result = run_cli("test", "--config", "configs/tiny.yaml", "--ckpt_path", checkpoint, "--data.test_corpus", "held.txt", cwd=workdir)
+    assert "test/acc" in result.stdout and "test/perplexity" in result.stdout, result.stdout
+    run_cli("predict", "--config", "configs/tiny.yaml", "--ckpt_path", checkpoint, "--data.test_corpus", "held.txt", cwd=workdir)
+    assert not (workdir / "tests" / "data" / "sample.fr.txt").exists()
+
+
+def test_words_outside_the_checkpoint_vocabulary_are_unk(tiny_run, tmp_path):
+    checkpoint = tiny_run / "checkpoints" / "last.ckpt"
+    (tmp_path / "held.txt").write_text("la commission zzyzxqq a voté\n", encoding="utf-8")
+    data = module(tmp_path, corpus=str(tmp_path / "gone.txt"), vocab_from=str(checkpoint), test_corpus=str(tmp_path / "held.txt"))
+    data.setup("test")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["vocabulary"]["words"]
+    assert data.vocab.itos[3:] == saved
+    words = data.vocab.decode(data.datasets["test"].tokens.tolist())
+    assert words == [w if w in saved else "<unk>" for w in ["la", "commission", "zzyzxqq", "a", "voté"]] and words[2] == "<unk>"
+
+
 # --- bad input: one clear line naming the file or option --------------------------------------------
 
 
@@ -202,6 +292,8 @@ def test_lightning_test_reports_test_metrics(tiny_run, workdir):
         ({"vocab_size": 3}, "data.vocab_size=3 must be more than the 3 special tokens"),
         ({"seq_len": 1}, "data.seq_len=1 must be at least 2"),
         ({"mask_prob": 1.5}, "data.mask_prob=1.5 must be a probability in [0, 1]"),
+        ({"val_mask_prob": -0.5}, "data.val_mask_prob=-0.5 must be a probability in [0, 1]"),
+        ({"windows": "sentences"}, "data.windows='sentences' must be one of tile, sentence"),
         ({"mask_token_prob": -0.1}, "data.mask_token_prob=-0.1 must be a probability in [0, 1]"),
         ({"random_token_prob": 1.2}, "data.random_token_prob=1.2 must be a probability in [0, 1]"),
         ({"mask_token_prob": 0.8, "random_token_prob": 0.3}, "data.mask_token_prob + data.random_token_prob = 1.1"),
@@ -228,7 +320,7 @@ def test_empty_corpus(tmp_path):
 
 def test_fewer_samples_than_one_batch(tmp_path):
     data = module(tmp_path, batch_size=10_000)
-    with pytest.raises(MinibertError, match=r"gives 540 training samples, fewer than one batch \(data.batch_size=10000\)"):
+    with pytest.raises(MinibertError, match=r"gives 668 training samples, fewer than one batch \(data.batch_size=10000\)"):
         data.setup("fit")
 
 
