@@ -9,7 +9,14 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
-from minibert.projector import embedding_matrix, top_word_ids, write_projector_config, write_projector_files
+from minibert.projector import (
+    embedding_matrix,
+    mark_newest_run,
+    remove_old_epochs,
+    top_word_ids,
+    write_projector_config,
+    write_projector_files,
+)
 
 
 class EmbeddingProjector(L.Callback):
@@ -18,8 +25,10 @@ class EmbeddingProjector(L.Callback):
     Files go to ``<log_dir>/projector/epoch_E/`` (``vectors.tsv``, ``metadata.tsv``): the
     TensorBoard logger's ``version_N`` folder, another logger's own folder, or the trainer's
     ``default_root_dir`` without a logger. With a TensorBoard logger,
-    ``<log_dir>/projector_config.pbtxt`` lists every epoch, so that
-    ``tensorboard --logdir lightning_logs`` shows one tensor per epoch in its Projector tab.
+    ``<log_dir>/projector_config.pbtxt`` lists the epochs, newest first, so that
+    ``tensorboard --logdir lightning_logs`` shows one tensor per epoch in its Projector tab,
+    and a TensorBoard already running lists each new epoch within seconds
+    (see :func:`minibert.projector.mark_newest_run`).
 
     Args:
         top_k: how many of the most frequent words to export (special tokens never are);
@@ -27,14 +36,22 @@ class EmbeddingProjector(L.Callback):
         source: ``input`` (the word embeddings) or ``output`` (the language-model head's rows,
             a second view only when ``model.tie_embeddings`` is false: tied, they are the same matrix).
         with_counts: add each word's training count as a second metadata column.
+        max_kept: keep at most this many epoch folders: the newest and an evenly spaced
+            selection of earlier ones (every 2nd, 4th, 8th... epoch, as the run grows; see
+            :func:`minibert.projector.epochs_to_keep`). 0 keeps them all. At the base
+            configuration an epoch's files take about 5 MB.
     """
 
-    def __init__(self, top_k: int = 3000, source: Literal["input", "output"] = "input", with_counts: bool = True) -> None:
+    def __init__(
+        self, top_k: int = 3000, source: Literal["input", "output"] = "input", with_counts: bool = True, max_kept: int = 25
+    ) -> None:
         if top_k < 0:
             raise ValueError(f"EmbeddingProjector top_k={top_k} must be 0 (all words) or more")
         if source not in ("input", "output"):
             raise ValueError(f"EmbeddingProjector source={source!r} must be 'input' or 'output'")
-        self.top_k, self.source, self.with_counts = top_k, source, with_counts
+        if max_kept == 1 or max_kept < 0:
+            raise ValueError(f"EmbeddingProjector max_kept={max_kept} must be 0 (keep all) or at least 2")
+        self.top_k, self.source, self.with_counts, self.max_kept = top_k, source, with_counts, max_kept
         self._failed = False  # a write failure is reported once, then training goes on quietly
         self._said_no_tensorboard = False
         self._exported_step: int | None = None  # None: no training step in this fit yet
@@ -65,6 +82,7 @@ class EmbeddingProjector(L.Callback):
         counts = [pl_module.vocab.counts[i] for i in ids] if self.with_counts else None
         try:
             write_projector_files(folder, vectors, pl_module.vocab.decode(ids), counts)
+            remove_old_epochs(root, self.max_kept)
             if tensorboard is not None:
                 # The config is rebuilt from the epoch folders on disk rather than with
                 # SummaryWriter.add_embedding: that one keeps its entries in the writer object
@@ -72,6 +90,7 @@ class EmbeddingProjector(L.Callback):
                 # earlier epochs would vanish from the projector. It would also copy every
                 # matrix a second time into folders of its own.
                 write_projector_config(root)
+                mark_newest_run(root, folder)
         except OSError as error:
             if not self._failed:
                 rank_zero_warn(f"EmbeddingProjector could not write {folder} ({error}); training goes on without it")

@@ -10,10 +10,12 @@ metadata), and ``projector_config.pbtxt`` lists them for ``tensorboard --logdir`
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from torch import Tensor, nn
+from torch.utils.tensorboard import SummaryWriter
 
 from minibert.files import atomic_write
 from minibert.tokenizer import Vocabulary
@@ -21,6 +23,7 @@ from minibert.tokenizer import Vocabulary
 CONFIG_NAME = "projector_config.pbtxt"
 TENSOR_NAME = "word_embeddings"
 EPOCH_FOLDER = re.compile(r"epoch_(\d+)")
+EVENTS_PREFIX = "events.out.tfevents"
 
 # A backslash starts every escape, so it is escaped too and the words read back unchanged.
 # Beside tab, \n and \r, str.splitlines() also breaks lines on the other characters listed.
@@ -82,25 +85,70 @@ def epoch_folders(log_dir: str | Path) -> list[Path]:
 
 
 def write_projector_config(log_dir: str | Path) -> None:
-    """(Re)write ``log_dir/projector_config.pbtxt`` with one tensor per epoch folder on disk.
+    """(Re)write ``log_dir/projector_config.pbtxt`` with one tensor per epoch folder on disk, newest first.
 
     It is rebuilt from the folders each time, so a resumed run keeps the entries of
-    earlier epochs and never lists one twice.
+    earlier epochs and never lists one twice. The projector sorts tensors by name and opens
+    the first: the newest is named ``word_embeddings/(newest) epoch_NNN``, which sorts
+    before the others' ``word_embeddings/epoch_NNN``. A name is never reused for other
+    numbers: TensorBoard caches each tensor by its name.
     """
     log_dir = Path(log_dir)
     entries = []
-    for folder in epoch_folders(log_dir):
+    folders = epoch_folders(log_dir)[::-1]  # newest first
+    for folder in folders:
         rel = folder.relative_to(log_dir).as_posix()
+        epoch = int(EPOCH_FOLDER.fullmatch(folder.name).group(1))
+        label = "(newest) " if folder == folders[0] else ""
         num_rows, dim = _tsv_shape(folder)
         entries.append(
             "embeddings {\n"
-            f'  tensor_name: "{TENSOR_NAME}/{folder.name}"\n'
+            f'  tensor_name: "{TENSOR_NAME}/{label}epoch_{epoch:03d}"\n'
             f'  tensor_path: "{rel}/vectors.tsv"\n'
             f'  metadata_path: "{rel}/metadata.tsv"\n'
             f"  tensor_shape: {num_rows}\n  tensor_shape: {dim}\n"
             "}\n"
         )
     _write_atomic(log_dir / CONFIG_NAME, "".join(entries))
+
+
+def epochs_to_keep(epochs: Sequence[int], max_kept: int) -> list[int]:
+    """Which epochs' folders to keep: the newest, and every ``stride``-th epoch before it.
+
+    ``stride`` is the smallest power of two that keeps at most ``max_kept`` folders (0: keep
+    all). It depends on the newest epoch alone, so a resumed run deletes exactly what the
+    run that never stopped would have, and a folder once deleted is never wanted again.
+    """
+    if not epochs or max_kept <= 0:
+        return list(epochs)
+    newest, stride = max(epochs), 1
+    while newest // stride + 2 > max_kept and stride <= newest:  # epochs 0, s, 2s, ... and the newest
+        stride *= 2
+    return [e for e in epochs if e % stride == 0 or e == newest]
+
+
+def remove_old_epochs(log_dir: str | Path, max_kept: int) -> None:
+    """Delete the epoch folders that :func:`epochs_to_keep` does not keep."""
+    folders = {int(EPOCH_FOLDER.fullmatch(f.name).group(1)): f for f in epoch_folders(log_dir)}
+    keep = set(epochs_to_keep(list(folders), max_kept))
+    for epoch, folder in folders.items():
+        if epoch not in keep:
+            shutil.rmtree(folder)
+
+
+def mark_newest_run(log_dir: str | Path, folder: Path) -> None:
+    """Make TensorBoard read ``projector_config.pbtxt`` again: give ``folder`` an empty event file.
+
+    TensorBoard's projector rereads its config only when the set of runs changes (a run is a
+    folder holding an event file), never when the file itself changes. Each epoch's folder
+    therefore becomes a run, with a file of no events, and the previous one stops being one,
+    so the list of runs changes with every epoch and there is one such run at a time.
+    """
+    for old in Path(log_dir).glob(f"projector/epoch_*/{EVENTS_PREFIX}*"):
+        if old.parent != folder:
+            old.unlink(missing_ok=True)
+    if not any(folder.glob(f"{EVENTS_PREFIX}*")):
+        SummaryWriter(log_dir=str(folder)).close()
 
 
 def _tsv_shape(folder: Path) -> tuple[int, int]:

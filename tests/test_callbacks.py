@@ -67,8 +67,23 @@ def test_one_folder_per_epoch_listed_for_tensorboard(tmp_path):
         read_vectors(version / "projector" / "epoch_0" / "vectors.tsv"), read_vectors(version / "projector" / "epoch_1" / "vectors.tsv")
     )
     config = parse_config(version)
-    assert [e.tensor_name for e in config.embeddings] == ["word_embeddings/epoch_0", "word_embeddings/epoch_1"]
+    assert [e.tensor_name for e in config.embeddings] == ["word_embeddings/(newest) epoch_001", "word_embeddings/epoch_000"]
     assert trainer.global_step == 2 * BATCHES_PER_EPOCH
+
+
+def test_a_long_run_keeps_at_most_max_kept_epochs_and_always_the_newest(tmp_path):
+    fit(tmp_path, EmbeddingProjector(top_k=5, max_kept=3), TensorBoardLogger(tmp_path, name="lightning_logs"), max_epochs=6)
+    version = tmp_path / "lightning_logs" / "version_0"
+    assert folders(version) == ["epoch_0", "epoch_4", "epoch_5"]
+    assert [e.tensor_name for e in parse_config(version).embeddings] == [
+        "word_embeddings/(newest) epoch_005", "word_embeddings/epoch_004", "word_embeddings/epoch_000"
+    ]
+
+
+@pytest.mark.parametrize("max_kept", [1, -1])
+def test_max_kept_must_leave_room_for_two_epochs(max_kept):
+    with pytest.raises(ValueError, match=f"max_kept={max_kept} must be 0"):
+        EmbeddingProjector(max_kept=max_kept)
 
 
 def test_fit_stopped_mid_epoch_exports_its_last_weights_once(tmp_path):

@@ -17,6 +17,9 @@ from minibert.model import Encoder
 from minibert.projector import (
     embedding_matrix,
     epoch_folders,
+    epochs_to_keep,
+    mark_newest_run,
+    remove_old_epochs,
     escape_token,
     top_word_ids,
     write_projector_config,
@@ -144,8 +147,11 @@ def test_config_lists_complete_epoch_folders_in_order_once(tmp_path):
     write_projector_config(tmp_path)
     write_projector_config(tmp_path)  # rewriting (a resumed run) lists nothing twice
     config = parse_config(tmp_path)
-    assert [e.tensor_name for e in config.embeddings] == [f"word_embeddings/epoch_{e}" for e in (2, 3, 10)]
-    assert [list(e.tensor_shape) for e in config.embeddings] == [[3, 5], [2, 5], [4, 5]]
+    # Newest first, and named to sort first: the projector opens the first name in sorted order.
+    names = [e.tensor_name for e in config.embeddings]
+    assert names == ["word_embeddings/(newest) epoch_010", "word_embeddings/epoch_003", "word_embeddings/epoch_002"]
+    assert sorted(names)[0] == names[0]
+    assert [list(e.tensor_shape) for e in config.embeddings] == [[4, 5], [2, 5], [3, 5]]
     for embedding in config.embeddings:  # paths are relative to the config's folder, as TensorBoard wants
         assert (tmp_path / embedding.tensor_path).is_file() and (tmp_path / embedding.metadata_path).is_file()
     assert epoch_folders(tmp_path) == [tmp_path / "projector" / f"epoch_{e}" for e in (2, 3, 10)]
@@ -165,3 +171,42 @@ def test_tiny_run_files_are_the_checkpoint_embeddings(tiny_run):
     assert header == ["word", "count"]
     assert rows == [[w, str(c)] for w, c in zip(words[:top_k], counts[:top_k])]
     assert [list(e.tensor_shape) for e in parse_config(version).embeddings] == [[top_k, matrix.shape[1]]] * 2
+
+
+@pytest.mark.parametrize(
+    "newest, max_kept, kept",
+    [
+        (3, 25, [0, 1, 2, 3]),
+        (23, 25, list(range(24))),  # 24 folders: all fit
+        (24, 25, list(range(0, 25, 2))),  # 26 would not: every 2nd epoch, the newest among them
+        (25, 25, [*range(0, 25, 2), 25]),
+        (80, 25, [*range(0, 81, 4)]),  # base.yaml: 81 epochs -> 21 folders
+        (133, 25, [*range(0, 129, 8), 133]),
+        (9, 2, [0, 9]),
+        (9, 0, list(range(10))),  # 0 keeps all
+    ],
+)
+def test_epochs_to_keep_are_the_newest_and_evenly_spaced_ones(newest, max_kept, kept):
+    assert epochs_to_keep(list(range(newest + 1)), max_kept) == kept
+    assert len(kept) <= max_kept or max_kept == 0
+
+
+def test_keeping_depends_on_the_newest_epoch_only(tmp_path):
+    """Exporting epoch by epoch, or resuming with a gap, leaves the same folders: never one deleted then wanted."""
+    for epoch in range(40):
+        write_projector_files(tmp_path / "projector" / f"epoch_{epoch}", torch.zeros(2, 3), ["a", "b"])
+        remove_old_epochs(tmp_path, 10)
+        on_disk = [int(f.name.split("_")[1]) for f in epoch_folders(tmp_path)]
+        assert on_disk == epochs_to_keep(list(range(epoch + 1)), 10) and len(on_disk) <= 10
+
+
+def test_only_the_newest_epoch_folder_is_a_tensorboard_run(tmp_path):
+    """Its event file changes the set of runs, which is what makes a running TensorBoard read the config again."""
+    for epoch in range(3):
+        folder = tmp_path / "projector" / f"epoch_{epoch}"
+        write_projector_files(folder, torch.zeros(2, 3), ["a", "b"])
+        mark_newest_run(tmp_path, folder)
+        runs = sorted({p.parent.name for p in tmp_path.rglob("events.out.tfevents*")})
+        assert runs == [f"epoch_{epoch}"]
+    mark_newest_run(tmp_path, folder)  # again (a resumed run ending in the same epoch): still one file
+    assert len(list(folder.glob("events.out.tfevents*"))) == 1

@@ -103,17 +103,17 @@ def test_tensorboard_shows_one_tensor_per_epoch_with_the_words(tiny_run, tensorb
     server.wait_for_runs(["version_0"])
 
     listed = embeddings(server, "version_0")
-    assert [e["tensorName"] for e in listed] == ["word_embeddings/epoch_0", "word_embeddings/epoch_1"]
+    assert [e["tensorName"] for e in listed] == ["word_embeddings/(newest) epoch_001", "word_embeddings/epoch_000"]
     projector = tiny_run / "lightning_logs" / "version_0" / "projector"
-    for entry in listed:
+    for entry, epoch in zip(listed, ("epoch_1", "epoch_0")):
         assert entry["tensorShape"] == [top_k, matrix.shape[1]]
         served = tensor(server, "version_0", entry["tensorName"], entry["tensorShape"])
-        epoch = entry["tensorName"].split("/")[1]
         assert torch.equal(served, read_vectors(projector / epoch / "vectors.tsv"))
         rows = server.get("metadata", run="version_0", name=entry["tensorName"]).decode().split("\n")
         assert rows[0] == "word\tcount" and rows[-1] == ""
         assert [row.split("\t")[0] for row in rows[1:-1]] == checkpoint["vocabulary"]["words"][:top_k]
-    assert torch.equal(served, matrix[3 : 3 + top_k])  # the last epoch is the saved model
+    served = tensor(server, "version_0", listed[0]["tensorName"], listed[0]["tensorShape"])
+    assert torch.equal(served, matrix[3 : 3 + top_k])  # the newest epoch is the saved model
 
 
 def test_resumed_run_keeps_every_earlier_epoch_once(tiny_run, tmp_path, tensorboard, monkeypatch):
@@ -129,7 +129,27 @@ def test_resumed_run_keeps_every_earlier_epoch_once(tiny_run, tmp_path, tensorbo
     server = tensorboard(resumed / "lightning_logs")
     server.wait_for_runs(["version_0"])
     listed = embeddings(server, "version_0")
-    assert [e["tensorName"] for e in listed] == [f"word_embeddings/epoch_{e}" for e in range(3)]
+    assert [e["tensorName"] for e in listed] == ["word_embeddings/(newest) epoch_002", "word_embeddings/epoch_001", "word_embeddings/epoch_000"]
     assert (resumed / "lightning_logs" / "version_0" / "projector" / "epoch_0" / "vectors.tsv").read_bytes() == epoch_0
-    served = tensor(server, "version_0", "word_embeddings/epoch_0", listed[0]["tensorShape"])
+    served = tensor(server, "version_0", "word_embeddings/epoch_000", listed[0]["tensorShape"])
     assert torch.equal(served, read_vectors(resumed / "lightning_logs" / "version_0" / "projector" / "epoch_0" / "vectors.tsv"))
+
+
+def test_a_tensorboard_started_before_training_lists_each_new_epoch_without_a_restart(workdir, tensorboard, monkeypatch):
+    """TensorBoard rereads the projector's list only when its set of runs changes: the newest epoch's folder is a run."""
+    logs = workdir / "lightning_logs"
+    logs.mkdir()
+    server = tensorboard(logs)  # before any training, as people start it
+    monkeypatch.chdir(workdir)
+    main(["fit", "--config", "configs/tiny.yaml", "--trainer.max_epochs", "1"])
+    server.wait_for_runs(["version_0"])
+    assert [e["tensorName"] for e in embeddings(server, "version_0")] == ["word_embeddings/(newest) epoch_000"]
+    # The run goes on (the same version folder) while the server keeps running.
+    main(["fit", "--config", "configs/tiny.yaml", "--ckpt_path", "last", "--trainer.max_epochs", "3"])
+    expected = ["word_embeddings/(newest) epoch_002", "word_embeddings/epoch_001", "word_embeddings/epoch_000"]
+    deadline = time.monotonic() + 60
+    while (listed := [e["tensorName"] for e in embeddings(server, "version_0")]) != expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert listed == expected, "a running TensorBoard did not list the new epochs within a minute"
+    newest = tensor(server, "version_0", expected[0], embeddings(server, "version_0")[0]["tensorShape"])
+    assert torch.equal(newest, read_vectors(logs / "version_0" / "projector" / "epoch_2" / "vectors.tsv"))
