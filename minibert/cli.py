@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -24,6 +24,7 @@ from minibert.checkpoint import SHAPE_ARGS, AtomicCheckpointIO, check_checkpoint
 from minibert.data import EuroparlDataModule
 from minibert.errors import MinibertError
 from minibert.module import MiniBert
+from minibert.progress import RunProgressBar
 from minibert.resume import CHECKPOINT_KEY, Interrupted, ResumeState, SaveFinalStep, SaveOnInterrupt
 
 
@@ -47,13 +48,19 @@ class MiniBertCLI(LightningCLI):
         ckpt_path = command.get("ckpt_path")
         if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
             check_checkpoint_file(ckpt_path)
+            # Scoring with a trained model uses the model's own vocabulary: no training corpus needed.
+            if subcommand in ("validate", "test", "predict") and command.get("data") and not command["data"].get("vocab_from"):
+                command["data"]["vocab_from"] = ckpt_path
         model = command.get("model")
         self.requested_shape = {name: model.get(name) for name in SHAPE_ARGS if model and model.get(name) is not None}
 
     def before_fit(self) -> None:
-        """Write checkpoints atomically; on resume, check the checkpoint and log into the run's own folder."""
+        """Write checkpoints atomically, show the whole run's progress; on resume, check the checkpoint and log into the run's own folder."""
         if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the config chose
             self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        bar = self.trainer.progress_bar_callback
+        if type(bar) in (TQDMProgressBar, RichProgressBar):  # Lightning's default bar, not one the config chose
+            self.trainer.callbacks[self.trainer.callbacks.index(bar)] = RunProgressBar()
         ckpt_path = self.config_init["fit"].get("ckpt_path")
         path = self._find_checkpoint(ckpt_path) if ckpt_path else None
         if path is None:  # a fresh run, or 'best'/'hpc', or 'last' before any checkpoint exists

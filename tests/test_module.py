@@ -182,14 +182,14 @@ def test_checkpoint_loads_with_weights_only_and_predicts_alone(tiny_run):
 
 
 def test_configs_log_the_learning_rate():
-    for name in ("base", "quick"):
+    for name in ("base", "quick", "reference"):
         text = (REPO / "configs" / f"{name}.yaml").read_text()
         assert "lightning.pytorch.callbacks.LearningRateMonitor" in text, name
 
 
 def test_quick_config_resolves(tmp_path):
     config = yaml.safe_load(run_cli("fit", "--config", str(REPO / "configs" / "quick.yaml"), "--print_config", cwd=tmp_path).stdout)
-    assert config["data"]["corpus"] == "../shared/data/europarl/europarl30k.fr.txt"
+    assert config["data"]["corpus"] == "europarl-v7-fr"
     assert (config["model"]["init_std"], config["model"]["tie_embeddings"], config["model"]["lr_decay"]) == (0.02, True, "cosine")
     assert config["model"]["scale_embeddings"] is True
 

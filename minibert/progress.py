@@ -1,0 +1,42 @@
+"""The terminal's progress bar for a whole run: steps done of ``max_steps``, steps per second, time left."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+
+class RunProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, counting the run's steps instead of the epoch's batches.
+
+    Lightning's own bar starts again at every epoch, so its rate and time left are the
+    epoch's; base.yaml has about 80 epochs. This one goes from the step the run (or the
+    resumed run) starts at to ``trainer.max_steps``, so the time left is the whole run's, and
+    the rate, steps per second, is averaged since the start (validation pauses included).
+    A run bounded by epochs only (``max_steps: -1``) gets Lightning's bar.
+
+    The command line uses it in place of Lightning's default bar (see :mod:`minibert.cli`).
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if trainer.max_steps > 0:
+            bar = self.train_progress_bar
+            bar.reset(total=trainer.max_steps)
+            bar.initial = bar.n = trainer.global_step  # a resumed run's rate counts its own steps only
+            bar.unit = "step"
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        if trainer.max_steps <= 0:
+            return super().on_train_epoch_start(trainer)
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch}")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.max_steps <= 0:
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar = self.train_progress_bar
+        if self._should_update(trainer.global_step, bar.total):
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # also redraws the bar
