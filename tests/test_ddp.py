@@ -10,7 +10,7 @@ from conftest import run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 DDP = ("--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2")
-# 63 validation sentences: an odd count, which Lightning's default DistributedSampler would
+# 79 validation windows: an odd count, which Lightning's default DistributedSampler would
 # pad by repeating one sample on the second rank (and so count it twice in the metrics).
 VAL_FRACTION = ("--data.val_fraction", "0.105")
 
@@ -50,8 +50,9 @@ def test_ddp_on_two_cpu_processes(workdir, monkeypatch):
 
     # The cache was built once, and both ranks memory-mapped the same one.
     (cache,) = (workdir / "data" / "cache").iterdir()
-    num_train = len(np.load(cache / "train_offsets.npy")) - 1
-    num_val = len(np.load(cache / "val_offsets.npy")) - 1
+    seq_len = 12  # tiny.yaml: windows of 12 tokens tile each split
+    num_train = -(-len(np.load(cache / "train_tokens.npy")) // seq_len)
+    num_val = -(-len(np.load(cache / "val_tokens.npy")) // seq_len)
     assert num_val % 2 == 1
 
     # Both ranks trained, every epoch, on two halves of the training set.
@@ -61,7 +62,9 @@ def test_ddp_on_two_cpu_processes(workdir, monkeypatch):
         assert all(records[epoch]["world_size"] == 2 and records[epoch]["batches"] > 0 for records in ranks)
         assert ranks[0][epoch]["batches"] == ranks[1][epoch]["batches"]
         assert len(dealt[0]) == len(dealt[1]) == (num_train + 1) // 2
-        assert set(dealt[0]) | set(dealt[1]) == set(range(num_train))
+        # Sample i is window i % num_train, shifted by i // num_train tokens: the same shift on both ranks.
+        assert {i % num_train for i in dealt[0]} | {i % num_train for i in dealt[1]} == set(range(num_train))
+        assert len({i // num_train for i in dealt[0] + dealt[1]}) == 1
     assert ranks[0][0]["indices"] != ranks[0][1]["indices"]  # reshuffled each epoch
 
     # Only rank 0 wrote: one log directory with its projector files, one set of checkpoints.
