@@ -24,7 +24,7 @@ from minibert.checkpoint import SHAPE_ARGS, AtomicCheckpointIO, check_checkpoint
 from minibert.data import EuroparlDataModule
 from minibert.errors import MinibertError
 from minibert.module import MiniBert
-from minibert.resume import CHECKPOINT_KEY, Interrupted, ResumeState, SaveFinalStep, SaveOnInterrupt
+from minibert.resume import CHECKPOINT_KEY, Interrupted, LogsBeforeCheckpoint, ResumeState, SaveFinalStep, SaveOnInterrupt
 
 
 class MiniBertCLI(LightningCLI):
@@ -106,7 +106,7 @@ def main(args: list[str] | None = None) -> None:
                 EuroparlDataModule,
                 save_config_kwargs={"overwrite": True},
                 # Added to every run, whatever callbacks the config lists: they make resuming exact.
-                trainer_defaults={"callbacks": [ResumeState(), SaveOnInterrupt(), SaveFinalStep()]},
+                trainer_defaults={"callbacks": [ResumeState(), SaveOnInterrupt(), SaveFinalStep(), LogsBeforeCheckpoint()]},
                 args=args,
             )
     except MinibertError as error:
