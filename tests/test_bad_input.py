@@ -39,6 +39,10 @@ def make_bad_files(folder: Path) -> None:
     good = (folder / "checkpoints" / "last.ckpt").read_bytes()
     (folder / "truncated.ckpt").write_bytes(good[: len(good) // 2])
     (folder / "text.ckpt").write_text("not a checkpoint")
+    (folder / "a_file").write_text("in the way of a folder")
+    (folder / "checkpoints_in_a_file.yaml").write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n      init_args: {dirpath: a_file}\n"
+    )
     lines = SAMPLE_CORPUS.read_text(encoding="utf-8").splitlines()
     (folder / "other_corpus.txt").write_text("\n".join(lines[: len(lines) // 2]) + "\n", encoding="utf-8")
 
@@ -59,6 +63,33 @@ ROWS = [
     ("config file empty", ["fit", "--config", "empty.yaml"], r"error: config file empty.yaml is empty"),
     ("unknown key in a config", ["fit", "--config", "configs/tiny.yaml", "--config", "unknown_key.yaml"],
      r"error: Subcommand 'fit' does not accept option 'model.embed_dimm'"),
+    ("unknown option", [*FIT, "--model.embed_dimm", "3"], r"error: unrecognized arguments: --model.embed_dimm 3"),
+    ("an option without its value", ["fit", "--config", "configs/tiny.yaml", "--data.corpus"], r"error: argument --data.corpus: expected one argument"),
+    ("no subcommand", [], r'error: expected "subcommand" to be one of \{fit,validate,test,predict\}, but it was not provided.'),
+    ("a misspelt subcommand", ["fot"], r"error: argument subcommand: invalid choice: 'fot' \(choose from 'fit', 'validate', 'test', 'predict'\)"),
+    ("a value of the wrong type", [*FIT, "--data.batch_size", "abc"], r"error: data.batch_size: expected int, got 'abc'"),
+    ("a value not among the choices", [*FIT, "--model.activation", "tanh"], r"error: model.activation: expected one of 'relu', 'gelu', got 'tanh'"),
+    ("a value that no type of a union takes", [*FIT, "--trainer.precision", "7"], r"error: trainer.precision: '7' is not one of the accepted values"),
+    ("an unknown option of the logger", [*FIT, "--trainer.logger.init_args.nope", "3"], r"error: trainer.logger: option 'nope' is not accepted"),
+    ("a trainer option that Lightning rejects", [*FIT, "--trainer.max_steps", "-5"],
+     r"error: trainer.max_steps: `max_steps` must be a non-negative integer or -1 \(infinite steps\). You passed in -5."),
+    ("an accelerator that does not exist", [*FIT, "--trainer.accelerator", "foo"],
+     r"error: trainer.accelerator: You selected an invalid accelerator name: `accelerator='foo'`. Available names are: .*"),
+    ("the checkpoint folder is a file", [*FIT, "--config", "checkpoints_in_a_file.yaml"],
+     r"error: checkpoint folder .*a_file is a file, not a folder; move it away or choose another path"),
+    ("the log folder is a file", [*FIT, "--trainer.logger.init_args.name", "a_file"],
+     r"error: log folder a_file is a file, not a folder; move it away or choose another path"),
+    ("the log folder cannot be written", [*FIT, "--trainer.logger.init_args.save_dir", "/sys/minibert"],
+     r"error: log folder /sys/minibert/lightning_logs: cannot write in /sys \(.*\); choose another path"),
+    ("export --out names a file", ["export", "--ckpt_path", "checkpoints/last.ckpt", "--out", "a_file"],
+     r"error: export --out a_file is a file, not a folder; move it away or choose another path"),
+    ("export --out in a folder that cannot be written", ["export", "--ckpt_path", "checkpoints/last.ckpt", "--out", "/sys/minibert"],
+     r"error: export --out /sys/minibert: cannot write in /sys \(.*\); choose another path"),
+    ("export --png names a folder", ["export", "--ckpt_path", "checkpoints/last.ckpt", "--png", "configs"],
+     r"error: export --png configs is a folder; give a file name such as configs/map.png"),
+    ("export --top_k not a number", ["export", "--ckpt_path", "checkpoints/last.ckpt", "--top_k", "x"],
+     r"error: argument --top_k: expected a whole number of at least 0, got 'x'"),
+    ("export without --ckpt_path", ["export", "--out", "x"], r"error: the following arguments are required: --ckpt_path"),
     ("corpus missing", [*FIT, "--data.corpus", "nope.txt"], r"error: data.corpus: nope.txt does not exist .*"),
     ("corpus empty", [*FIT, "--data.corpus", "empty.txt"], r"error: corpus empty.txt has no sentences \(it is empty or holds only blank lines\)"),
     ("corpus binary", [*FIT, "--data.corpus", "binary.txt"], r"error: binary.txt:1: this looks like a binary file, not text .*"),
@@ -88,20 +119,29 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def assert_one_error_line(stderr: str, expected: str) -> None:
+    """No traceback; one ``error:`` line matching ``expected``, last or followed by one ``see:`` hint."""
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    errors = [number for number, line in enumerate(lines) if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    assert re.fullmatch(expected, lines[errors[0]]), lines[errors[0]]
+    after = lines[errors[0] + 1 :]
+    assert after == [] or (len(after) == 1 and after[0].startswith("see: minibert ") and after[0].endswith(" --help")), after
+
+
 @pytest.mark.parametrize(("args", "expected"), [row[1:] for row in ROWS], ids=[row[0] for row in ROWS])
 def test_bad_input_is_one_clear_line(bad_dir, monkeypatch, capsys, args, expected):
     monkeypatch.chdir(bad_dir)
-    checkpoints, logs = snapshot(bad_dir / "checkpoints"), snapshot(bad_dir / "lightning_logs")
+    checkpoints, logs, caches = (snapshot(bad_dir / name) for name in ("checkpoints", "lightning_logs", "data"))
     with pytest.raises(SystemExit) as stop:
         main(args)
     assert stop.value.code == 2
-    stderr = capsys.readouterr().err
-    assert "Traceback" not in stderr
-    assert [line for line in stderr.splitlines() if line.startswith("error:")] == [stderr.strip().splitlines()[-1]]
-    assert re.fullmatch(expected, stderr.strip().splitlines()[-1])
-    # Nothing written before was touched: no checkpoint overwritten, no log file changed.
+    assert_one_error_line(capsys.readouterr().err, expected)
+    # Nothing written before was touched: no checkpoint overwritten, no log file or cache changed.
     assert snapshot(bad_dir / "checkpoints") == checkpoints
     assert {name: entry for name, entry in snapshot(bad_dir / "lightning_logs").items() if name in logs} == logs
+    assert {name: entry for name, entry in snapshot(bad_dir / "data").items() if name in caches} == caches
 
 
 def test_text_that_is_not_utf8_is_read_with_one_warning(bad_dir, monkeypatch, capsys, caplog):
@@ -112,9 +152,16 @@ def test_text_that_is_not_utf8_is_read_with_one_warning(bad_dir, monkeypatch, ca
     assert warnings == ["latin1.txt: 40 line(s) are not valid UTF-8 (first: line 1); the bad bytes were replaced by U+FFFD"]
 
 
-@pytest.mark.parametrize("row", ["unknown key in a config", "--ckpt_path to a truncated file"])
+@pytest.mark.parametrize("row", ["unknown key in a config", "a value of the wrong type", "--ckpt_path to a truncated file"])
 def test_the_installed_command_prints_the_same_line(bad_dir, row):
     _, args, expected = next(r for r in ROWS if r[0] == row)
     result = run_cli(*args, cwd=bad_dir, check=False)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert re.fullmatch(expected, result.stderr.strip().splitlines()[-1])
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, expected)
+
+
+def test_help_still_prints_the_whole_usage(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--help"])
+    assert stop.value.code == 0
+    assert "--data.batch_size" in capsys.readouterr().out
