@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from minibert.cache import CacheSettings, build_cache, build_test_corpus_cache, cache_key, key_for_test_corpus, load_split
+from minibert.cache import CacheSettings, build_cache, build_test_corpus_cache, cache_key, ensure_cache, key_for_test_corpus, load_split
 from minibert.download import EUROPARL_V7_FR, EUROPARL_V7_URL, fetch_europarl_fr
 from minibert.errors import MinibertError
 from minibert.masking import MaskingConfig, mask_tokens
@@ -126,8 +126,7 @@ class EuroparlDataModule(L.LightningDataModule):
     @property
     def vocab(self) -> Vocabulary:
         if self._vocab is None:
-            if not self.cache_dir.exists():
-                build_cache(self._corpus_path(), self.settings, self.cache_dir)
+            ensure_cache(self.cache_dir, lambda: build_cache(self._corpus_path(), self.settings, self.cache_dir))
             self._vocab = Vocabulary.load(self.cache_dir / "vocab.json")
         return self._vocab
 
@@ -143,8 +142,8 @@ class EuroparlDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Build the caches that are missing (Lightning calls this on one process per node)."""
         vocab = self.vocab  # the training cache, built first: its vocabulary encodes the test corpus
-        if self.test_corpus is not None and not self.test_cache_dir.exists():
-            build_test_corpus_cache(Path(self.test_corpus), vocab, self.test_cache_dir)
+        if self.test_corpus is not None:
+            ensure_cache(self.test_cache_dir, lambda: build_test_corpus_cache(Path(self.test_corpus), vocab, self.test_cache_dir))
 
     def setup(self, stage: str) -> None:
         """Memory-map the splits that ``stage`` needs (every process).

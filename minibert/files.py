@@ -62,3 +62,10 @@ def check_output_folder(folder: str | Path, what: str) -> None:
             pass
     except OSError as error:
         raise MinibertError(f"{what} {folder}: cannot write in {existing} ({error.strerror}); choose another path") from None
+
+
+def os_error_in(error: BaseException) -> OSError | None:
+    """The OSError behind ``error``, or None: torch reports a failed write (a full disk) as a RuntimeError."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error

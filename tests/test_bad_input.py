@@ -6,14 +6,19 @@ its seconds of imports); a few run the installed command to show it prints the s
 
 from __future__ import annotations
 
+import errno
 import gzip
 import re
 import shutil
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
 from conftest import REPO, SAMPLE_CORPUS, run_cli
 
+import minibert.files
+from minibert.cache import cache_problem
+from minibert.checkpoint import check_checkpoint_file
 from minibert.cli import main
 
 # A short step: bad input must be refused before it, and the one row that trains stops at once.
@@ -165,3 +170,82 @@ def test_help_still_prints_the_whole_usage(capsys):
         main(["fit", "--help"])
     assert stop.value.code == 0
     assert "--data.batch_size" in capsys.readouterr().out
+
+
+# --- a full disk -----------------------------------------------------------------------------
+
+RESUME = [*FIT, "--ckpt_path", "last", "--trainer.max_epochs", "3", "--trainer.max_steps", "70"]  # the tiny run ended at step 68
+
+# (what filled up, the files whose writes fail, the arguments, the error line)
+FULL_DISK_ROWS = [
+    ("during a cache build", "*.npy", [*FIT, "--data.vocab_size", "400"],
+     r"error: cannot write the cache data/cache/sample.fr.txt-\w+ \(No space left on device\); nothing was left half-written: "
+     r"free some space, or choose another data.data_dir, and run again"),
+    ("during a checkpoint", "*.ckpt", RESUME,
+     r"error: cannot write checkpoint .*/checkpoints/[^/]+.ckpt \(No space left on device\); the checkpoints already there "
+     r"are unchanged: free some space, then continue with the same command and --ckpt_path last"),
+    ("during an export", "*.tsv", ["export", "--ckpt_path", "checkpoints/last.ckpt", "--out", "exported"],
+     r"error: export --out exported: cannot write \(No space left on device\); files already there are unchanged"),
+]
+
+
+def fill_the_disk(monkeypatch: pytest.MonkeyPatch, pattern: str) -> None:
+    """From now on, writing a file named like ``pattern`` (through :func:`atomic_write`) fails half-way with ENOSPC."""
+
+    class FullFile:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            self.file.write(data[: len(data) // 2])  # part of it reaches the disk, then no more room
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    def full_open(path, *args, **kwargs):
+        file = open(path, *args, **kwargs)
+        return FullFile(file) if fnmatch(Path(path).name, f".{pattern}.*.tmp") else file
+
+    monkeypatch.setattr(minibert.files, "open", full_open, raising=False)
+
+
+def temporary_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp") or ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize(("pattern", "args", "expected"), [row[1:] for row in FULL_DISK_ROWS], ids=[row[0] for row in FULL_DISK_ROWS])
+def test_a_full_disk_is_one_line_and_damages_nothing(bad_dir, monkeypatch, capsys, pattern, args, expected):
+    monkeypatch.chdir(bad_dir)
+    if not (bad_dir / "exported").exists():
+        main(["export", "--ckpt_path", "checkpoints/last.ckpt", "--out", "exported"])  # a good export to keep
+    before = {name: entry for name, entry in snapshot(bad_dir).items() if not name.startswith("lightning_logs")}
+    fill_the_disk(monkeypatch, pattern)
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    assert_one_error_line(capsys.readouterr().err, expected)
+    assert {name: entry for name, entry in snapshot(bad_dir).items() if name in before} == before
+    assert temporary_files(bad_dir) == []
+    assert [cache_problem(cache) for cache in (bad_dir / "data" / "cache").iterdir()] == [None] * len(list((bad_dir / "data" / "cache").iterdir()))
+
+
+def test_a_full_disk_during_a_projector_export_is_one_warning_and_training_goes_on(bad_dir, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(bad_dir, run, ignore=shutil.ignore_patterns("exported"))
+    monkeypatch.chdir(run)
+    projector = run / "lightning_logs" / "version_0" / "projector"
+    before = snapshot(projector)
+    fill_the_disk(monkeypatch, "*.tsv")
+    with pytest.warns(UserWarning) as warned:  # from step 60 to 64: fit's end exports epoch 1 again
+        main([*FIT, "--ckpt_path", "checkpoints/step=60.ckpt", "--trainer.max_steps", "64"])  # no SystemExit
+    reports = [str(w.message) for w in warned if "EmbeddingProjector" in str(w.message)]
+    assert len(reports) == 1 and "epoch_1" in reports[0] and "No space left on device" in reports[0]
+    assert snapshot(projector) == before and temporary_files(run) == []  # epoch 1's earlier files are whole
+    assert check_checkpoint_file(run / "checkpoints" / "last.ckpt")["global_step"] == 64  # training went on
