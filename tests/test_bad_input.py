@@ -152,7 +152,8 @@ def test_bad_input_is_one_clear_line(bad_dir, monkeypatch, capsys, args, expecte
 def test_text_that_is_not_utf8_is_read_with_one_warning(bad_dir, monkeypatch, capsys, caplog):
     """Not an error: a long corpus with a few bad bytes should not stop a run. One warning says where."""
     monkeypatch.chdir(bad_dir)
-    main([*FIT, "--data.corpus", "latin1.txt", "--trainer.logger", "false", "--trainer.callbacks", "[]"])
+    # No checkpoint either: it would replace the shared folder's last.ckpt, which later tests resume from.
+    main([*FIT, "--data.corpus", "latin1.txt", "--trainer.logger", "false", "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false"])
     warnings = [r.getMessage() for r in caplog.records if "not valid UTF-8" in r.getMessage()]
     assert warnings == ["latin1.txt: 40 line(s) are not valid UTF-8 (first: line 1); the bad bytes were replaced by U+FFFD"]
 
@@ -221,24 +222,26 @@ def temporary_files(folder: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize(("pattern", "args", "expected"), [row[1:] for row in FULL_DISK_ROWS], ids=[row[0] for row in FULL_DISK_ROWS])
-def test_a_full_disk_is_one_line_and_damages_nothing(bad_dir, monkeypatch, capsys, pattern, args, expected):
-    monkeypatch.chdir(bad_dir)
-    if not (bad_dir / "exported").exists():
-        main(["export", "--ckpt_path", "checkpoints/last.ckpt", "--out", "exported"])  # a good export to keep
-    before = {name: entry for name, entry in snapshot(bad_dir).items() if not name.startswith("lightning_logs")}
+def test_a_full_disk_is_one_line_and_damages_nothing(bad_dir, tmp_path, monkeypatch, capsys, pattern, args, expected):
+    run = tmp_path / "run"
+    shutil.copytree(bad_dir, run)
+    monkeypatch.chdir(run)
+    main(["export", "--ckpt_path", "checkpoints/last.ckpt", "--out", "exported"])  # a good export to keep
+    before = {name: entry for name, entry in snapshot(run).items() if not name.startswith("lightning_logs")}
     fill_the_disk(monkeypatch, pattern)
     with pytest.raises(SystemExit) as stop:
         main(args)
     assert stop.value.code == 2
     assert_one_error_line(capsys.readouterr().err, expected)
-    assert {name: entry for name, entry in snapshot(bad_dir).items() if name in before} == before
-    assert temporary_files(bad_dir) == []
-    assert [cache_problem(cache) for cache in (bad_dir / "data" / "cache").iterdir()] == [None] * len(list((bad_dir / "data" / "cache").iterdir()))
+    assert {name: entry for name, entry in snapshot(run).items() if name in before} == before
+    assert temporary_files(run) == []
+    caches = list((run / "data" / "cache").iterdir())
+    assert [cache_problem(cache) for cache in caches] == [None] * len(caches)
 
 
 def test_a_full_disk_during_a_projector_export_is_one_warning_and_training_goes_on(bad_dir, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    shutil.copytree(bad_dir, run, ignore=shutil.ignore_patterns("exported"))
+    shutil.copytree(bad_dir, run)
     monkeypatch.chdir(run)
     projector = run / "lightning_logs" / "version_0" / "projector"
     before = snapshot(projector)
