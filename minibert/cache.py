@@ -6,12 +6,17 @@ one more entry than sentences), plus the vocabulary built from the training spli
 (``vocab.json``, with the word counts). Its name is a hash of everything that changes
 its content, so a changed file or setting gets a cache of its own. A test corpus gets a
 cache of its own too, encoded with the training vocabulary (``test_tokens.npy``, ...).
+
+A cache checks itself when opened (:func:`ensure_cache`): its record, ``settings.json``, holds
+the size of every other file, so one cut short (an interrupted copy, a full disk) or edited
+by hand is found, and the cache is built again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -24,12 +29,16 @@ import numpy as np
 
 from minibert.corpus import read_sentences
 from minibert.errors import MinibertError
+from minibert.files import atomic_write
 from minibert.tokenizer import PUNCTUATION, UNK_ID, Vocabulary, tokenize_lines
 
-CACHE_FORMAT = 1  # bump when the cache layout or the tokenizer changes
+CACHE_FORMAT = 2  # bump when the cache layout or the tokenizer changes (2: the record holds the files' sizes)
+RECORD = "settings.json"  # what the cache was built from, and the size of each of its other files
 SPLITS = ("train", "val")
 _CHUNK = 2_000  # sentences tokenized at once: fast, and bounded in memory
 _BLOCK = 1 << 20  # tokens remapped at once
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -134,22 +143,73 @@ def _write_atomically(cache_dir: Path, arrays: dict[str, np.ndarray], vocab: Voc
 
     A reader therefore sees a complete cache or none. When another process (a DDP rank, a
     second run) finished the same cache first, its copy is kept: same key, same content.
+    A write that fails (a full disk) leaves nothing behind and is said in one line.
     """
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=cache_dir.name + ".tmp-", dir=cache_dir.parent))
+    tmp = None
     try:
+        cache_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=cache_dir.name + ".tmp-", dir=cache_dir.parent))
         for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", array)
+            with atomic_write(tmp / f"{name}.npy", "wb") as file:
+                np.save(file, array)
         if vocab is not None:
             vocab.save(tmp / "vocab.json")
-        (tmp / "settings.json").write_text(json.dumps(settings, indent=1))
+        files = {path.name: path.stat().st_size for path in sorted(tmp.iterdir())}
+        with atomic_write(tmp / RECORD, encoding="utf-8") as file:
+            file.write(json.dumps({**settings, "files": files}, indent=1))
         try:
             os.rename(tmp, cache_dir)  # fails when cache_dir exists (it is never an empty directory)
         except OSError:
             if not cache_dir.is_dir():
                 raise
+    except OSError as error:
+        raise MinibertError(
+            f"cannot write the cache {cache_dir} ({error.strerror or error}); nothing was left half-written: "
+            "free some space, or choose another data.data_dir, and run again"
+        ) from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_cache(cache_dir: Path, build: Callable[[], None]) -> None:
+    """Build the cache in ``cache_dir`` with ``build`` if it is missing, or again if it is damaged."""
+    if cache_dir.exists():
+        problem = cache_problem(cache_dir)
+        if problem is None:
+            return
+        log.warning(f"the cache {cache_dir} is damaged ({problem}); building it again")
+        _discard(cache_dir, problem)
+    build()
+
+
+def cache_problem(cache_dir: Path) -> str | None:
+    """What is wrong with a cache on disk (its record unreadable, a file missing or of another size), or None."""
+    record = cache_dir / RECORD
+    try:
+        files = json.loads(record.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{record} is missing or unreadable"
+    for name, size in files.items():
+        path = cache_dir / name
+        actual = path.stat().st_size if path.is_file() else None
+        if actual is None:
+            return f"{path} is missing"
+        if actual != size:
+            return f"{path} has {actual:,} bytes, its record says {size:,}"
+    return None
+
+
+def _discard(cache_dir: Path, problem: str) -> None:
+    """Move a damaged cache out of the way in one rename (a process may still read it), then delete it."""
+    trash = cache_dir.with_name(f"{cache_dir.name}.damaged-{os.getpid()}")
+    try:
+        os.rename(cache_dir, trash)
+    except FileNotFoundError:  # another process (a DDP rank) moved it first
+        return
+    except OSError as error:
+        raise MinibertError(f"the cache {cache_dir} is damaged ({problem}) and cannot be removed ({error.strerror}): delete it and run again") from None
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def split_mask(num_sentences: int, val_fraction: float, seed: int) -> np.ndarray:

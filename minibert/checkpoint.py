@@ -17,7 +17,7 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from minibert.errors import MinibertError
-from minibert.files import atomic_write
+from minibert.files import atomic_write, os_error_in
 from minibert.tokenizer import Vocabulary
 
 # The model's arguments that fix the shapes of its weights.
@@ -96,6 +96,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not _is_local_file_protocol(str(path)):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, "wb") as file:
-            torch.save(checkpoint, file)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path, "wb") as file:
+                torch.save(checkpoint, file)
+        except (OSError, RuntimeError) as error:
+            cause = os_error_in(error)
+            if cause is None:
+                raise
+            raise MinibertError(
+                f"cannot write checkpoint {path} ({cause.strerror or cause}); the checkpoints already there are "
+                "unchanged: free some space, then continue with the same command and --ckpt_path last"
+            ) from None

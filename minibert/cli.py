@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -23,9 +26,11 @@ from minibert import explore
 from minibert.checkpoint import SHAPE_ARGS, AtomicCheckpointIO, check_checkpoint_file, compatibility_problem
 from minibert.data import EuroparlDataModule
 from minibert.errors import MinibertError
+from minibert.files import check_output_folder
 from minibert.module import MiniBert
+from minibert.options import parse_error, trainer_error
 from minibert.progress import RunProgressBar
-from minibert.resume import CHECKPOINT_KEY, Interrupted, ResumeState, SaveFinalStep, SaveOnInterrupt
+from minibert.resume import CHECKPOINT_KEY, Interrupted, LogsBeforeCheckpoint, ResumeState, SaveFinalStep, SaveOnInterrupt
 
 
 class MiniBertCLI(LightningCLI):
@@ -37,9 +42,17 @@ class MiniBertCLI(LightningCLI):
         # the data module is instantiated, just before the model.
         parser.link_arguments("data.vocab_len", "model.vocab_size", apply_on="instantiate")
 
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # Raise on a bad option rather than print the whole usage: parse_arguments says it in one line.
+        return super().init_parser(exit_on_error=False, **kwargs)
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        check_config_files(sys.argv[1:] if args is None else args)
-        super().parse_arguments(parser, args)
+        argv = sys.argv[1:] if args is None else args
+        check_config_files(argv)
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            raise parse_error(str(error), argv if isinstance(argv, list) else None) from None
         subcommand = self.config.get("subcommand")
         command = self.config[subcommand] if subcommand else self.config
         # Right after parsing, LightningCLI reads the model's arguments from a checkpoint given
@@ -53,6 +66,16 @@ class MiniBertCLI(LightningCLI):
                 command["data"]["vocab_from"] = ckpt_path
         model = command.get("model")
         self.requested_shape = {name: model.get(name) for name in SHAPE_ARGS if model and model.get(name) is not None}
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, its options checked by Lightning and its output folders by us, before any work starts."""
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError, RuntimeError) as error:  # Lightning's checks of its options
+            raise trainer_error(error, self.subcommand) from None
+        for folder, what in output_folders(trainer, self.subcommand):
+            check_output_folder(folder, what)
+        return trainer
 
     def before_fit(self) -> None:
         """Write checkpoints atomically, show the whole run's progress; on resume, check the checkpoint and log into the run's own folder."""
@@ -88,6 +111,18 @@ class MiniBertCLI(LightningCLI):
         return max(found, key=lambda path: path.stat().st_mtime_ns, default=None)
 
 
+def output_folders(trainer: Trainer, subcommand: str | None) -> list[tuple[Path, str]]:
+    """The folders a command writes into: every logger's, and the checkpoint folders when it trains."""
+    folders = []
+    if subcommand in (None, "fit"):
+        folders += [(Path(cb.dirpath), "checkpoint folder") for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+    for logger in trainer.loggers:
+        folder = getattr(logger, "root_dir", None) or logger.save_dir  # TensorBoard's: save_dir/name
+        if folder:
+            folders.append((Path(folder), "log folder"))
+    return folders
+
+
 def check_config_files(args: Any) -> None:
     """A missing or empty ``--config`` file in one line, not after the whole usage text."""
     if not isinstance(args, (list, tuple)):
@@ -113,11 +148,13 @@ def main(args: list[str] | None = None) -> None:
                 EuroparlDataModule,
                 save_config_kwargs={"overwrite": True},
                 # Added to every run, whatever callbacks the config lists: they make resuming exact.
-                trainer_defaults={"callbacks": [ResumeState(), SaveOnInterrupt(), SaveFinalStep()]},
+                trainer_defaults={"callbacks": [ResumeState(), SaveOnInterrupt(), SaveFinalStep(), LogsBeforeCheckpoint()]},
                 args=args,
             )
     except MinibertError as error:
         print(f"error: {error}", file=sys.stderr)
+        if error.hint:
+            print(error.hint, file=sys.stderr)
         sys.exit(2)
     except Interrupted as stop:
         print(f"stopped: {stop}", file=sys.stderr)

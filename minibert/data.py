@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from minibert.cache import CacheSettings, build_cache, build_test_corpus_cache, cache_key, key_for_test_corpus, load_split
+from minibert.cache import CacheSettings, build_cache, build_test_corpus_cache, cache_key, ensure_cache, key_for_test_corpus, load_split
 from minibert.checkpoint import checkpoint_vocabulary
 from minibert.download import EUROPARL_V7_FR, EUROPARL_V7_URL, fetch_europarl_fr
 from minibert.errors import MinibertError
@@ -189,9 +189,8 @@ class EuroparlDataModule(L.LightningDataModule):
         return self._vocab
 
     def _build_cache(self) -> None:
-        """Encode ``corpus`` into ``cache_dir`` unless it is there already."""
-        if not self.cache_dir.exists():
-            build_cache(self._corpus_path(), self.settings, self.cache_dir, self._vocab)
+        """Encode ``corpus`` into ``cache_dir`` unless a sound copy is there already."""
+        ensure_cache(self.cache_dir, lambda: build_cache(self._corpus_path(), self.settings, self.cache_dir, self._vocab))
 
     @property
     def vocab_len(self) -> int:
@@ -206,8 +205,8 @@ class EuroparlDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Build the caches that are missing (Lightning calls this on one process per node)."""
         vocab = self.vocab  # built first (or read from vocab_from): it encodes the other caches
-        if self.test_corpus is not None and not self.test_cache_dir.exists():
-            build_test_corpus_cache(Path(self.test_corpus), vocab, self.test_cache_dir)
+        if self.test_corpus is not None:
+            ensure_cache(self.test_cache_dir, lambda: build_test_corpus_cache(Path(self.test_corpus), vocab, self.test_cache_dir))
 
     def setup(self, stage: str) -> None:
         """Memory-map the splits that ``stage`` needs (every process).

@@ -20,7 +20,9 @@ from torch import Tensor
 
 from minibert.checkpoint import check_checkpoint_file
 from minibert.errors import MinibertError
+from minibert.files import check_output_folder
 from minibert.module import MiniBert
+from minibert.options import OneLineParser
 from minibert.projector import embedding_matrix, top_word_ids, write_projector_files
 from minibert.tokenizer import MASK, Vocabulary, tokenize
 
@@ -158,7 +160,7 @@ def require_matplotlib() -> type:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Look into a trained minibert checkpoint.")
+    parser = OneLineParser(description="Look into a trained minibert checkpoint.")
     commands = parser.add_subparsers(dest="command", required=True)
     checkpoint = argparse.ArgumentParser(add_help=False)
     checkpoint.add_argument("--ckpt_path", required=True, type=Path, help="the checkpoint file (.ckpt)")
@@ -208,17 +210,31 @@ def run_export(args: argparse.Namespace) -> None:
     groups = read_groups(args.groups) if args.groups else None
     if args.png:
         require_matplotlib()  # before any work, so a missing extra costs nothing
+    check_export_paths(args.out, args.png)
     model, vocab = load_checkpoint(args.ckpt_path)
     matrix = embedding_matrix(model.encoder, args.source)
     if args.out:
         ids = top_word_ids(vocab, args.top_k)
-        write_projector_files(args.out, matrix[ids], vocab.decode(ids), [vocab.counts[i] for i in ids])
+        try:
+            write_projector_files(args.out, matrix[ids], vocab.decode(ids), [vocab.counts[i] for i in ids])
+        except OSError as error:  # a full disk, say: each file is written whole or not at all
+            raise MinibertError(f"export --out {args.out}: cannot write ({error.strerror}); files already there are unchanged") from None
         print(f"wrote {args.out / 'vectors.tsv'} and {args.out / 'metadata.tsv'}: {len(ids)} words x {matrix.shape[1]}")
     if args.png:
         words, labels = picture_words(vocab, groups, args.png_words, args.groups)
         coords = pca_2d(matrix[vocab.encode(words)])  # (N, 2)
         draw_map(args.png, coords, words, labels, f"{args.ckpt_path.name}: {args.source} embeddings, PCA")
         print(f"wrote {args.png}: {len(words)} words")
+
+
+def check_export_paths(out: Path | None, png: Path | None) -> None:
+    """``--out`` and ``--png`` can be written, checked before the checkpoint is read."""
+    if out is not None:
+        check_output_folder(out, "export --out")
+    if png is not None:
+        if png.is_dir():
+            raise MinibertError(f"export --png {png} is a folder; give a file name such as {png / 'map.png'}")
+        check_output_folder(png.parent, "export --png")
 
 
 def picture_words(vocab: Vocabulary, groups: dict[str, list[str]] | None, top: int, groups_path: Path | None) -> tuple[list[str], list[str]]:

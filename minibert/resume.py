@@ -9,6 +9,9 @@ and the data module's state (where the epoch's shuffle had got to, see
 - a checkpoint when the run is interrupted with Ctrl-C or ``kill`` (:class:`SaveOnInterrupt`),
   and one after the run's last step (:class:`SaveFinalStep`).
 
+And a checkpoint implies its logs (:class:`LogsBeforeCheckpoint`): a run killed right after one
+resumes from it, so every metric of the steps it holds must already be on disk.
+
 The command line adds these callbacks to every run (see :mod:`minibert.cli`).
 """
 
@@ -138,3 +141,38 @@ def checkpoint_dir(trainer: L.Trainer) -> Path:
     if callback is not None and callback.dirpath is not None:
         return Path(callback.dirpath)
     return Path(trainer.default_root_dir) / "checkpoints"
+
+
+class LogsBeforeCheckpoint(L.Callback):
+    """Before a checkpoint is written, hand the step's metrics to the loggers and flush them to disk.
+
+    Lightning writes step checkpoints in ``on_train_batch_end``, *before* it logs that step's
+    metrics. A run killed between the two (``kill -9``, on a busy machine) resumes after the
+    step, whose loss would then never reach TensorBoard: so that step is logged here first.
+    """
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        if trainer.training and progress.processed > progress.completed:  # inside on_train_batch_end
+            log_step_metrics_now(trainer)
+        for logger in trainer.loggers:
+            logger.save()  # TensorBoard's flushes its event file
+
+
+def log_step_metrics_now(trainer: L.Trainer) -> None:
+    """Log the current training step's metrics now, and skip Lightning's own logging of them that follows.
+
+    Lightning has no public call for this: its private logger connector logs a step's metrics
+    in ``update_train_step_metrics``, called once right after the ``on_train_batch_end`` hooks.
+    That call is replaced, for this one step, by one that only puts the method back, so the
+    step is logged once, not twice (the step's second checkpoint, ``last.ckpt``, finds it done).
+    """
+    connector = trainer._logger_connector
+    if "update_train_step_metrics" in vars(connector):  # logged already, for an earlier checkpoint of this step
+        return
+    connector.update_train_step_metrics()
+
+    def skip_once() -> None:
+        del connector.update_train_step_metrics  # the class's method again, from the next step on
+
+    connector.update_train_step_metrics = skip_once

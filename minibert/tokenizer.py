@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from minibert.errors import MinibertError
+from minibert.files import atomic_write
 
 PUNCTUATION = ",?;.:/*!+-()[]{}\"'&"
 _PUNCTUATION_RE = re.compile("([" + re.escape(PUNCTUATION) + "])")
@@ -105,7 +106,8 @@ class Vocabulary:
         return cls(state["words"], state["counts"])
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+        with atomic_write(path, encoding="utf-8") as file:  # whole or not at all
+            file.write(json.dumps(self.to_dict(), ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:

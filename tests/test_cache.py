@@ -12,7 +12,8 @@ import pytest
 from conftest import SAMPLE_CORPUS
 
 import minibert.cache
-from minibert.cache import CacheSettings, build_cache, cache_key, load_split, split_mask
+from minibert.cache import CacheSettings, build_cache, cache_key, cache_problem, load_split, split_mask
+from minibert.data import EuroparlDataModule
 from minibert.tokenizer import UNK_ID, Vocabulary, tokenize
 
 SETTINGS = CacheSettings(vocab_size=60, min_freq=1, max_sentences=None, val_fraction=0.2, seed=3)
@@ -116,12 +117,11 @@ def test_changed_file_rebuilds(tmp_path, count_tokenizations):
 def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
     saved = []
 
-    def interrupted_save(path, array):
-        saved.append(path)
+    def interrupted_save(file, array):
+        saved.append(file)
         if len(saved) == 2:
             raise KeyboardInterrupt  # Ctrl-C in the middle of writing
-        with open(path, "wb") as file:
-            np.lib.format.write_array(file, np.asanyarray(array))
+        np.lib.format.write_array(file, np.asanyarray(array))
 
     monkeypatch.setattr(minibert.cache.np, "save", interrupted_save)
     cache_dir = tmp_path / "cache" / "key"
@@ -169,3 +169,47 @@ def test_unknown_words_are_unk_in_training_too(tmp_path):
     settings = CacheSettings(vocab_size=5, min_freq=1, max_sentences=None, val_fraction=0.0, seed=0)
     tokens, _ = load_split(build(corpus, tmp_path / "cache", settings), "train")
     assert tokens[:6].tolist() == [3, 3, 3, 4, 4, UNK_ID]
+
+
+# Each way a cache file gets damaged (a copy cut short, a hand edit, a file lost), and the file it names.
+DAMAGES = {
+    "tokens cut short": (lambda path: path.write_bytes(path.read_bytes()[:200]), "train_tokens.npy"),
+    "vocabulary not JSON": (lambda path: path.write_text("{not json", encoding="utf-8"), "vocab.json"),
+    "offsets missing": (lambda path: path.unlink(), "val_offsets.npy"),
+    "record not JSON": (lambda path: path.write_text("{", encoding="utf-8"), "settings.json"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_cache_is_found_when_opened_and_built_again(tmp_path, caplog, damage):
+    def data_module() -> EuroparlDataModule:
+        return EuroparlDataModule(corpus=str(SAMPLE_CORPUS), data_dir=str(tmp_path), vocab_size=60, val_fraction=0.2)
+
+    good = data_module()
+    words, cache = good.vocab.itos, good.cache_dir
+    good.setup("fit")
+    tokens = np.array(good.datasets["train"].tokens)
+    spoil, name = DAMAGES[damage]
+    spoil(cache / name)
+    assert name in cache_problem(cache)
+
+    again = data_module()
+    assert again.vocab.itos == words
+    again.setup("fit")
+    assert (np.asarray(again.datasets["train"].tokens) == tokens).all()
+    assert cache_problem(cache) is None
+    warned = [m for m in caplog.messages if "damaged" in m]
+    assert len(warned) == 1 and warned[0].startswith(f"the cache {cache} is damaged ({cache / name} ") and warned[0].endswith("building it again")
+    assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]  # the damaged copy is gone
+
+
+def test_a_full_disk_during_a_build_leaves_no_cache_and_says_so(tmp_path, monkeypatch):
+    def full(file, array):
+        file.write(b"\x93NUMPY")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(minibert.cache.np, "save", full)
+    cache_dir = tmp_path / "cache" / "key"
+    with pytest.raises(minibert.cache.MinibertError, match=r"cannot write the cache .*key \(No space left on device\); nothing was left half-written"):
+        build_cache(SAMPLE_CORPUS, SETTINGS, cache_dir)
+    assert list((tmp_path / "cache").iterdir()) == []

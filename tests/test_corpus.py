@@ -193,10 +193,22 @@ def test_download_extracts_only_french_once(server, tmp_path):
     assert {"première", "deuxième", "corpus"} <= set(data.vocab.stoi)  # built from the downloaded French
     path = fetch_europarl_fr(data_dir, f"{base}/fr-en.tgz")
     assert path == data_dir / FRENCH_MEMBER and path.read_bytes() == french
-    assert sorted(p.name for p in data_dir.iterdir()) == ["cache", FRENCH_MEMBER]  # no English, no archive, no partial file
+    assert sorted(p.name for p in data_dir.iterdir()) == ["cache", "downloads.json", FRENCH_MEMBER]  # no English, no archive, no partial file
     again = EuroparlDataModule(corpus="europarl-v7-fr", data_dir=str(data_dir), download_url=f"{base}/fr-en.tgz", val_fraction=0.0)
     assert again.vocab.itos == data.vocab.itos
     assert requests == ["/fr-en.tgz"]  # the second use did not download again
+
+
+def test_a_download_cut_short_later_is_fetched_again(server, tmp_path, caplog):
+    """A copy of the data folder interrupted: the extracted file has fewer bytes than recorded."""
+    base, www, requests = server
+    french = make_release(www)
+    data_dir = tmp_path / "data"
+    path = fetch_europarl_fr(data_dir, f"{base}/fr-en.tgz")
+    path.write_bytes(french[: len(french) // 2])
+    assert fetch_europarl_fr(data_dir, f"{base}/fr-en.tgz").read_bytes() == french
+    assert requests == ["/fr-en.tgz", "/fr-en.tgz"]
+    assert f"{path} has {len(french) // 2:,} bytes, not the {len(french):,} it had when fetched: fetching it again" in caplog.messages
 
 
 def test_download_shorter_than_announced_leaves_nothing(server, tmp_path):

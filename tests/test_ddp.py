@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import torch
@@ -44,7 +45,8 @@ def last_scalar(log_dir, tag: str) -> float:
 
 def test_ddp_on_two_cpu_processes(workdir, monkeypatch):
     (workdir / "rank_probe.py").write_text(PROBE)
-    monkeypatch.setenv("PYTHONPATH", str(workdir))  # both ranks import the probe
+    # Both ranks import the probe; a PYTHONPATH already set (a worktree's minibert) stays behind it.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")])))
     probe = ("--trainer.callbacks+=rank_probe.RankProbe",)
     run_cli("fit", "--config", "configs/tiny.yaml", *DDP, *VAL_FRACTION, *probe, cwd=workdir)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -106,3 +107,33 @@ def test_checkpoints_get_the_permissions_of_any_new_file(tmp_path):
     AtomicCheckpointIO().save_checkpoint({"state_dict": {}, "global_step": 1}, tmp_path / "last.ckpt")
     (tmp_path / "plain.txt").write_text("a")  # made the ordinary way, through the umask
     assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+
+
+# Run in a fresh Python: the process kills itself the moment the step-10 checkpoint is on disk.
+KILLED_AFTER_CHECKPOINT = """
+import os, signal, sys
+from minibert.checkpoint import AtomicCheckpointIO
+from minibert.cli import main
+
+write = AtomicCheckpointIO.save_checkpoint
+
+def write_then_die(self, checkpoint, path, storage_options=None):
+    write(self, checkpoint, path, storage_options)
+    if checkpoint["global_step"] == 10:
+        os.kill(os.getpid(), signal.SIGKILL)  # no exit handler, no buffer flushed: as kill -9 would
+
+AtomicCheckpointIO.save_checkpoint = write_then_die
+main(sys.argv[1:])
+"""
+
+
+def test_a_checkpoint_implies_its_logs(workdir):
+    """Killed right after the step-10 checkpoint: the losses of steps 0..9 are already in the event file."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    args = [*FIT[:3], "--trainer.max_steps", "20"]
+    result = subprocess.run([sys.executable, "-c", KILLED_AFTER_CHECKPOINT, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    assert global_step(workdir / "checkpoints" / "step=10.ckpt") == 10
+    events = EventAccumulator(str(workdir / "lightning_logs" / "version_0")).Reload()
+    steps = [event.step for event in events.Scalars("train/loss")]
+    assert steps == list(range(10))  # each step once: none missing, none logged twice
