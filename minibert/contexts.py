@@ -145,8 +145,9 @@ def parse_marked(text: str, seq_len: int) -> tuple[str, Occurrence]:
     """The word marked ``[like this]`` in ``text`` and its occurrence there, or a one-line error.
 
     The brackets are the tokenizer's punctuation, so ``le [vote] de`` reads ``le [ vote ] de``.
+    ``…`` is left out, so that a sentence of the metadata can be pasted as it is.
     """
-    tokens = tokenize(text)
+    tokens = [token for token in tokenize(text) if token != CUT]
     marks = [i for i in range(len(tokens) - 2) if tokens[i] == "[" and tokens[i + 2] == "]"]
     if len(marks) != 1:
         raise MinibertError(f"mark exactly one word of the text with brackets, as in \"le [vote] de la commission\"; got {text!r}")
