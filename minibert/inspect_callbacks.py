@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 
 from minibert.attention_maps import attention_maps, draw_attention, figure_rgb, require_matplotlib
 from minibert.errors import MinibertError
-from minibert.evaluation import analogy_scores, group_of, purity_at_k, read_analogies, read_groups
+from minibert.evaluation import AnalogySection, analogy_scores, group_of, purity_at_k, read_analogies, read_groups
 from minibert.projector import embedding_matrix
 from minibert.tokenizer import tokenize
 
@@ -40,7 +40,7 @@ class AttentionImages(L.Callback):
 
     def __init__(self, sentences: list[str] = list(DEFAULT_SENTENCES)) -> None:
         if not sentences or not all(tokenize(sentence) for sentence in sentences):
-            raise MinibertError("AttentionImages needs sentences with at least one word each")
+            raise ValueError("AttentionImages needs sentences with at least one word each")
         self.sentences = list(sentences)
         self._said = False  # a missing logger or matplotlib is reported once
 
@@ -79,7 +79,9 @@ class EmbeddingScores(L.Callback):
     ``embeddings/purity@k`` on the groups, ``embeddings/analogies`` (accuracy on the covered
     questions), ``embeddings/analogy_coverage`` and ``embeddings/analogies/SECTION`` per
     section: the figures of ``lightning evaluate`` (:mod:`minibert.evaluation`). The files are
-    read once, when the callback is made, so a missing one stops the run before it starts.
+    read once, at setup, before the first step: a missing or malformed one stops the run
+    with one line. (Raised while the config is instantiated, the error would come wrapped
+    in a page of LightningCLI's messages about callback types.)
 
     Args:
         groups: word groups, lines ``name<TAB>word word ...``.
@@ -90,10 +92,16 @@ class EmbeddingScores(L.Callback):
 
     def __init__(self, groups: str | None = None, analogies: str | None = None, k: int = 5, source: Literal["input", "output"] = "input") -> None:
         if groups is None and analogies is None:
-            raise MinibertError("EmbeddingScores needs groups, analogies, or both")
-        self.groups = group_of(read_groups(groups)) if groups else None
-        self.sections = read_analogies(analogies) if analogies else None
-        self.k, self.source = k, source
+            raise ValueError("EmbeddingScores needs groups, analogies, or both")
+        self.groups_file, self.analogies_file, self.k, self.source = groups, analogies, k, source
+        self.groups: dict[str, str] | None = None
+        self.sections: list[AnalogySection] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.groups_file and self.groups is None:
+            self.groups = group_of(read_groups(self.groups_file))
+        if self.analogies_file and self.sections is None:
+            self.sections = read_analogies(self.analogies_file)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or pl_module.vocab is None:
