@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 from embedding_quality import DEFAULT_ANALOGIES, DEFAULT_CORPUS, checkpoint_embeddings, word2vec_embeddings
-from gensim.models import KeyedVectors
 
 from minibert.evaluation import analogy_scores, read_analogies
 from minibert.word2vec_format import write_word2vec
@@ -37,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corpus", default=DEFAULT_CORPUS)
     parser.add_argument("--max_sentences", type=int, default=30_000)
     args = parser.parse_args(argv)
+    from gensim.models import KeyedVectors  # the bench extra: imported after --help
 
     if args.ckpt_path:
         vectors, words, excluded = checkpoint_embeddings(args.ckpt_path, args.source)
