@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     for score in ours:
         mine = (score.correct, score.covered)
         agree &= theirs.get(score.name) == mine
-        print(f"{score.name:<24}{'%d / %d' % mine:>24}{'%d / %d' % theirs.get(score.name, (-1, -1)):>24}")
+        other = theirs.get(score.name, (-1, -1))
+        print(f"{score.name:<24}{f'{mine[0]} / {mine[1]}':>24}{f'{other[0]} / {other[1]}':>24}")
     print("agreement: yes" if agree else "agreement: NO")
     sys.exit(0 if agree else 1)
 

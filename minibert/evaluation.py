@@ -26,7 +26,6 @@ from torch import Tensor
 
 from minibert.errors import MinibertError
 
-
 # --- the files ----------------------------------------------------------------------------
 
 
@@ -161,10 +160,10 @@ def analogy_scores(
     unit = F.normalize(vectors.detach().float(), dim=-1)  # (V, D)
     scores = []
     for section in sections:
-        covered = torch.tensor([[index[w] for w in q] for q in section.questions if all(w in index for w in q)], dtype=torch.long)
-        correct = sum(
-            int((answer_3cosadd(unit, part[:, :3], excluded) == part[:, 3]).sum()) for part in covered.view(-1, 4).split(batch_size)
-        )
+        covered = [[index[w] for w in question] for question in section.questions if all(w in index for w in question)]
+        ids = torch.tensor(covered, dtype=torch.long).view(-1, 4)  # (Q, 4): a, b, c, and the expected d
+        parts = ids.split(batch_size)  # scores of at most (batch_size, V) at a time
+        correct = sum(int((answer_3cosadd(unit, part[:, :3], excluded) == part[:, 3]).sum()) for part in parts)
         scores.append(SectionScore(section.name, correct, len(covered), len(section.questions)))
     scores.append(SectionScore("all", *(sum(getattr(s, field) for s in scores) for field in ("correct", "covered", "total"))))
     return scores

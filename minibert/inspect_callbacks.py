@@ -34,11 +34,12 @@ class AttentionImages(L.Callback):
     logger and matplotlib; without them it says so once and training goes on.
 
     Args:
-        sentences: the sentences to draw. One longer than the model's ``seq_len`` is cut to its
+        sentences: the sentences to draw (by default, two about the commission and a vote). One longer than the model's ``seq_len`` is cut to its
             first ``seq_len`` tokens; words outside the vocabulary are marked ``*`` (read as ``<unk>``).
     """
 
-    def __init__(self, sentences: list[str] = list(DEFAULT_SENTENCES)) -> None:
+    def __init__(self, sentences: list[str] | None = None) -> None:
+        sentences = list(DEFAULT_SENTENCES if sentences is None else sentences)
         if not sentences or not all(tokenize(sentence) for sentence in sentences):
             raise ValueError("AttentionImages needs sentences with at least one word each")
         self.sentences = list(sentences)

@@ -106,7 +106,7 @@ def test_one_weight_set_by_hand_shows_in_its_map_row_and_column():
     def colour(layer: int, head: int, query: int, key: int) -> np.ndarray:
         axes = figure.axes[layer * 3 + head]  # the maps row by row, then the colour bar
         x, y = axes.transData.transform((key, query))  # the cell's centre, in pixels from the bottom left
-        return image[image.shape[0] - int(round(y)), int(round(x))].astype(float)
+        return image[image.shape[0] - round(y), round(x)].astype(float)
 
     assert np.abs(colour(1, 2, 0, 3) - bright).max() < 8
     for cell in [(1, 2, 0, 2), (1, 2, 3, 0), (0, 2, 0, 3), (1, 1, 0, 3)]:

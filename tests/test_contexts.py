@@ -11,8 +11,8 @@ from test_projector import read_metadata, read_vectors
 from test_tensorboard import embeddings, tensor, tensorboard  # noqa: F401 (a fixture)
 
 from minibert.cli import main
-from minibert.corpus import read_sentences
 from minibert.contexts import Occurrence, context_vectors, find_occurrences, occurrence_at, parse_marked, window
+from minibert.corpus import read_sentences
 from minibert.errors import MinibertError
 from minibert.explore import load_checkpoint
 from minibert.internals import record_internals

@@ -71,7 +71,7 @@ def test_3cosadd_leaves_out_the_question_words_and_special_tokens():
 
 def test_a_question_outside_the_vocabulary_is_not_covered_never_wrong():
     sections = [AnalogySection("s", [("a", "b", "c", "d"), ("a", "b", "c", "inconnu"), ("inconnu", "b", "c", "d"), ("<pad>", "b", "c", "d")])]
-    section, total = analogy_scores(VECTORS, WORDS, sections, excluded=1)
+    section, _ = analogy_scores(VECTORS, WORDS, sections, excluded=1)
     assert (section.correct, section.covered, section.total) == (1, 1, 4)  # special tokens are not words either
     assert section.accuracy == 1.0 and section.coverage == 0.25
     (empty, _) = analogy_scores(VECTORS, WORDS, [AnalogySection("s", [("x", "y", "z", "w")])], excluded=1)
