@@ -117,7 +117,8 @@ def context_vectors(encoder: Encoder, vocab: Vocabulary, occurrences: Sequence[O
     """The hidden state at each occurrence's word, at the output of ``layer`` (0: the input), (N, D).
 
     Windows of the same length go through the encoder together, so that no padding is
-    needed: a window gives the same vector whatever else is in the corpus.
+    needed: a window's vector does not depend on what else is in the corpus (up to float
+    rounding between batches of other sizes).
     """
     device = next(encoder.parameters()).device
     vectors = torch.empty(len(occurrences), encoder.token_embedding.embedding_dim)  # (N, D)
