@@ -1,9 +1,11 @@
-"""How well do the learned word embeddings group related words? purity@k on word categories.
+"""How good are the learned word embeddings? purity@k on word groups, accuracy on word analogies.
 
-For every category word that is in the vocabulary, take its k nearest words by cosine
-similarity over the whole vocabulary (special tokens and the word itself excluded) and
-count the share of them that belong to the word's own category; purity@k is the mean of
-that share over all category words.
+The measures are :mod:`minibert.evaluation`'s, the same as ``lightning evaluate``: purity@k
+(for every group word in the vocabulary, the share of its k nearest words by cosine
+similarity over the whole vocabulary, special tokens and the word itself excluded, that
+belong to its own group, averaged over the group words) and 3CosAdd analogy accuracy per
+section, with coverage (questions in word2vec's format; ``benchmarks/analogies.fr.txt`` by
+default). ``--word2vec`` scores gensim's word2vec trained on the same sentences.
 
     python benchmarks/embedding_quality.py --ckpt_path checkpoints/last.ckpt
     python benchmarks/embedding_quality.py --word2vec      # the yardstick (needs gensim: pip install -e ".[bench]")
@@ -17,63 +19,25 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from minibert.errors import MinibertError
+from minibert.evaluation import AnalogySection, analogy_lines, analogy_scores, group_of, purity_at_k, purity_line, read_analogies, read_groups
+
 DEFAULT_CATEGORIES = "../shared/data/categories.dev.tsv"
 DEFAULT_CORPUS = "../shared/data/europarl/europarl30k.fr.txt"
-
-
-def read_categories(path: str | Path) -> dict[str, str]:
-    """Map every member word to the name of its group."""
-    groups: dict[str, str] = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        name, sep, members = line.partition("\t")
-        if not sep or not members.split():
-            raise SystemExit(f"error: {path}:{number}: expected 'name<TAB>word word ...'")
-        groups.update((word, name) for word in members.split())
-    return groups
-
-
-def purity_at_k(vectors: Tensor, words: Sequence[str], groups: dict[str, str], k: int = 5, excluded: int = 0) -> tuple[float, int]:
-    """Mean share of same-group words among each category word's k nearest neighbours.
-
-    Args:
-        vectors: (V, D) one vector a word.
-        words: the V words, in the rows' order.
-        groups: word -> group name (words outside the vocabulary are ignored).
-        k: neighbours per word.
-        excluded: the first ``excluded`` rows (special tokens) are never neighbours.
-
-    Returns:
-        ``(purity, number of category words found in the vocabulary)``.
-    """
-    index = {word: i for i, word in enumerate(words)}
-    found = [w for w in groups if w in index and index[w] >= excluded]
-    if not found:
-        return float("nan"), 0
-    unit = torch.nn.functional.normalize(vectors.detach().float(), dim=-1)  # (V, D)
-    queries = torch.tensor([index[w] for w in found])  # (Q,)
-    similarity = unit[queries] @ unit.T  # (Q, V)
-    similarity[:, :excluded] = -float("inf")
-    similarity[torch.arange(len(found)), queries] = -float("inf")  # a word is not its own neighbour
-    neighbours = similarity.topk(k, dim=-1).indices  # (Q, k)
-    shares = [sum(groups.get(words[j]) == groups[w] for j in row.tolist()) / k for w, row in zip(found, neighbours)]
-    return sum(shares) / len(shares), len(found)
+DEFAULT_ANALOGIES = "benchmarks/analogies.fr.txt"
 
 
 def checkpoint_embeddings(ckpt_path: str, source: str) -> tuple[Tensor, list[str], int]:
-    from minibert.module import MiniBert
+    """A checkpoint's (V, D) embeddings, its V words, and how many of them (the first) are special tokens."""
+    from minibert.explore import load_checkpoint
     from minibert.projector import embedding_matrix
 
-    model = MiniBert.load_from_checkpoint(ckpt_path, map_location="cpu")
-    if model.vocab is None:
-        raise SystemExit(f"error: {ckpt_path} holds no vocabulary")
-    return embedding_matrix(model.encoder, source), model.vocab.itos, model.vocab.num_specials
+    model, vocab = load_checkpoint(ckpt_path)
+    return embedding_matrix(model.encoder, source).detach(), vocab.itos, vocab.num_specials
 
 
 def word2vec_embeddings(corpus: str, max_sentences: int, seed: int) -> tuple[Tensor, list[str], int]:
@@ -100,31 +64,45 @@ def main(argv: list[str] | None = None) -> None:
     what.add_argument("--ckpt_path", help="a minibert checkpoint (its vocabulary is inside)")
     what.add_argument("--word2vec", action="store_true", help="train the gensim word2vec yardstick instead")
     parser.add_argument("--source", choices=("input", "output"), default="input", help="the input embeddings or the head's rows")
-    parser.add_argument("--categories", default=DEFAULT_CATEGORIES)
+    parser.add_argument("--categories", default=DEFAULT_CATEGORIES, help="word groups for purity@k")
+    parser.add_argument("--analogies", default=DEFAULT_ANALOGIES, help="analogy questions in word2vec's format; '' for none")
     parser.add_argument("--corpus", default=DEFAULT_CORPUS, help="word2vec's training text, one sentence a line")
     parser.add_argument("--max_sentences", type=int, default=30_000)
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=1, help="word2vec runs (seeds seed, seed+1, ...): its purity varies from run to run")
+    parser.add_argument("--repeats", type=int, default=1, help="word2vec runs (seeds seed, seed+1, ...): its figures vary from run to run")
     args = parser.parse_args(argv)
 
-    groups = read_categories(args.categories)
-    if args.ckpt_path:
-        vectors, words, excluded = checkpoint_embeddings(args.ckpt_path, args.source)
-        report(f"{args.ckpt_path} ({args.source} embeddings)", vectors, words, groups, args.k, excluded)
+    try:
+        groups = group_of(read_groups(args.categories))
+        sections = read_analogies(args.analogies) if args.analogies else []
+        checkpoint = checkpoint_embeddings(args.ckpt_path, args.source) if args.ckpt_path else None
+    except MinibertError as error:
+        raise SystemExit(f"error: {error}") from None
+    if checkpoint is not None:
+        vectors, words, excluded = checkpoint
+        report(f"{args.ckpt_path} ({args.source} embeddings)", vectors, words, groups, sections, args.k, excluded)
         return
     scores = []
     for run in range(args.repeats):
         vectors, words, excluded = word2vec_embeddings(args.corpus, args.max_sentences, args.seed + run)
-        scores.append(report("word2vec", vectors, words, groups, args.k, excluded))
+        scores.append(report("word2vec", vectors, words, groups, sections, args.k, excluded))
     if len(scores) > 1:
-        print(f"word2vec over {len(scores)} runs: mean purity@{args.k} = {sum(scores) / len(scores):.3f} (min {min(scores):.3f}, max {max(scores):.3f})")
+        for name, values in zip((f"purity@{args.k}", "analogy accuracy"), zip(*scores)):
+            print(f"word2vec over {len(values)} runs: mean {name} = {sum(values) / len(values):.3f} (min {min(values):.3f}, max {max(values):.3f})")
 
 
-def report(name: str, vectors: Tensor, words: Sequence[str], groups: dict[str, str], k: int, excluded: int = 0) -> float:
+def report(
+    name: str, vectors: Tensor, words: Sequence[str], groups: dict[str, str], sections: Sequence[AnalogySection], k: int, excluded: int = 0
+) -> tuple[float, float]:
+    """Print purity@k and the analogy table; return purity@k and the accuracy over all covered questions."""
     purity, found = purity_at_k(vectors, words, groups, k, excluded)
-    print(f"{name}: purity@{k} = {purity:.3f} over {found} of {len(groups)} category words ({len(words)} words in the vocabulary)")
-    return purity
+    print(f"{name}: {purity_line(purity, found, groups, len(words), k)}")
+    if not sections:
+        return purity, float("nan")
+    scores = analogy_scores(vectors, words, sections, excluded)
+    print("\n".join(analogy_lines(scores)))
+    return purity, scores[-1].accuracy
 
 
 if __name__ == "__main__":

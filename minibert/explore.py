@@ -1,11 +1,21 @@
-"""Looking into a trained checkpoint: ``export``, ``neighbors`` and ``fill-mask``.
+"""Looking into a trained checkpoint: the command line of ``export``, ``neighbors``, ``fill-mask``,
+``attention``, ``contexts`` and ``evaluate``.
 
 These commands read nothing but the checkpoint file (weights, hyper-parameters and the
-vocabulary saved beside them), so they work on any ``.ckpt`` without the corpus::
+vocabulary saved beside them), and the text or files they are given, so they work on any
+``.ckpt`` without the training corpus (docs/inspect.md shows each with its output)::
 
     lightning export --ckpt_path checkpoints/last.ckpt --top_k 3000 --out export/ --png map.png
+    lightning export --ckpt_path checkpoints/last.ckpt --format word2vec --out vectors.txt
     lightning neighbors --ckpt_path checkpoints/last.ckpt commission lundi --k 10
+    lightning neighbors --ckpt_path checkpoints/last.ckpt --in-context "le [vote] de la commission" --corpus FILE
     lightning fill-mask --ckpt_path checkpoints/last.ckpt "la <mask> européenne a proposé" --k 5
+    lightning attention --ckpt_path checkpoints/last.ckpt "la commission a voté ." --out attention.png --html attention.html
+    lightning contexts --ckpt_path checkpoints/last.ckpt --corpus FILE --words session,vote --out contexts/
+    lightning evaluate --ckpt_path checkpoints/last.ckpt --groups GROUPS.tsv --analogies QUESTIONS.txt
+
+Every input is checked before anything is written: bad input stops the command with one
+line (:class:`MinibertError`) and leaves files already there as they were.
 """
 
 from __future__ import annotations
@@ -18,15 +28,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from minibert.attention_html import write_attention_page
+from minibert.attention_maps import UNKNOWN_MARK, attention_maps, draw_attention, require_matplotlib, save_figure
 from minibert.checkpoint import check_checkpoint_file
+from minibert.contexts import context_vectors, find_occurrences, nearest, parse_marked, write_context_files
 from minibert.errors import MinibertError
+from minibert.evaluation import analogy_lines, analogy_scores, group_of, purity_at_k, purity_line, read_analogies, read_groups
 from minibert.files import check_output_folder
+from minibert.internals import check_layer, encode_words, unknown_tokens
 from minibert.module import MiniBert
 from minibert.options import OneLineParser
 from minibert.projector import embedding_matrix, top_word_ids, write_projector_files
 from minibert.tokenizer import MASK, Vocabulary, tokenize
+from minibert.word2vec_format import write_word2vec
 
-COMMANDS = ("export", "neighbors", "fill-mask")
+COMMANDS = ("export", "neighbors", "fill-mask", "attention", "contexts", "evaluate")
+PNG_NEEDS = "drawing a picture (--png)"
 
 
 # --- the checkpoint -----------------------------------------------------------------------
@@ -74,13 +91,10 @@ def nearest_words(matrix: Tensor, vocab: Vocabulary, word: str, k: int) -> list[
 
 def fill_mask(model: MiniBert, vocab: Vocabulary, text: str, k: int) -> list[list[tuple[str, float]]]:
     """For each ``<mask>`` of ``text``, the ``k`` most likely words with their probabilities."""
-    tokens = tokenize(text)  # "<" and ">" are not punctuation, so "<mask>" stays one token
-    masked = [i for i, token in enumerate(tokens) if token == MASK]
-    if not masked:
+    if MASK not in tokenize(text):  # "<" and ">" are not punctuation, so "<mask>" stays one token
         raise MinibertError(f"the text {text!r} has no {MASK} to fill")
-    if len(tokens) > model.hparams.seq_len:
-        raise MinibertError(f"the text has {len(tokens)} tokens; this model reads at most {model.hparams.seq_len}")
-    input_ids = torch.tensor([vocab.encode(tokens)])  # (1, T)
+    tokens, input_ids = encode_words(vocab, text, model.hparams.seq_len)  # (1, T)
+    masked = [i for i, token in enumerate(tokens) if token == MASK]
     with torch.no_grad():
         hidden = model.encoder(input_ids)  # (1, T, D)
         probs = model.encoder.logits(hidden[0, masked]).softmax(dim=-1)  # (M, V)
@@ -91,32 +105,7 @@ def fill_mask(model: MiniBert, vocab: Vocabulary, text: str, k: int) -> list[lis
     ]
 
 
-def unknown_words(vocab: Vocabulary, text: str) -> list[str]:
-    """The words of ``text`` that the model reads as ``<unk>``."""
-    return [token for token in tokenize(text) if token not in vocab.stoi]
-
-
 # --- the picture ---------------------------------------------------------------------------
-
-
-def read_groups(path: str | Path) -> dict[str, list[str]]:
-    """Word groups from a file of lines ``name<TAB>word word ...`` (``#`` lines are comments)."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise MinibertError(f"groups file {path} cannot be read: {_first_line(error)}") from error
-    groups: dict[str, list[str]] = {}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        name, tab, words = line.partition("\t")
-        if not tab or not name.strip() or not words.split():
-            raise MinibertError(f"{path}, line {number}: expected 'name<TAB>word word ...', got {line!r}")
-        groups.setdefault(name.strip(), []).extend(words.split())
-    if not groups:
-        raise MinibertError(f"groups file {path} has no group")
-    return groups
 
 
 def pca_2d(vectors: Tensor) -> Tensor:
@@ -132,7 +121,7 @@ def pca_2d(vectors: Tensor) -> Tensor:
 
 def draw_map(png: str | Path, coords: Tensor, words: Sequence[str], groups: Sequence[str], title: str) -> None:
     """Save a scatter plot of ``coords`` (N, 2), each point labelled with its word, coloured by group."""
-    figure_class = require_matplotlib()
+    figure_class = require_matplotlib(PNG_NEEDS)
     figure = figure_class(figsize=(10, 8), layout="constrained")
     axes = figure.add_subplot()  # a bare Figure, not pyplot: no window, no global state
     for group in dict.fromkeys(groups):  # each group once, in order of first appearance
@@ -145,15 +134,6 @@ def draw_map(png: str | Path, coords: Tensor, words: Sequence[str], groups: Sequ
         axes.legend(fontsize=8, markerscale=1.5)
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(png, dpi=100)
-
-
-def require_matplotlib() -> type:
-    """matplotlib's Figure class, or a clear message: it is an optional extra."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as error:
-        raise MinibertError('drawing a picture (--png) needs matplotlib: pip install -e ".[plot]"') from error
-    return Figure
 
 
 # --- the commands --------------------------------------------------------------------------
@@ -172,18 +152,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", parents=[checkpoint, source], help="projector TSVs and a 2-D map of the embeddings")
     export.add_argument("--top_k", type=at_least(0), default=3000, help="most frequent words to export; 0 = every word")
-    export.add_argument("--out", type=Path, help="folder for vectors.tsv and metadata.tsv")
+    export.add_argument("--out", type=Path, help="folder for vectors.tsv and metadata.tsv; with --format word2vec, the file to write")
+    export.add_argument("--format", choices=("projector", "word2vec"), default="projector",
+                        help="projector TSVs, or word2vec's text format (gensim's KeyedVectors.load_word2vec_format)")
     export.add_argument("--png", type=Path, help="also draw a 2-D PCA map of chosen words into this PNG file")
     export.add_argument("--groups", type=Path, help="words to draw, by group: lines 'name<TAB>word word ...'")
     export.add_argument("--png_words", type=at_least(2), default=100, help="without --groups, draw this many most frequent words")
 
-    neighbors = commands.add_parser("neighbors", parents=[checkpoint, source], help="nearest words by cosine similarity")
-    neighbors.add_argument("words", nargs="+", metavar="WORD")
+    layer = argparse.ArgumentParser(add_help=False)
+    layer.add_argument("--layer", type=at_least(0), help="the vectors at this layer's output (0: the input embeddings); default: the last layer")
+    layer.add_argument("--max_per_word", type=at_least(1), default=100, help="occurrences of each word read from the corpus, the first ones")
+
+    neighbors = commands.add_parser("neighbors", parents=[checkpoint, source, layer], help="nearest words by cosine similarity, or nearest occurrences in context")
+    neighbors.add_argument("words", nargs="*", metavar="WORD")
     neighbors.add_argument("--k", type=at_least(1), default=10, help="neighbours to show for each word")
+    neighbors.add_argument("--in-context", dest="in_context", metavar="TEXT",
+                           help='a sentence with one word in brackets, "le [vote] de la commission": its occurrences in --corpus closest in context')
+    neighbors.add_argument("--corpus", type=Path, help="with --in-context: the sentences to search, one a line")
 
     fill = commands.add_parser("fill-mask", parents=[checkpoint], help="the most likely words for each <mask> of a text")
     fill.add_argument("text", help='a sentence with one or more <mask>, e.g. "la <mask> européenne a proposé"')
     fill.add_argument("--k", type=at_least(1), default=5, help="words to show for each <mask>")
+
+    attention = commands.add_parser("attention", parents=[checkpoint], help="attention weights of every layer and head for one sentence")
+    attention.add_argument("text", help='a sentence, e.g. "la commission a voté le rapport ."')
+    attention.add_argument("--out", type=Path, help="the picture to write (PNG): layers as rows, heads as columns")
+    attention.add_argument("--html", type=Path, help="also write a page where pointing at a token shows where it looks")
+
+    contexts = commands.add_parser("contexts", parents=[checkpoint, layer], help="a vector for every occurrence of words in a corpus, as projector files")
+    contexts.add_argument("--corpus", type=Path, required=True, help="the sentences to read, one a line (or raw Europarl sessions)")
+    contexts.add_argument("--words", required=True, help="comma-separated words: session,commission,vote")
+    contexts.add_argument("--out", type=Path, required=True, help="folder for vectors.tsv, metadata.tsv and projector_config.pbtxt")
+
+    evaluate = commands.add_parser("evaluate", parents=[checkpoint, source], help="purity@k on word groups, accuracy on word analogies")
+    evaluate.add_argument("--groups", type=Path, help="word groups: lines 'name<TAB>word word ...'")
+    evaluate.add_argument("--analogies", type=Path, help="questions in word2vec's format: ': section' lines, then 'a b c d' lines")
+    evaluate.add_argument("--k", type=at_least(1), default=5, help="neighbours per word for purity@k")
     return parser
 
 
@@ -199,27 +203,38 @@ def at_least(minimum: int):
 
 
 def main(argv: Sequence[str]) -> None:
-    """Run ``export``, ``neighbors`` or ``fill-mask``; bad input raises :class:`MinibertError`."""
+    """Run one of :data:`COMMANDS`; bad input raises :class:`MinibertError`."""
     args = build_parser().parse_args(argv)
-    {"export": run_export, "neighbors": run_neighbors, "fill-mask": run_fill_mask}[args.command](args)
+    runners = {
+        "export": run_export, "neighbors": run_neighbors, "fill-mask": run_fill_mask,
+        "attention": run_attention, "contexts": run_contexts, "evaluate": run_evaluate,
+    }  # fmt: skip
+    runners[args.command](args)
 
 
 def run_export(args: argparse.Namespace) -> None:
     if args.out is None and args.png is None:
         raise MinibertError("export needs --out DIR (projector files), --png FILE (a picture), or both")
+    word2vec = args.format == "word2vec"
+    if word2vec and (args.out is None or args.out.is_dir()):
+        raise MinibertError("export --format word2vec needs --out FILE, the file to write (not a folder)")
     groups = read_groups(args.groups) if args.groups else None
     if args.png:
-        require_matplotlib()  # before any work, so a missing extra costs nothing
-    check_export_paths(args.out, args.png)
+        require_matplotlib(PNG_NEEDS)  # before any work, so a missing extra costs nothing
+    check_export_paths(args.out, args.png, out_is_file=word2vec)
     model, vocab = load_checkpoint(args.ckpt_path)
     matrix = embedding_matrix(model.encoder, args.source)
     if args.out:
         ids = top_word_ids(vocab, args.top_k)
         try:
-            write_projector_files(args.out, matrix[ids], vocab.decode(ids), [vocab.counts[i] for i in ids])
+            if word2vec:
+                write_word2vec(args.out, matrix[ids], vocab.decode(ids))
+            else:
+                write_projector_files(args.out, matrix[ids], vocab.decode(ids), [vocab.counts[i] for i in ids])
         except OSError as error:  # a full disk, say: each file is written whole or not at all
             raise MinibertError(f"export --out {args.out}: cannot write ({error.strerror}); files already there are unchanged") from None
-        print(f"wrote {args.out / 'vectors.tsv'} and {args.out / 'metadata.tsv'}: {len(ids)} words x {matrix.shape[1]}")
+        shape = f"{len(ids)} words x {matrix.shape[1]}"
+        print(f"wrote {args.out}: {shape}, word2vec's text format" if word2vec else f"wrote {args.out / 'vectors.tsv'} and {args.out / 'metadata.tsv'}: {shape}")
     if args.png:
         words, labels = picture_words(vocab, groups, args.png_words, args.groups)
         coords = pca_2d(matrix[vocab.encode(words)])  # (N, 2)
@@ -227,10 +242,10 @@ def run_export(args: argparse.Namespace) -> None:
         print(f"wrote {args.png}: {len(words)} words")
 
 
-def check_export_paths(out: Path | None, png: Path | None) -> None:
+def check_export_paths(out: Path | None, png: Path | None, out_is_file: bool = False) -> None:
     """``--out`` and ``--png`` can be written, checked before the checkpoint is read."""
     if out is not None:
-        check_output_folder(out, "export --out")
+        check_output_folder(out.parent if out_is_file else out, "export --out")
     if png is not None:
         if png.is_dir():
             raise MinibertError(f"export --png {png} is a folder; give a file name such as {png / 'map.png'}")
@@ -253,6 +268,10 @@ def picture_words(vocab: Vocabulary, groups: dict[str, list[str]] | None, top: i
 
 
 def run_neighbors(args: argparse.Namespace) -> None:
+    if args.in_context is not None:
+        return run_neighbors_in_context(args)
+    if not args.words:
+        raise MinibertError("neighbors needs words, or --in-context TEXT with --corpus FILE")
     model, vocab = load_checkpoint(args.ckpt_path)
     for word in args.words:
         vocab.require(word)  # every word checked before anything is printed
@@ -266,7 +285,7 @@ def run_neighbors(args: argparse.Namespace) -> None:
 def run_fill_mask(args: argparse.Namespace) -> None:
     model, vocab = load_checkpoint(args.ckpt_path)
     predictions = fill_mask(model, vocab, args.text, args.k)
-    unknown = unknown_words(vocab, args.text)
+    unknown = unknown_tokens(vocab, tokenize(args.text))
     if unknown:
         print(f"not in the vocabulary, read as <unk>: {' '.join(unknown)}")
     print(" ".join(tokenize(args.text)))
@@ -274,3 +293,75 @@ def run_fill_mask(args: argparse.Namespace) -> None:
         print(f"<mask> {number}:")
         for word, prob in candidates:
             print(f"  {prob:7.4f}  {word}")
+
+
+def run_neighbors_in_context(args: argparse.Namespace) -> None:
+    """The corpus occurrences of the bracketed word whose vectors in context are closest to its own."""
+    if args.words or args.corpus is None:
+        raise MinibertError("neighbors --in-context TEXT needs --corpus FILE and no other word")
+    model, vocab = load_checkpoint(args.ckpt_path)
+    seq_len, layer = model.hparams.seq_len, chosen_layer(model, args.layer)
+    word, query = parse_marked(args.in_context, seq_len)
+    vocab.require(word)
+    occurrences = find_occurrences(args.corpus, [word], seq_len, args.max_per_word)
+    vectors = context_vectors(model.encoder, vocab, [query, *occurrences], layer)  # (1 + N, D)
+    print(f"{query.marked()}: the {min(args.k, len(occurrences))} closest of {len(occurrences)} occurrences in {args.corpus}, layer {layer}")
+    for row, score in nearest(vectors[0], vectors[1:], args.k):
+        print(f"  {score:7.4f}  {occurrences[row].marked()}  (sentence {occurrences[row].sentence_no})")
+
+
+def chosen_layer(model: MiniBert, layer: int | None) -> int:
+    """``--layer``, checked against the model; the last layer when not given."""
+    return check_layer(model.hparams.num_layers if layer is None else layer, model.hparams.num_layers)
+
+
+def run_attention(args: argparse.Namespace) -> None:
+    if args.out is None and args.html is None:
+        raise MinibertError("attention needs --out FILE.png (a picture), --html FILE (a page), or both")
+    if args.out:
+        require_matplotlib("drawing attention maps (--out)")
+    model, vocab = load_checkpoint(args.ckpt_path)
+    labels, weights = attention_maps(model.encoder, vocab, args.text, model.hparams.seq_len)  # (L, H, T, T)
+    unknown = [label for label in labels if label.endswith(UNKNOWN_MARK)]
+    if unknown:
+        print(f"not in the vocabulary, read as <unk> (marked {UNKNOWN_MARK}): {' '.join(unknown)}")
+    title = f"{args.ckpt_path.name}: {' '.join(labels)}" + (f"   ({UNKNOWN_MARK}: read as <unk>)" if unknown else "")
+    if args.out:
+        save_figure(draw_attention(weights, labels, title), args.out)
+        print(f"wrote {args.out}: {weights.shape[0]} layers x {weights.shape[1]} heads, {len(labels)} tokens")
+    if args.html:
+        write_attention_page(args.html, weights, labels, title)
+        print(f"wrote {args.html}")
+
+
+def run_contexts(args: argparse.Namespace) -> None:
+    words = [word.strip().lower() for word in args.words.split(",") if word.strip()]
+    if not words:
+        raise MinibertError("--words needs at least one word: --words session,commission,vote")
+    if args.out.exists() and not args.out.is_dir():
+        raise MinibertError(f"--out {args.out} is a file; give a folder")
+    model, vocab = load_checkpoint(args.ckpt_path)
+    for word in words:
+        vocab.require(word)
+    layer = chosen_layer(model, args.layer)
+    occurrences = find_occurrences(args.corpus, words, model.hparams.seq_len, args.max_per_word)
+    vectors = context_vectors(model.encoder, vocab, occurrences, layer)  # (N, D)
+    write_context_files(args.out, vectors, occurrences, f"contexts/layer_{layer}")
+    counts = ", ".join(f"{word} {sum(o.word == word for o in occurrences)}" for word in words)
+    print(f"wrote {args.out / 'vectors.tsv'} and {args.out / 'metadata.tsv'}: {len(occurrences)} occurrences x {vectors.shape[1]} at layer {layer} ({counts})")
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    if args.groups is None and args.analogies is None:
+        raise MinibertError("evaluate needs --groups FILE, --analogies FILE, or both")
+    groups = group_of(read_groups(args.groups)) if args.groups else None
+    sections = read_analogies(args.analogies) if args.analogies else None
+    model, vocab = load_checkpoint(args.ckpt_path)
+    matrix = embedding_matrix(model.encoder, args.source)  # (V, D)
+    print(f"{args.ckpt_path}, {args.source} embeddings:")
+    if groups is not None:
+        purity, found = purity_at_k(matrix, vocab.itos, groups, args.k, vocab.num_specials)
+        print(purity_line(purity, found, groups, len(vocab), args.k))
+    if sections is not None:
+        print(f"analogies of {args.analogies} (3CosAdd, the question's words excluded):")
+        print("\n".join(analogy_lines(analogy_scores(matrix, vocab.itos, sections, vocab.num_specials))))

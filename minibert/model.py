@@ -98,21 +98,34 @@ class MultiHeadSelfAttention(nn.Module):
     def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
         """x: (B, T, D); keep: (B, 1, 1, T) bool or None. Returns (B, T, D)."""
         B, T, D = x.shape
-        q, k, v = self.qkv(x).split(D, dim=-1)  # 3 x (B, T, D)
-        # (B, T, D) -> (B, T, H, D/H) -> (B, H, T, D/H): each head attends on its own slice.
-        q, k, v = (t.view(B, T, self.num_heads, D // self.num_heads).transpose(1, 2) for t in (q, k, v))
+        q, k, v = self.heads(x)  # 3 x (B, H, T, D/H)
         p = self.attn_dropout.p if self.training else 0.0
         if self.fused and (p == 0.0 or x.device.type != "cpu"):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p)  # (B, H, T, D/H)
         else:
-            scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, T)
-            if keep is not None:
-                scores = scores.masked_fill(~keep, float("-inf"))
-            # The softmax runs in float32 even under bf16 autocast: its sums need the precision.
-            weights = self.attn_dropout(scores.float().softmax(dim=-1).to(v.dtype))  # (B, H, T, T)
+            weights = self.attn_dropout(self.weights(q, k, keep).to(v.dtype))  # (B, H, T, T)
             y = weights @ v  # (B, H, T, D/H)
         y = y.transpose(1, 2).reshape(B, T, D)  # heads side by side again: (B, T, D)
         return self.out_proj(y)
+
+    def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values of x (B, T, D), one slice per head: 3 x (B, H, T, D/H)."""
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=-1)  # 3 x (B, T, D)
+        # (B, T, D) -> (B, T, H, D/H) -> (B, H, T, D/H): each head attends on its own slice.
+        return tuple(t.view(B, T, self.num_heads, D // self.num_heads).transpose(1, 2) for t in (q, k, v))
+
+    def weights(self, q: Tensor, k: Tensor, keep: Tensor | None = None) -> Tensor:
+        """softmax(QK^T / sqrt(D/H)): how much each query (row) takes from each key, (B, H, T, T), float32.
+
+        The explicit path multiplies the values by these; the fused one computes the same
+        numbers without ever showing them, which is why attention maps are drawn from here.
+        """
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, T)
+        if keep is not None:
+            scores = scores.masked_fill(~keep, float("-inf"))
+        # The softmax runs in float32 even under bf16 autocast: its sums need the precision.
+        return scores.float().softmax(dim=-1)
 
 
 class FeedForward(nn.Module):

@@ -63,15 +63,58 @@ def write_projector_files(out_dir: str | Path, vectors: Tensor, words: Sequence[
         raise ValueError(f"{vectors.shape[0]} vectors, {len(words)} words and {len(counts or words)} counts must match")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # 9 significant digits read back as exactly the same float32; one %-format a row is the fastest pure-Python way.
-    row_format = "\t".join(["%.9g"] * vectors.shape[1]) + "\n"
-    rows = vectors.detach().float().cpu().tolist()
-    _write_atomic(out_dir / "vectors.tsv", "".join(row_format % tuple(row) for row in rows))
+    _write_atomic(out_dir / "vectors.tsv", vector_rows(vectors))
     if counts is None:
         metadata = "".join(escape_token(w) + "\n" for w in words)
     else:
         metadata = "word\tcount\n" + "".join(f"{escape_token(w)}\t{c}\n" for w, c in zip(words, counts))
     _write_atomic(out_dir / "metadata.tsv", metadata)
+
+
+def vector_rows(vectors: Tensor, separator: str = "\t", prefixes: Sequence[str] | None = None) -> str:
+    """One line of numbers a row of vectors (N, D), each after its prefix (say, the word) if given."""
+    # 9 significant digits read back as exactly the same float32; one %-format a row is the fastest pure-Python way.
+    row_format = separator.join(["%.9g"] * vectors.shape[1]) + "\n"
+    rows = vectors.detach().float().cpu().tolist()
+    if prefixes is None:
+        return "".join(row_format % tuple(row) for row in rows)
+    return "".join(prefix + separator + row_format % tuple(row) for prefix, row in zip(prefixes, rows))
+
+
+def write_projector_table(out_dir: str | Path, vectors: Tensor, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Write ``vectors.tsv`` (N, D) and a ``metadata.tsv`` of several columns: ``header``, then one row a vector."""
+    if len(rows) != vectors.shape[0] or any(len(row) != len(header) for row in rows):
+        raise ValueError(f"{vectors.shape[0]} vectors need as many metadata rows of {len(header)} columns")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out_dir / "vectors.tsv", vector_rows(vectors))
+    lines = ["\t".join(escape_token(str(value)) for value in row) + "\n" for row in [header, *rows]]
+    _write_atomic(out_dir / "metadata.tsv", "".join(lines))
+
+
+def write_run_config(folder: str | Path, tensor_name: str) -> None:
+    """Make ``folder`` (holding vectors.tsv and metadata.tsv) a TensorBoard run of its own that lists them.
+
+    TensorBoard's projector reads ``projector_config.pbtxt`` in each run, and a run is a folder
+    with an event file: one almost empty event file is written once, so the files show up in
+    the Projector tab of ``tensorboard --logdir`` on the folder or any folder above it (a
+    ``lightning_logs/`` among them), under a run of the folder's own name, untouched by the
+    training callbacks that rewrite the pbtxt of their own runs.
+    """
+    folder = Path(folder)
+    num_rows, dim = _tsv_shape(folder)
+    _write_atomic(
+        folder / CONFIG_NAME,
+        "embeddings {\n"
+        f'  tensor_name: "{tensor_name}"\n  tensor_path: "vectors.tsv"\n  metadata_path: "metadata.tsv"\n'
+        f"  tensor_shape: {num_rows}\n  tensor_shape: {dim}\n"
+        "}\n",
+    )
+    if not any(folder.glob("events.out.tfevents.*")):
+        from torch.utils.tensorboard import SummaryWriter  # slow to import: only here
+
+        with SummaryWriter(log_dir=str(folder)) as writer:
+            writer.add_text("projector", f"{num_rows} vectors of {dim} dimensions: see the Projector tab, tensor {tensor_name}")
 
 
 def epoch_folders(log_dir: str | Path) -> list[Path]:

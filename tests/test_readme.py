@@ -1,6 +1,6 @@
-"""Every command in the README runs, here or in CI, so the README cannot go stale.
+"""Every command in the README and in docs/*.md runs, here or in CI, so the docs cannot go stale.
 
-The commands are read from the README's ```bash blocks. Each runs in a fresh folder laid
+The commands are read from the ```bash blocks of the README, then of docs/*.md. Each runs in a fresh folder laid
 out like a clone, with ``../shared`` beside it holding fixture files at the paths the
 README names. Training commands run as written, followed by arguments that shrink them
 to seconds (LightningCLI lets later arguments win): 60 sentences of the fixture corpus, a
@@ -23,10 +23,13 @@ import pytest
 from conftest import REPO, SAMPLE_CORPUS, TEST_DATA, run_cli, script
 from test_tensorboard import TensorBoard
 
+from minibert import explore
+
 README = REPO / "README.md"
+DOCS = sorted((REPO / "docs").glob("*.md"))
 CI_SCRIPT = REPO / ".ci" / "run"
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-EXPLORE_SUBCOMMANDS = ("export", "neighbors", "fill-mask")
+EXPLORE_SUBCOMMANDS = explore.COMMANDS
 
 SHRINK = (
     "--data.corpus", "tests/data/sample.fr.txt", "--data.vocab_size", "500", "--data.seq_len", "12", "--data.batch_size", "16",
@@ -38,9 +41,10 @@ SHRINK = (
 TORCHRUN_VALUES = {"N": "1", "G": "2", "R": "0", "HOST0": "127.0.0.1"}
 
 
-def readme_commands() -> list[list[str]]:
-    """The README's shell commands as argument lists (continuation lines joined, comments dropped)."""
-    blocks = re.findall(r"^```bash\n(.*?)^```", README.read_text(encoding="utf-8"), flags=re.S | re.M)
+def readme_commands(pages: tuple[Path, ...] = (README, *DOCS)) -> list[list[str]]:
+    """The pages' shell commands as argument lists (continuation lines joined, comments dropped)."""
+    text = "\n".join(page.read_text(encoding="utf-8") for page in pages)
+    blocks = re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M)
     lines = "\n".join(blocks).replace("\\\n", " ").replace("$(which lightning)", "LIGHTNING_SCRIPT").splitlines()
     return [argv for argv in (shlex.split(line, comments=True) for line in lines) if argv]
 
@@ -181,7 +185,7 @@ COMMANDS = [step for argv in readme_commands() for step in steps(argv)]
 
 
 def test_the_readme_has_the_two_quickstart_commands():
-    first, second = readme_commands()[:2]
+    first, second = readme_commands((README,))[:2]
     assert " ".join(first) == "pip install -e . && lightning fit --config configs/base.yaml"
     assert " ".join(second) == "pip install -e .[test] && pytest"
 
@@ -195,3 +199,9 @@ def test_readme_command_runs(argv: list[str], trained: Path, tmp_path: Path) -> 
     else:
         workdir = clone(tmp_path)
     how(argv, workdir)
+
+
+def test_every_look_inside_command_is_run_from_the_docs():
+    shown = {argv[1] for argv in COMMANDS if argv[0] == "lightning" and argv[1] in EXPLORE_SUBCOMMANDS}
+    assert shown == set(EXPLORE_SUBCOMMANDS)
+    assert any("--in-context" in argv for argv in COMMANDS) and any("word2vec" in argv for argv in COMMANDS)
