@@ -108,9 +108,10 @@ class EuroparlDataModule(L.LightningDataModule):
         max_sentences: keep only the first N sentences of the corpus (all when null).
         val_fraction: share of sentences held out for validation, chosen by ``seed``.
         seq_len: tokens per sample.
-        windows: ``tile`` (windows end to end over the text: every token is trained on and
-            scored) or ``sentence`` (the reference: one window starting at each sentence).
-            See :class:`TokenWindows`.
+        windows: how training samples are cut: ``tile`` (windows end to end over the text:
+            every token is trained on) or ``sentence`` (the reference: one window starting at
+            each sentence). Validation and test always tile, so every held-out token is scored
+            once. See :class:`TokenWindows`.
         packing: a sample runs on into the next sentences (true) or stops at its sentence's end (false).
         mask_prob: chance that a token is chosen for prediction.
         val_mask_prob: the same for validation and test; null: ``mask_prob``. A fixed value
@@ -233,9 +234,10 @@ class EuroparlDataModule(L.LightningDataModule):
 
     def _windows(self, cache_dir: Path, split: str) -> TokenWindows:
         tokens, offsets = load_split(cache_dir, split)
-        # Training tiles move by up to seq_len - 1 tokens each epoch; held-out ones stay put.
-        shifts = self.seq_len if split == "train" else 1
-        return TokenWindows(tokens, offsets, self.seq_len, self.packing, self.windows, shifts)
+        if split == "train":  # training tiles move by up to seq_len - 1 tokens each epoch
+            return TokenWindows(tokens, offsets, self.seq_len, self.packing, self.windows, shifts=self.seq_len)
+        # Held-out text is always tiled, from its first token: every token scored once, whatever the training windows.
+        return TokenWindows(tokens, offsets, self.seq_len, self.packing, "tile")
 
     def train_dataloader(self) -> DataLoader:
         # Each process trains on its own shard of every epoch (see ResumableSampler).

@@ -106,9 +106,11 @@ def test_reference_windows_never_see_the_tails_of_long_sentences(tmp_path):
     assert "w0x29" not in seen and "w1x20" not in seen and {"w0x9", "w1x9", "w2x3"} <= seen
 
 
+@pytest.mark.parametrize("windows", ["tile", "sentence"])
 @pytest.mark.parametrize("packing", [True, False])
-def test_held_out_windows_score_every_token_exactly_once(tmp_path, packing):
-    data = module(tmp_path, packing=packing, val_fraction=0.2)
+def test_held_out_windows_score_every_token_exactly_once(tmp_path, packing, windows):
+    """Whatever the training windows, validation tiles its text: every held-out token counts, once."""
+    data = module(tmp_path, packing=packing, val_fraction=0.2, windows=windows)
     data.setup("fit")
     val = data.datasets["val"]
     held_out = [t for i in range(len(val)) for t in val[i]["input_ids"].tolist() if t != PAD_ID]
