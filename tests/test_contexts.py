@@ -142,7 +142,9 @@ def test_tensorboard_lists_contexts_written_inside_a_log_folder(tiny_run, tmp_pa
     assert torch.equal(tensor(server, "version_0/contexts", "contexts/layer_2", [4, 16]), read_vectors(out / "vectors.tsv"))
     metadata = server.get("metadata", run="version_0/contexts", name="contexts/layer_2").decode().split("\n")
     assert metadata[0] == "word\tsentence\tsentence_no\tposition" and metadata[1].startswith("parlement\t")
-    assert [e["tensorName"] for e in embeddings(server, "version_0")][0] == "word_embeddings/epoch_0"  # the run's own, untouched
+    assert [e["tensorName"] for e in embeddings(server, "version_0")] == [  # the run's own, untouched
+        "word_embeddings/(newest) epoch_001", "word_embeddings/epoch_000"
+    ]
 
 
 def test_neighbors_in_context_lists_the_closest_occurrences(checkpoint, loaded, capsys):
@@ -156,10 +158,16 @@ def test_neighbors_in_context_lists_the_closest_occurrences(checkpoint, loaded, 
     query = context_vectors(model.encoder, vocab, [parse_marked(text, 12)[1]], 2)[0]
     cosines = torch.nn.functional.cosine_similarity(vectors, query[None], dim=-1)  # (44,)
     best = cosines.topk(3)
-    expected = [f"  {s:7.4f}  {occurrences[i].marked()}  (sentence {occurrences[i].sentence_no})" for s, i in zip(best.values.tolist(), best.indices.tolist())]
-    assert lines[1:] == expected
+    # The fixture's template sentences give near-ties (cosines that differ in the 7th digit), whose
+    # order depends on rounding: check each printed line's score and rank, not the order of ties.
+    printed = {f"  {occurrences[i].marked()}  (sentence {occurrences[i].sentence_no})": cosines[i].item() for i in range(len(occurrences))}
+    scores = [float(line.split()[0]) for line in lines[1:]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    for line, score in zip(lines[1:], scores):
+        cosine = printed[line[len(f"  {score:7.4f}"):]]  # this occurrence's own cosine, recomputed
+        assert cosine == pytest.approx(score, abs=1e-4) and cosine >= best.values[-1].item() - 1e-5
     itself = next(i for i, o in enumerate(occurrences) if o.sentence_no == 2)  # the text is sentence 2 of the corpus
-    assert cosines[itself] == pytest.approx(1.0, abs=1e-6) and cosines[itself] >= best.values[-1]
+    assert cosines[itself] == pytest.approx(1.0, abs=1e-6) and cosines[itself] >= best.values[-1] - 1e-5
 
 
 def test_bad_input_is_one_line_and_touches_nothing(checkpoint, tmp_path, capsys):

@@ -58,13 +58,15 @@ def steps(argv: list[str]) -> list[list[str]]:
 
 
 def clone(root: Path) -> Path:
-    """A folder like a fresh clone, with ``../shared`` beside it holding the fixture files."""
+    """A folder like a fresh clone after its first download, with ``../shared`` beside it holding the fixture files."""
     repo = root / "minibert"
     for folder in ("configs", "benchmarks"):
         shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(TEST_DATA, repo / "tests" / "data")
     (repo / "docs").mkdir()
     shutil.copy(TEST_DATA / "heldout.fr.txt", repo / "heldout.fr.txt")  # the README's held-out text file
+    (repo / "data").mkdir()
+    shutil.copy(SAMPLE_CORPUS, repo / "data" / "europarl-v7.fr-en.fr")  # where the configs' download puts Europarl
     shared = root / "shared" / "data"
     (shared / "europarl").mkdir(parents=True)
     shutil.copy(SAMPLE_CORPUS, shared / "europarl" / "europarl30k.fr.txt")
