@@ -61,7 +61,7 @@ def build_in_this_process(corpus: str, max_sentences: int | None, data_dir: str)
     train = data.datasets["train"]
     print(json.dumps({
         "seconds": seconds, "baseline_mib": baseline, "peak_mib": peak_rss_mib(),
-        "sentences": len(train) + len(data.datasets["val"]), "tokens": len(train.tokens), "vocab": len(data.vocab),
+        "sentences": len(train.offsets) - 1 + len(data.datasets["val"].offsets) - 1, "tokens": len(train.tokens), "vocab": len(data.vocab),
         "cache_mib": sum(f.stat().st_size for f in data.cache_dir.iterdir()) / MIB,
     }))
 

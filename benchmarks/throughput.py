@@ -81,7 +81,7 @@ def masked_batches(args: argparse.Namespace, count: int) -> tuple[list[dict[str,
     data.setup("fit")
     batches = []
     for raw in data.train_dataloader():
-        corrupted, labels = mask_tokens(raw["input_ids"], raw["sample_ids"], data.masking, seed=0, epoch=0)
+        corrupted, labels = mask_tokens(raw["input_ids"], raw["sample_ids"], data.masking("train"), seed=0, epoch=0)
         batch = {"input_ids": corrupted, "labels": labels, "padding_mask": raw["input_ids"] == 0}
         batches.append({k: v.to(args.device) for k, v in batch.items()})
         if len(batches) == count:
