@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from torch import Tensor, nn
-from torch.utils.tensorboard import SummaryWriter
 
 from minibert.files import atomic_write
 from minibert.tokenizer import Vocabulary
@@ -110,21 +109,23 @@ def write_run_config(folder: str | Path, tensor_name: str) -> None:
         f"  tensor_shape: {num_rows}\n  tensor_shape: {dim}\n"
         "}\n",
     )
-    if not any(folder.glob("events.out.tfevents.*")):
-        from torch.utils.tensorboard import SummaryWriter  # slow to import: only here
-
-        with SummaryWriter(log_dir=str(folder)) as writer:
-            writer.add_text("projector", f"{num_rows} vectors of {dim} dimensions: see the Projector tab, tensor {tensor_name}")
+    if not any(folder.glob(f"{EVENTS_PREFIX}*")):
+        make_run(folder, f"{num_rows} vectors of {dim} dimensions: see the Projector tab, tensor {tensor_name}")
 
 
 def epoch_folders(log_dir: str | Path) -> list[Path]:
     """The complete ``projector/epoch_E`` folders under ``log_dir``, by epoch."""
     found = []
     for folder in (Path(log_dir) / "projector").glob("epoch_*"):
-        match = EPOCH_FOLDER.fullmatch(folder.name)
-        if match and (folder / "vectors.tsv").is_file() and (folder / "metadata.tsv").is_file():
-            found.append((int(match.group(1)), folder))
-    return [folder for _, folder in sorted(found)]
+        complete = (folder / "vectors.tsv").is_file() and (folder / "metadata.tsv").is_file()
+        if EPOCH_FOLDER.fullmatch(folder.name) and complete:
+            found.append(folder)
+    return sorted(found, key=epoch_of)
+
+
+def epoch_of(folder: Path) -> int:
+    """The epoch of a ``projector/epoch_E`` folder."""
+    return int(EPOCH_FOLDER.fullmatch(folder.name).group(1))
 
 
 def write_projector_config(log_dir: str | Path) -> None:
@@ -141,7 +142,7 @@ def write_projector_config(log_dir: str | Path) -> None:
     folders = epoch_folders(log_dir)[::-1]  # newest first
     for folder in folders:
         rel = folder.relative_to(log_dir).as_posix()
-        epoch = int(EPOCH_FOLDER.fullmatch(folder.name).group(1))
+        epoch = epoch_of(folder)
         label = "(newest) " if folder == folders[0] else ""
         num_rows, dim = _tsv_shape(folder)
         entries.append(
@@ -172,7 +173,7 @@ def epochs_to_keep(epochs: Sequence[int], max_kept: int) -> list[int]:
 
 def remove_old_epochs(log_dir: str | Path, max_kept: int) -> None:
     """Delete the epoch folders that :func:`epochs_to_keep` does not keep."""
-    folders = {int(EPOCH_FOLDER.fullmatch(f.name).group(1)): f for f in epoch_folders(log_dir)}
+    folders = {epoch_of(f): f for f in epoch_folders(log_dir)}
     keep = set(epochs_to_keep(list(folders), max_kept))
     for epoch, folder in folders.items():
         if epoch not in keep:
@@ -191,7 +192,16 @@ def mark_newest_run(log_dir: str | Path, folder: Path) -> None:
         if old.parent != folder:
             old.unlink(missing_ok=True)
     if not any(folder.glob(f"{EVENTS_PREFIX}*")):
-        SummaryWriter(log_dir=str(folder)).close()
+        make_run(folder)
+
+
+def make_run(folder: Path, text: str | None = None) -> None:
+    """Write an event file into ``folder``, which makes it a TensorBoard run (holding ``text``, or nothing)."""
+    from torch.utils.tensorboard import SummaryWriter  # slow to import: only where a run is made
+
+    with SummaryWriter(log_dir=str(folder)) as writer:
+        if text is not None:
+            writer.add_text("projector", text)
 
 
 def _tsv_shape(folder: Path) -> tuple[int, int]:
