@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads, the same for both")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed"))
+    p.add_argument("--plain", action="store_true", help="minibert without minibert/fast.py's speed-ups (model.fast: false)")
     p.add_argument("--compile", action="store_true", help="torch.compile both models (minibert: its encoder)")
     p.add_argument("--no-subprocess", action="store_true", help="skip the per-model peak-memory runs")
     p.add_argument("--no-profile", action="store_true", help="skip the profile of one minibert step")
@@ -100,7 +101,8 @@ def autocast(args: argparse.Namespace):
 
 def make_minibert(args: argparse.Namespace, vocab_size: int) -> tuple[torch.nn.Module, Callable]:
     module = MiniBert(
-        vocab_size, args.seq_len, args.embed_dim, args.num_heads, args.num_layers, args.ff_dim, args.dropout, lr=args.lr
+        vocab_size=vocab_size, seq_len=args.seq_len, embed_dim=args.embed_dim, num_heads=args.num_heads,
+        num_layers=args.num_layers, ff_dim=args.ff_dim, dropout=args.dropout, lr=args.lr, fast=not args.plain,
     ).to(args.device)
     module.train()
     optimizer = module.configure_optimizers()["optimizer"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,34 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from minibert.errors import MinibertError
 from minibert.files import atomic_write, os_error_in
+from minibert.model import EncoderConfig
 from minibert.tokenizer import Vocabulary
 
-# The model's arguments that fix the shapes of its weights.
-SHAPE_ARGS = ("vocab_size", "seq_len", "embed_dim", "num_heads", "num_layers", "ff_dim", "activation", "bias", "tie_embeddings")
+# The encoder's fields that a checkpoint's weights are bound to: all but those that only
+# matter to a model trained from scratch.
+SHAPE_ARGS = tuple(field.name for field in fields(EncoderConfig) if field.name not in ("dropout", "init_std"))
+
+# Model arguments renamed since older checkpoints were written: old name -> today's.
+RENAMED_ARGS = {"fused_attention": "fast"}
+
+
+def model_arguments(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The model's arguments saved in a checkpoint, under today's names.
+
+    LightningCLI's own entries (``_instantiator``, ...) are left out: they are not arguments.
+    """
+    saved = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    return {RENAMED_ARGS.get(k, k): v for k, v in saved.items()}
+
+
+def check_argument_names(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Refuse, in one line, an older checkpoint whose model arguments LightningCLI would fail to parse."""
+    old = [f"model.{name} (now model.{RENAMED_ARGS[name]})" for name in checkpoint.get("hyper_parameters", {}) if name in RENAMED_ARGS]
+    if old:
+        raise MinibertError(
+            f"checkpoint {path} was written by an older minibert, with {', '.join(old)}: `fit --ckpt_path last` "
+            "still continues its run, and `python -m minibert evaluate` and the other inspection commands read it"
+        )
 
 
 def check_checkpoint_file(path: str | Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from minibert import explore
-from minibert.checkpoint import SHAPE_ARGS, AtomicCheckpointIO, check_checkpoint_file, compatibility_problem
+from minibert.checkpoint import SHAPE_ARGS, AtomicCheckpointIO, check_argument_names, check_checkpoint_file, compatibility_problem
 from minibert.data import EuroparlDataModule
 from minibert.errors import MinibertError
 from minibert.files import check_output_folder
@@ -60,7 +60,7 @@ class MiniBertCLI(LightningCLI):
         # shape the config asked for, so that a different one is reported rather than replaced.
         ckpt_path = command.get("ckpt_path")
         if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
-            check_checkpoint_file(ckpt_path)
+            check_argument_names(check_checkpoint_file(ckpt_path), ckpt_path)
             # Scoring with a trained model uses the model's own vocabulary: no training corpus needed.
             if subcommand in ("validate", "test", "predict") and command.get("data") and not command["data"].get("vocab_from"):
                 command["data"]["vocab_from"] = ckpt_path

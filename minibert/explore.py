@@ -30,7 +30,7 @@ from torch import Tensor
 
 from minibert.attention_html import write_attention_page
 from minibert.attention_maps import UNKNOWN_MARK, attention_maps, draw_attention, require_matplotlib, save_figure
-from minibert.checkpoint import check_checkpoint_file
+from minibert.checkpoint import check_checkpoint_file, model_arguments
 from minibert.contexts import context_vectors, find_occurrences, nearest, parse_marked, write_context_files
 from minibert.errors import MinibertError
 from minibert.evaluation import analogy_lines, analogy_scores, group_of, purity_at_k, purity_line, read_analogies, read_groups
@@ -55,10 +55,8 @@ def load_checkpoint(path: str | Path) -> tuple[MiniBert, Vocabulary]:
     missing = [key for key in ("hyper_parameters", "vocabulary") if key not in checkpoint]  # state_dict: checked already
     if missing:
         raise MinibertError(f"checkpoint {path} is not a minibert checkpoint: it has no {', '.join(missing)}")
-    # LightningCLI adds bookkeeping entries such as "_instantiator"; they are not model arguments.
-    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
     try:
-        model = MiniBert(**hparams)
+        model = MiniBert(**model_arguments(checkpoint))
         model.load_state_dict(checkpoint["state_dict"])
         vocab = Vocabulary.from_dict(checkpoint["vocabulary"])
     except (TypeError, ValueError, KeyError, RuntimeError) as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from time import perf_counter
 from typing import Any, Literal
 
@@ -13,7 +14,8 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from minibert.masking import IGNORE_INDEX
-from minibert.model import Encoder
+from minibert.fast import FastEncoder
+from minibert.model import Encoder, EncoderConfig
 from minibert.tokenizer import Vocabulary
 
 
@@ -24,8 +26,10 @@ class MiniBert(L.LightningModule):
         vocab_size: number of token ids; linked from the data module, never written in a config.
         seq_len: tokens per sample; linked from the data module.
         embed_dim, num_heads, num_layers, ff_dim, dropout, activation, bias, tie_embeddings,
-            fused_attention, init_std, scale_embeddings: the encoder's shape and initialisation (see
-            :class:`minibert.model.Encoder`).
+            init_std, scale_embeddings: the encoder's shape and initialisation, one field each
+            of :class:`minibert.model.EncoderConfig`.
+        fast: train with the speed-ups of :mod:`minibert.fast` (the same numbers, computed
+            faster); false runs the plain encoder of :mod:`minibert.model`.
         optimizer: ``adam`` (the reference) or ``adamw`` (decoupled weight decay).
         lr: peak learning rate.
         weight_decay: applied to weight matrices and embeddings, never to norms and biases.
@@ -49,9 +53,9 @@ class MiniBert(L.LightningModule):
         activation: Literal["relu", "gelu"] = "relu",
         bias: bool = True,
         tie_embeddings: bool = False,
-        fused_attention: bool = True,
         init_std: float | None = 0.02,
         scale_embeddings: bool = False,
+        fast: bool = True,
         optimizer: Literal["adam", "adamw"] = "adam",
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
@@ -63,9 +67,8 @@ class MiniBert(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.encoder = Encoder(
-            vocab_size, seq_len, embed_dim, num_heads, num_layers, ff_dim, dropout, activation, bias, tie_embeddings, fused_attention, init_std, scale_embeddings
-        )
+        config = EncoderConfig(**{field.name: self.hparams[field.name] for field in fields(EncoderConfig)})
+        self.encoder = FastEncoder(config) if fast else Encoder(config)
         self.vocab: Vocabulary | None = None  # set from the data module, saved in every checkpoint
         self.metrics = torch.nn.ModuleDict(
             {f"{stage}_{name}": MeanMetric() for stage in ("train", "val", "test") for name in ("loss", "acc", f"top{top_k}")}
@@ -79,7 +82,7 @@ class MiniBert(L.LightningModule):
 
         The head over the vocabulary is most of the model's arithmetic, and only about
         15% of positions are scored, so the scored rows are gathered before it (and before
-        the last layer's feed-forward: see :meth:`minibert.model.Encoder.forward`).
+        the last layer's feed-forward: see :meth:`minibert.fast.FastEncoder.forward`).
         """
         scored = batch["labels"] != IGNORE_INDEX  # (B, T)
         hidden = self.encoder(batch["input_ids"], batch.get("padding_mask"), rows=scored)  # (N, D)

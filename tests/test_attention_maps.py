@@ -16,15 +16,17 @@ from minibert.attention_maps import attention_maps, draw_attention, figure_rgb
 from minibert.cli import main
 from minibert.explore import load_checkpoint
 from minibert.internals import record_internals
-from minibert.model import Encoder, MultiHeadSelfAttention
+from minibert.fast import FastEncoder
+from minibert.model import Encoder, EncoderConfig, MultiHeadSelfAttention
 from minibert.tokenizer import Vocabulary
 
 D, H, T, LAYERS = 16, 4, 6, 2
 
 
-def small_encoder(fused: bool) -> Encoder:
+def small_encoder(fast: bool) -> Encoder:
     torch.manual_seed(0)
-    return Encoder(vocab_size=30, seq_len=T, embed_dim=D, num_heads=H, num_layers=LAYERS, ff_dim=32, dropout=0.1, fused_attention=fused, init_std=0.2).eval()
+    config = EncoderConfig(vocab_size=30, seq_len=T, embed_dim=D, num_heads=H, num_layers=LAYERS, ff_dim=32, dropout=0.1, init_std=0.2)
+    return (FastEncoder if fast else Encoder)(config).eval()
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,9 +48,9 @@ def torch_attention_weights(attn: MultiHeadSelfAttention, x: torch.Tensor, paddi
         return reference(x, x, x, key_padding_mask=padding, need_weights=True, average_attn_weights=False)[1]
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["explicit", "fused"])
-def test_recorded_weights_are_pytorchs_attention_weights(fused):
-    encoder = small_encoder(fused)
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
+def test_recorded_weights_are_pytorchs_attention_weights(fast):
+    encoder = small_encoder(fast)
     ids, padding = batch()
     internals = record_internals(encoder, ids, padding)
     assert len(internals.attention) == LAYERS and len(internals.hidden) == LAYERS + 1
@@ -62,7 +64,7 @@ def test_recorded_weights_are_pytorchs_attention_weights(fused):
 
 
 def test_recorded_hidden_states_are_the_forward_pass():
-    encoder = small_encoder(fused=True)
+    encoder = small_encoder(fast=True)
     ids, padding = batch()
     internals = record_internals(encoder.train(), ids, padding)  # eval inside: no dropout
     assert encoder.training  # and the mode is given back
@@ -84,7 +86,7 @@ def test_explicit_and_fused_encoders_draw_the_same_maps():
 
 
 def test_attention_maps_of_a_sentence_mark_unknown_words():
-    encoder = small_encoder(fused=True)
+    encoder = small_encoder(fast=True)
     vocab = Vocabulary([f"w{i}" for i in range(27)], list(range(27, 0, -1)))
     labels, weights = attention_maps(encoder, vocab, "w1 w2 inconnu w3", T)
     assert labels == ["w1", "w2", "inconnu*", "w3"] and weights.shape == (LAYERS, H, 4, 4)

@@ -100,6 +100,24 @@ def test_load_checkpoint_gives_the_saved_model_and_vocabulary(checkpoint, saved)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved["state_dict"].items())
 
 
+def test_a_checkpoint_from_before_model_fast_is_read_or_refused_in_one_line(checkpoint, saved, tmp_path, capsys):
+    # Checkpoints written before minibert/fast.py name the switch model.fused_attention.
+    old = dict(saved, hyper_parameters={**saved["hyper_parameters"], "fused_attention": True})
+    del old["hyper_parameters"]["fast"]
+    path = tmp_path / "old.ckpt"
+    torch.save(old, path)
+    model, _ = load_checkpoint(path)  # the inspection commands read it
+    assert model.hparams.fast is True
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved["state_dict"].items())
+    with pytest.raises(SystemExit) as exit_:  # LightningCLI cannot parse it: said in one line
+        main(["validate", "--config", "configs/tiny.yaml", "--ckpt_path", str(path)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: checkpoint {path} was written by an older minibert, with model.fused_attention (now model.fast): "
+        "`fit --ckpt_path last` still continues its run, and `python -m minibert evaluate` and the other inspection commands read it"
+    ]
+
+
 def test_damaged_checkpoints_are_named(checkpoint, tmp_path):
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(checkpoint.read_bytes()[:1000])

@@ -8,14 +8,19 @@ import pytest
 import torch
 
 from minibert.errors import MinibertError
-from minibert.model import Dropout, Encoder, EncoderLayer, sinusoidal_positions
+from minibert.fast import FastEncoder, use_fast_kernels
+from minibert.model import Encoder, EncoderConfig, EncoderLayer, sinusoidal_positions
 
 D, H, F_DIM, V, T = 16, 4, 32, 50, 7
 
 
-def small_encoder(**options) -> Encoder:
+def config(**options) -> EncoderConfig:
     settings = dict(vocab_size=V, seq_len=T, embed_dim=D, num_heads=H, num_layers=2, ff_dim=F_DIM, dropout=0.0)
-    return Encoder(**{**settings, **options}).eval()
+    return EncoderConfig(**{**settings, **options})
+
+
+def small_encoder(encoder_class: type[Encoder] = Encoder, **options) -> Encoder:
+    return encoder_class(config(**options)).eval()
 
 
 def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,9 +86,11 @@ def torch_twin(layer: EncoderLayer, activation: str) -> torch.nn.TransformerEnco
     return twin.eval()
 
 
-def random_layer(activation: str, fused: bool) -> EncoderLayer:
+def random_layer(activation: str, fast: bool) -> EncoderLayer:
     torch.manual_seed(0)
-    layer = EncoderLayer(D, H, F_DIM, dropout=0.0, activation=activation, bias=True, fused=fused).eval()
+    layer = EncoderLayer(config(activation=activation)).eval()
+    if fast:
+        use_fast_kernels(layer)
     with torch.no_grad():  # non-trivial norms and biases, so that every copied tensor matters
         for name, p in layer.named_parameters():
             if p.dim() == 1:
@@ -91,11 +98,11 @@ def random_layer(activation: str, fused: bool) -> EncoderLayer:
     return layer
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["explicit", "fused"])
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 @pytest.mark.parametrize("grad_enabled", [True, False], ids=["slow_path", "fast_path"])
-def test_layer_equals_torch_transformer_encoder_layer(activation, fused, grad_enabled):
-    layer = random_layer(activation, fused)
+def test_layer_equals_torch_transformer_encoder_layer(activation, fast, grad_enabled):
+    layer = random_layer(activation, fast)
     twin = torch_twin(layer, activation)
     x = torch.randn(3, T, D)
     _, padding = batch()
@@ -111,23 +118,13 @@ def test_layer_equals_torch_transformer_encoder_layer(activation, fused, grad_en
     torch.testing.assert_close(ours[~padding], theirs[~padding], atol=1e-5, rtol=0)
 
 
-# --- the attention paths and the padding mask ---------------------------------------------
+# --- the padding mask, in the plain encoder and in the fast one ------------------------------
 
 
-@pytest.mark.parametrize("with_mask", [False, True])
-def test_explicit_and_fused_attention_agree(with_mask):
-    fused = small_encoder(fused_attention=True)
-    explicit = small_encoder(fused_attention=False)
-    explicit.load_state_dict(fused.state_dict())
-    ids, padding = batch()
-    mask = padding if with_mask else None
-    torch.testing.assert_close(explicit(ids, mask), fused(ids, mask), atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("fused", [False, True], ids=["explicit", "fused"])
-def test_padding_gets_zero_attention_weight(fused):
+@pytest.mark.parametrize("encoder_class", [Encoder, FastEncoder], ids=["plain", "fast"])
+def test_padding_gets_zero_attention_weight(encoder_class):
     # If padding had any weight, changing what sits there would change the real positions.
-    encoder = small_encoder(fused_attention=fused)
+    encoder = small_encoder(encoder_class)
     ids, padding = batch()
     other = ids.masked_fill(padding, 7)
     real = ~padding
@@ -135,9 +132,9 @@ def test_padding_gets_zero_attention_weight(fused):
     assert not torch.allclose(encoder(ids)[real], encoder(other)[real], atol=1e-3)  # the check can fail
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["explicit", "fused"])
-def test_all_padding_row_gives_no_nan(fused):
-    encoder = small_encoder(fused_attention=fused).train()
+@pytest.mark.parametrize("encoder_class", [Encoder, FastEncoder], ids=["plain", "fast"])
+def test_all_padding_row_gives_no_nan(encoder_class):
+    encoder = small_encoder(encoder_class).train()
     ids = torch.randint(3, V, (2, T))
     padding = torch.zeros(2, T, dtype=torch.bool)
     padding[1] = True
@@ -147,78 +144,22 @@ def test_all_padding_row_gives_no_nan(fused):
     assert all(torch.isfinite(p.grad).all() for p in encoder.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["explicit", "fused"])
-def test_all_false_padding_mask_changes_nothing(fused):
-    encoder = small_encoder(fused_attention=fused)
+@pytest.mark.parametrize("encoder_class", [Encoder, FastEncoder], ids=["plain", "fast"])
+def test_all_false_padding_mask_changes_nothing(encoder_class):
+    encoder = small_encoder(encoder_class)
     ids = torch.randint(3, V, (4, T))
     no_padding = torch.zeros(4, T, dtype=torch.bool)
     torch.testing.assert_close(encoder(ids, no_padding), encoder(ids), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("with_mask", [False, True])
-def test_cpu_training_with_dropout_takes_the_explicit_path(with_mask):
-    # PyTorch's CPU attention has no fused kernel with dropout: ours then writes the steps
-    # out with its own dropout, so both settings draw the same numbers and agree exactly.
-    fused = small_encoder(fused_attention=True, dropout=0.2).train()
-    explicit = small_encoder(fused_attention=False, dropout=0.2).train()
-    explicit.load_state_dict(fused.state_dict())
-    ids, padding = batch()
-    mask = padding if with_mask else None
-    torch.manual_seed(3)
-    ours = fused(ids, mask)
-    torch.manual_seed(3)
-    torch.testing.assert_close(explicit(ids, mask), ours, atol=1e-6, rtol=0)
-
-
 @pytest.mark.parametrize("layers", [0, 1, 2])
-def test_rows_give_the_same_hidden_states_as_a_full_pass(layers):
+def test_rows_keep_the_hidden_states_of_those_positions(layers):
     encoder = small_encoder(num_layers=layers)
     ids, padding = batch()
     rows = torch.rand(ids.shape, generator=torch.Generator().manual_seed(1)) < 0.4
-    rows &= ~padding
     hidden = encoder(ids, padding, rows=rows)
     assert hidden.shape == (int(rows.sum()), D)
-    torch.testing.assert_close(hidden, encoder(ids, padding)[rows], atol=1e-6, rtol=0)
-
-
-# --- dropout --------------------------------------------------------------------------------
-
-
-def test_dropout_zeroes_the_share_asked_for_and_keeps_the_mean():
-    dropout = Dropout(0.1).train()
-    torch.manual_seed(0)
-    out = dropout(torch.ones(1000, 1000))
-    dropped = round(0.1 * 2**15)  # 3277 of 2^15 = 0.100006
-    assert (out == 0).float().mean().item() == pytest.approx(dropped / 2**15, abs=1e-3)  # 3.3 standard deviations
-    kept = out[out != 0]
-    torch.testing.assert_close(kept, torch.full_like(kept, 2**15 / (2**15 - dropped)))  # survivors scaled exactly
-    assert out.mean().item() == pytest.approx(1.0, abs=1e-3)
-
-
-def test_dropout_draws_uniform_bits_everywhere():
-    # Each 64-bit draw feeds four neighbouring elements: each quarter must drop alike.
-    dropout = Dropout(0.5).train()
-    torch.manual_seed(0)
-    dropped = dropout(torch.ones(400_000)).view(-1, 4) == 0  # (100_000, 4)
-    torch.testing.assert_close(dropped.float().mean(0), torch.full((4,), 0.5), atol=5e-3, rtol=0)
-
-
-def test_dropout_backward_uses_the_forward_mask_and_is_seeded():
-    dropout = Dropout(0.3).train()
-    x = torch.randn(64, 33, requires_grad=True)  # 64 * 33 is not a multiple of 4
-    torch.manual_seed(5)
-    out = dropout(x)
-    out.sum().backward()
-    torch.testing.assert_close(x.grad, out.detach() / x.detach())  # the gradient is the mask times the scale
-    torch.manual_seed(5)
-    torch.testing.assert_close(dropout(x), out)
-    assert not torch.equal(dropout(x), out)  # a new draw, a new mask
-
-
-def test_dropout_is_the_identity_in_eval_mode_or_at_zero():
-    x = torch.randn(8, 8)
-    assert Dropout(0.5).eval()(x) is x
-    assert Dropout(0.0).train()(x) is x
+    torch.testing.assert_close(hidden, encoder(ids, padding)[rows], atol=0, rtol=0)
 
 
 # --- gradients and options ------------------------------------------------------------------
@@ -288,7 +229,7 @@ def test_base_parameter_count_matches_the_formula():
     per_layer = attention + feed_forward + norms
     head = d * v + v
     expected = embedding + layers * per_layer + 2 * d + head  # + the final LayerNorm
-    encoder = Encoder(vocab_size=v, seq_len=20, embed_dim=d, num_heads=8, num_layers=layers, ff_dim=f, dropout=0.1)
+    encoder = Encoder(EncoderConfig(vocab_size=v, seq_len=20, embed_dim=d, num_heads=8, num_layers=layers, ff_dim=f, dropout=0.1))
     counted = sum(p.numel() for p in encoder.parameters())
     print(f"\nbase configuration: {counted:,} parameters (formula {expected:,}; {layers} layers x {per_layer:,}, embedding {embedding:,}, head {head:,})")
     assert counted == expected == 11_867_203

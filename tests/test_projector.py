@@ -13,7 +13,7 @@ from google.protobuf import text_format
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
 from minibert import files
-from minibert.model import Encoder
+from minibert.model import Encoder, EncoderConfig
 from minibert.projector import (
     embedding_matrix,
     epoch_folders,
@@ -125,8 +125,9 @@ def test_top_word_ids_leave_out_special_tokens():
 
 
 def test_output_embeddings_are_the_input_ones_only_when_tied():
-    untied = Encoder(10, 4, 8, 2, 1, 16, 0.0, tie_embeddings=False)
-    tied = Encoder(10, 4, 8, 2, 1, 16, 0.0, tie_embeddings=True)
+    settings = dict(vocab_size=10, seq_len=4, embed_dim=8, num_heads=2, num_layers=1, ff_dim=16)
+    untied = Encoder(EncoderConfig(**settings, tie_embeddings=False))
+    tied = Encoder(EncoderConfig(**settings, tie_embeddings=True))
     assert embedding_matrix(tied, "output") is embedding_matrix(tied, "input")
     assert not torch.equal(embedding_matrix(untied, "output"), embedding_matrix(untied, "input"))
     with pytest.raises(ValueError, match="'input' or 'output'"):

@@ -1,0 +1,134 @@
+"""minibert.fast computes what minibert.model computes: the same outputs, gradients and dropout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from minibert.fast import CpuDropout, FastEncoder, FusedSelfAttention
+from minibert.model import Encoder, EncoderConfig, MultiHeadSelfAttention
+
+D, H, F_DIM, V, T = 16, 4, 32, 50, 7
+
+
+def twins(**options) -> tuple[Encoder, FastEncoder]:
+    """A plain and a fast encoder with the same weights (drawn from the same seed)."""
+    config = EncoderConfig(**{**dict(vocab_size=V, seq_len=T, embed_dim=D, num_heads=H, num_layers=3, ff_dim=F_DIM, dropout=0.0, init_std=0.2), **options})
+    torch.manual_seed(0)
+    plain = Encoder(config)
+    torch.manual_seed(0)
+    fast = FastEncoder(config)
+    return plain, fast
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ids (4, T), padding (B, T) with two pads in one row and all but one in another, scored rows (B, T)."""
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, V, (4, T), generator=generator)
+    padding = torch.zeros(4, T, dtype=torch.bool)
+    padding[1, -2:] = True
+    padding[2, 1:] = True
+    rows = (torch.rand(4, T, generator=generator) < 0.3) & ~padding
+    return ids.masked_fill(padding, 0), padding, rows
+
+
+def test_both_encoders_hold_the_same_weights_under_the_same_names():
+    plain, fast = twins()
+    assert plain.state_dict().keys() == fast.state_dict().keys()
+    for name, value in plain.state_dict().items():
+        assert torch.equal(value, fast.state_dict()[name]), name
+    assert {type(m) for m in fast.modules()} >= {CpuDropout, FusedSelfAttention}
+    assert not {nn.Dropout, MultiHeadSelfAttention} & {type(m) for m in fast.modules()}
+
+
+@pytest.mark.parametrize("layers", [0, 1, 3])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_same_outputs_and_gradients_within_1e_6(layers, mode):
+    # Training mode without dropout: the fused kernel and the last layer on scored rows only.
+    plain, fast = twins(num_layers=layers)
+    plain.train(mode == "train")
+    fast.train(mode == "train")
+    ids, padding, rows = batch()
+    weights = torch.randn(int(rows.sum()), D, generator=torch.Generator().manual_seed(2))
+    outputs = []
+    for encoder in (plain, fast):
+        hidden = encoder(ids, padding, rows=rows)  # (N, D)
+        (hidden * weights).mean().backward()  # a loss that depends on every output, of order one
+        outputs.append((hidden.detach(), {name: p.grad for name, p in encoder.named_parameters()}))
+    (plain_out, plain_grads), (fast_out, fast_grads) = outputs
+    assert plain_out.shape == (int(rows.sum()), D)
+    torch.testing.assert_close(fast_out, plain_out, atol=1e-6, rtol=0)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, atol=1e-6, rtol=0, msg=name)
+
+
+def test_without_rows_the_fast_encoder_gives_every_position():
+    plain, fast = twins()
+    ids, padding, _ = batch()
+    torch.testing.assert_close(fast(ids, padding), plain(ids, padding), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_cpu_attention_with_dropout_takes_the_plain_steps(with_mask):
+    # PyTorch's CPU attention has no fused kernel with dropout: the fast one then computes the
+    # plain steps with CpuDropout, so it draws what a plain encoder with CpuDropout draws.
+    plain, fast = twins(dropout=0.2)
+    for module in plain.modules():
+        if type(module) is nn.Dropout:
+            module.__class__ = CpuDropout
+    ids, padding, _ = batch()
+    mask = padding if with_mask else None
+    torch.manual_seed(3)
+    ours = fast.train()(ids, mask)  # no rows: the last feed-forward draws for every position
+    torch.manual_seed(3)
+    torch.testing.assert_close(plain.train()(ids, mask), ours, atol=1e-6, rtol=0)
+
+
+# --- CpuDropout against nn.Dropout --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dropout_class", [nn.Dropout, CpuDropout])
+def test_dropout_zeroes_the_share_asked_for_and_keeps_the_mean(dropout_class):
+    dropout = dropout_class(0.1).train()
+    torch.manual_seed(0)
+    out = dropout(torch.ones(1000, 1000))
+    share = round(0.1 * 2**15) / 2**15 if dropout_class is CpuDropout else 0.1  # 3277 / 2^15 = 0.100006
+    assert (out == 0).float().mean().item() == pytest.approx(share, abs=1e-3)  # 3.3 standard deviations
+    kept = out[out != 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 1 / (1 - share)))  # survivors scaled exactly
+    assert out.mean().item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_dropout_draws_uniform_bits_everywhere():
+    # Each 64-bit draw feeds four neighbouring elements: each quarter must drop alike.
+    dropout = CpuDropout(0.5).train()
+    torch.manual_seed(0)
+    dropped = dropout(torch.ones(400_000)).view(-1, 4) == 0  # (100_000, 4)
+    torch.testing.assert_close(dropped.float().mean(0), torch.full((4,), 0.5), atol=5e-3, rtol=0)
+
+
+def test_dropped_elements_are_independent_of_their_neighbours():
+    # nn.Dropout's are; four elements share one 64-bit draw here, cut into disjoint bits.
+    torch.manual_seed(0)
+    dropped = (CpuDropout(0.5).train()(torch.ones(400_000)) == 0).float().view(-1, 4)
+    both = (dropped[:, :-1] * dropped[:, 1:]).mean().item()  # P(two neighbours both dropped)
+    assert both == pytest.approx(0.25, abs=5e-3)
+
+
+def test_dropout_backward_uses_the_forward_mask_and_is_seeded():
+    dropout = CpuDropout(0.3).train()
+    x = torch.randn(64, 33, requires_grad=True)  # 64 * 33 is not a multiple of 4
+    torch.manual_seed(5)
+    out = dropout(x)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, out.detach() / x.detach())  # the gradient is the mask times the scale
+    torch.manual_seed(5)
+    torch.testing.assert_close(dropout(x), out)
+    assert not torch.equal(dropout(x), out)  # a new draw, a new mask
+
+
+def test_dropout_is_the_identity_in_eval_mode_or_at_zero():
+    x = torch.randn(8, 8)
+    assert CpuDropout(0.5).eval()(x) is x
+    assert CpuDropout(0.0).train()(x) is x
