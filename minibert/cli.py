@@ -2,7 +2,7 @@
 
 ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's, configured by
 ``configs/*.yaml``. ``fit --ckpt_path last`` (or a path) continues a run where it stopped:
-see :mod:`minibert.resume` for what is saved, and :mod:`minibert.checkpoint` for the checks
+see :mod:`minibert.machinery.resume` for what is saved, and :mod:`minibert.machinery.checkpoint` for the checks
 made before anything is loaded. ``export``, ``neighbors`` and ``fill-mask`` look into a
 trained checkpoint (:mod:`minibert.explore`).
 """
@@ -23,14 +23,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from minibert import explore
-from minibert.checkpoint import SHAPE_ARGS, AtomicCheckpointIO, check_checkpoint_file, compatibility_problem
+from minibert.machinery.checkpoint import SHAPE_ARGS, AtomicCheckpointIO, check_checkpoint_file, compatibility_problem
 from minibert.data import EuroparlDataModule
 from minibert.errors import MinibertError
-from minibert.files import check_output_folder
+from minibert.machinery.files import check_output_folder
 from minibert.module import MiniBert
-from minibert.options import parse_error, trainer_error
+from minibert.machinery.options import parse_error, trainer_error
 from minibert.progress import RunProgressBar
-from minibert.resume import CHECKPOINT_KEY, Interrupted, LogsBeforeCheckpoint, ResumeState, SaveFinalStep, SaveOnInterrupt
+from minibert.machinery.resume import CHECKPOINT_KEY, Interrupted, LogsBeforeCheckpoint, ResumeState, SaveFinalStep, SaveOnInterrupt
 
 
 class MiniBertCLI(LightningCLI):

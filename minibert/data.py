@@ -13,12 +13,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from minibert.cache import CacheSettings, build_cache, build_test_corpus_cache, cache_key, ensure_cache, key_for_test_corpus, load_split
-from minibert.checkpoint import checkpoint_vocabulary
-from minibert.download import EUROPARL_V7_FR, EUROPARL_V7_URL, fetch_europarl_fr
+from minibert.machinery.cache import CacheSettings, build_cache, build_test_corpus_cache, cache_key, ensure_cache, key_for_test_corpus, load_split
+from minibert.machinery.checkpoint import checkpoint_vocabulary
+from minibert.machinery.download import EUROPARL_V7_FR, EUROPARL_V7_URL, fetch_europarl_fr
 from minibert.errors import MinibertError
 from minibert.masking import MaskingConfig, mask_tokens
-from minibert.sampler import ResumableSampler
+from minibert.machinery.sampler import ResumableSampler
 from minibert.tokenizer import MASK_ID, PAD_ID, SPECIAL_TOKENS, Vocabulary
 
 
@@ -33,7 +33,7 @@ class TokenWindows(Dataset):
     tail of a sentence longer than ``seq_len`` is then never inside any sample.
 
     A training epoch moves every tile right by the same number of tokens (chosen by
-    :class:`minibert.sampler.ResumableSampler`), so a word meets new neighbours and new
+    :class:`minibert.machinery.sampler.ResumableSampler`), so a word meets new neighbours and new
     positions from one epoch to the next. Sample ``i`` is tile ``i % num_windows`` moved by
     ``i // num_windows`` tokens; the last tile then runs on from the end of the stream
     to its start (``wrap``). Evaluation uses no shift and pads the last tile instead, so

@@ -12,7 +12,7 @@ import torch
 from conftest import SAMPLE_CORPUS, TEST_DATA, run_cli
 from torch.utils.data import default_collate
 
-from minibert.cache import split_mask
+from minibert.machinery.cache import split_mask
 from minibert.data import EuroparlDataModule
 from minibert.errors import MinibertError
 from minibert.masking import IGNORE_INDEX

@@ -17,7 +17,7 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from minibert.errors import MinibertError
-from minibert.files import atomic_write, os_error_in
+from minibert.machinery.files import atomic_write, os_error_in
 from minibert.tokenizer import Vocabulary
 
 # The model's arguments that fix the shapes of its weights.
@@ -89,7 +89,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ``.ckpt``. Here the temporary file is written beside the checkpoint, flushed to the disk,
     then renamed over the old one: a reader sees the old file or the new one, never a part.
     A kill while writing leaves a hidden ``.NAME.PID.tmp`` file, never a broken ``.ckpt``
-    (see :func:`minibert.files.atomic_write`).
+    (see :func:`minibert.machinery.files.atomic_write`).
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
