@@ -13,12 +13,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from minibert.errors import MinibertError
 from minibert.machinery.cache import CacheSettings, build_cache, build_test_corpus_cache, cache_key, ensure_cache, key_for_test_corpus, load_split
 from minibert.machinery.checkpoint import checkpoint_vocabulary
 from minibert.machinery.download import EUROPARL_V7_FR, EUROPARL_V7_URL, fetch_europarl_fr
-from minibert.errors import MinibertError
-from minibert.masking import MaskingConfig, mask_tokens
 from minibert.machinery.sampler import ResumableSampler
+from minibert.masking import MaskingConfig, mask_tokens
 from minibert.tokenizer import MASK_ID, PAD_ID, SPECIAL_TOKENS, Vocabulary
 
 

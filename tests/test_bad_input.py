@@ -17,9 +17,9 @@ import pytest
 from conftest import REPO, SAMPLE_CORPUS, run_cli
 
 import minibert.machinery.files
+from minibert.cli import main
 from minibert.machinery.cache import cache_problem
 from minibert.machinery.checkpoint import check_checkpoint_file
-from minibert.cli import main
 
 # A short step: bad input must be refused before it, and the one row that trains stops at once.
 FIT = ["fit", "--config", "configs/tiny.yaml", "--trainer.max_steps", "1", "--trainer.num_sanity_val_steps", "0"]

@@ -12,8 +12,8 @@ import pytest
 from conftest import SAMPLE_CORPUS
 
 import minibert.machinery.cache
-from minibert.machinery.cache import CacheSettings, build_cache, cache_key, cache_problem, load_split, split_mask
 from minibert.data import EuroparlDataModule
+from minibert.machinery.cache import CacheSettings, build_cache, cache_key, cache_problem, load_split, split_mask
 from minibert.tokenizer import UNK_ID, Vocabulary, tokenize
 
 SETTINGS = CacheSettings(vocab_size=60, min_freq=1, max_sentences=None, val_fraction=0.2, seed=3)
