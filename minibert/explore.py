@@ -132,8 +132,7 @@ def draw_map(png: str | Path, coords: Tensor, words: Sequence[str], groups: Sequ
     axes.set(title=title, xlabel="first principal axis", ylabel="second principal axis")
     if len(set(groups)) > 1:
         axes.legend(fontsize=8, markerscale=1.5)
-    Path(png).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(png, dpi=100)
+    save_figure(figure, png)
 
 
 # --- the commands --------------------------------------------------------------------------
