@@ -2,7 +2,7 @@
 
 Lightning's checkpoint holds the weights, the optimiser and scheduler, the loops' counters
 and the data module's state (where the epoch's shuffle had got to, see
-:class:`minibert.machinery.sampler.ResumableSampler`). Two things are added here:
+:class:`minibert.machinery.sampler.ResumableEpochs`). Two things are added here:
 
 - the random state, which dropout draws from, and the TensorBoard version folder
   (:class:`ResumeState`);
