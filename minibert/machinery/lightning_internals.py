@@ -1,9 +1,10 @@
 """Every use of a private part of Lightning, each behind one small function that says why it is needed.
 
-Exact resume and a safe stop need a few things Lightning has no public call for: its loop's
-batch counters, its logger connector, a logger's version before first use, its test for a local
-path, and the text of one of its warnings; the progress bar, its bar's refresh rule. They are used nowhere else, so a Lightning release
-that changes one breaks one function here, and ``tests/test_lightning_internals.py`` says which.
+Exact resume, a safe stop and the run's progress bar need a few things Lightning has no public
+call for: its loop's batch counters, its logger connector, a logger's version before first use,
+its test for a local path, its progress bar's refresh rule, and the text of one of its warnings.
+They are used nowhere else, so a Lightning release that changes one breaks one function here,
+and ``tests/test_lightning_internals.py`` says which.
 """
 
 from __future__ import annotations
