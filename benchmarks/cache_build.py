@@ -1,4 +1,4 @@
-"""Time and peak memory of encoding a corpus into the cache (``minibert/cache.py``).
+"""Time and peak memory of encoding a corpus into the cache (``minibert/machinery/cache.py``).
 
     python benchmarks/cache_build.py ../shared/data/europarl/europarl.fr.500k.txt.gz
 
@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from minibert.cache import CacheSettings, build_cache, load_split
+from minibert.machinery.cache import CacheSettings, build_cache, load_split
 
 
 def main() -> None:

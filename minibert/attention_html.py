@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from minibert.files import atomic_write
+from minibert.machinery.files import atomic_write
 
 PAGE = """<!DOCTYPE html>
 <html lang="fr"><head><meta charset="utf-8"><title>__TITLE__</title>

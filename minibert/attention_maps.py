@@ -19,6 +19,7 @@ from torch import Tensor
 
 from minibert.errors import MinibertError
 from minibert.internals import encode_words, record_internals, unknown_tokens
+from minibert.machinery.files import atomic_write
 from minibert.model import Encoder
 from minibert.tokenizer import Vocabulary
 
@@ -74,8 +75,11 @@ def figure_rgb(figure) -> np.ndarray:
 
 
 def save_figure(figure, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    """Write the figure whole or not at all, as a PNG (or the type its file name ends with)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as file:  # a file object: matplotlib takes the type from format, not the name
+        figure.savefig(file, dpi=100, format=path.suffix.removeprefix(".") or "png")
 
 
 def require_matplotlib(what: str = "drawing a picture") -> type:

@@ -2,9 +2,9 @@
 
 ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's, configured by
 ``configs/*.yaml``. ``fit --ckpt_path last`` (or a path) continues a run where it stopped:
-see :mod:`minibert.resume` for what is saved, and :mod:`minibert.checkpoint` for the checks
-made before anything is loaded. ``export``, ``neighbors`` and ``fill-mask`` look into a
-trained checkpoint (:mod:`minibert.explore`).
+see :mod:`minibert.machinery.resume` for what is saved, and
+:mod:`minibert.machinery.checkpoint` for the checks made before anything is loaded.
+``export``, ``neighbors`` and ``fill-mask`` look into a trained checkpoint (:mod:`minibert.explore`).
 """
 
 from __future__ import annotations
@@ -17,20 +17,17 @@ from typing import Any
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from minibert import explore
-from minibert.checkpoint import SHAPE_ARGS, AtomicCheckpointIO, check_argument_names, check_checkpoint_file, compatibility_problem
 from minibert.data import EuroparlDataModule
 from minibert.errors import MinibertError
-from minibert.files import check_output_folder
+from minibert.machinery.checkpoint import SHAPE_ARGS, check_argument_names, check_checkpoint_file, check_resumable, use_atomic_checkpoints
+from minibert.machinery.files import check_output_folder
+from minibert.machinery.options import parse_error, trainer_error
+from minibert.machinery.resume import Interrupted, LogsBeforeCheckpoint, ResumeState, SaveFinalStep, SaveOnInterrupt, continue_logging_in, find_checkpoint
 from minibert.module import MiniBert
-from minibert.options import parse_error, trainer_error
-from minibert.progress import RunProgressBar
-from minibert.resume import CHECKPOINT_KEY, Interrupted, LogsBeforeCheckpoint, ResumeState, SaveFinalStep, SaveOnInterrupt
+from minibert.progress import use_run_progress_bar
 
 
 class MiniBertCLI(LightningCLI):
@@ -79,36 +76,14 @@ class MiniBertCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Write checkpoints atomically, show the whole run's progress; on resume, check the checkpoint and log into the run's own folder."""
-        if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the config chose
-            self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        bar = self.trainer.progress_bar_callback
-        if type(bar) in (TQDMProgressBar, RichProgressBar):  # Lightning's default bar, not one the config chose
-            self.trainer.callbacks[self.trainer.callbacks.index(bar)] = RunProgressBar()
-        ckpt_path = self.config_init["fit"].get("ckpt_path")
-        path = self._find_checkpoint(ckpt_path) if ckpt_path else None
+        use_atomic_checkpoints(self.trainer)
+        use_run_progress_bar(self.trainer)
+        path = find_checkpoint(self.trainer, self.config_init["fit"].get("ckpt_path"))
         if path is None:  # a fresh run, or 'best'/'hpc', or 'last' before any checkpoint exists
             return
-        checkpoint = check_checkpoint_file(path)
-        problem = compatibility_problem(checkpoint, {**self.model.hparams, **self.requested_shape}, self.datamodule.vocab)
-        if problem:
-            raise MinibertError(f"cannot resume from {path}: {problem}")
+        checkpoint = check_resumable(path, {**self.model.hparams, **self.requested_shape}, self.datamodule.vocab)
         self.config_init["fit"]["ckpt_path"] = str(path)  # Lightning loads the file just checked
-        version = checkpoint.get(CHECKPOINT_KEY, {}).get("logger_version")
-        logger = self.trainer.logger
-        # TensorBoardLogger picks a new version_N on first use unless given one: give it the
-        # checkpoint's, so that the resumed run's curves continue in the same folder.
-        if isinstance(logger, TensorBoardLogger) and logger._version is None and version is not None:
-            logger._version = version
-
-    def _find_checkpoint(self, ckpt_path: str) -> Path | None:
-        """The file that ``--ckpt_path`` names: 'last' is the newest last*.ckpt of the run's checkpoint folders."""
-        if ckpt_path in ("best", "hpc"):
-            return None
-        if ckpt_path != "last":
-            return Path(ckpt_path)
-        folders = {Path(cb.dirpath) for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath}
-        found = [path for folder in folders for path in folder.glob(f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}*.ckpt")]
-        return max(found, key=lambda path: path.stat().st_mtime_ns, default=None)
+        continue_logging_in(self.trainer.logger, checkpoint)
 
 
 def output_folders(trainer: Trainer, subcommand: str | None) -> list[tuple[Path, str]]:

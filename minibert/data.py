@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -13,12 +12,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from minibert.cache import CacheSettings, build_cache, build_test_corpus_cache, cache_key, ensure_cache, key_for_test_corpus, load_split
-from minibert.checkpoint import checkpoint_vocabulary
-from minibert.download import EUROPARL_V7_FR, EUROPARL_V7_URL, fetch_europarl_fr
 from minibert.errors import MinibertError
+from minibert.machinery.cache import CacheSettings, build_cache, build_test_corpus_cache, cache_key, ensure_cache, key_for_test_corpus, load_split
+from minibert.machinery.checkpoint import checkpoint_vocabulary
+from minibert.machinery.download import EUROPARL_V7_FR, EUROPARL_V7_URL, fetch_europarl_fr
+from minibert.machinery.sampler import ResumableEpochs
 from minibert.masking import MaskingConfig, mask_tokens
-from minibert.sampler import ResumableSampler
 from minibert.tokenizer import MASK_ID, PAD_ID, SPECIAL_TOKENS, Vocabulary
 
 
@@ -33,7 +32,7 @@ class TokenWindows(Dataset):
     tail of a sentence longer than ``seq_len`` is then never inside any sample.
 
     A training epoch moves every tile right by the same number of tokens (chosen by
-    :class:`minibert.sampler.ResumableSampler`), so a word meets new neighbours and new
+    :class:`minibert.machinery.sampler.ResumableSampler`), so a word meets new neighbours and new
     positions from one epoch to the next. Sample ``i`` is tile ``i % num_windows`` moved by
     ``i // num_windows`` tokens; the last tile then runs on from the end of the stream
     to its start (``wrap``). Evaluation uses no shift and pads the last tile instead, so
@@ -88,8 +87,10 @@ def window_starts(offsets: np.ndarray, seq_len: int, packing: bool, windows: str
     return np.repeat(sentence_starts, per_sentence) + seq_len * (np.arange(per_sentence.sum()) - first)
 
 
-class EuroparlDataModule(L.LightningDataModule):
+class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
     """Europarl French for masked-word prediction.
+
+    A resumed run picks its epoch up after the batches already trained (:class:`ResumableEpochs`).
 
     Args:
         corpus: a sentence-per-line text file (plain or ``.gz``), a raw Europarl session
@@ -159,7 +160,6 @@ class EuroparlDataModule(L.LightningDataModule):
         self.seed = seed
         self._vocab: Vocabulary | None = None
         self.datasets: dict[str, TokenWindows] = {}
-        self._resume_at = (-1, 0)  # (epoch, batches already trained in it), from a checkpoint
 
     # The cache is built on first use: the model's size depends on the vocabulary, which is
     # linked from here when the command line instantiates both (see cli.py).
@@ -240,14 +240,9 @@ class EuroparlDataModule(L.LightningDataModule):
         return TokenWindows(tokens, offsets, self.seq_len, self.packing, "tile")
 
     def train_dataloader(self) -> DataLoader:
-        # Each process trains on its own shard of every epoch (see ResumableSampler).
-        trainer = self.trainer
-        num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        # A fresh shuffle every epoch; each process trains on its own shard of it.
         train = self.datasets["train"]
-        sampler = ResumableSampler(train.num_windows, self.seed, num_replicas, rank, shifts=train.shifts)
-        epoch, batches_done = self._resume_at
-        sampler.resume(epoch, batches_done * self.batch_size)
-        return self._loader("train", sampler)
+        return self._loader("train", self.training_sampler(train.num_windows, train.shifts))
 
     def val_dataloader(self) -> DataLoader:
         # Under DDP, Lightning would shard validation with a DistributedSampler, which pads
@@ -279,24 +274,6 @@ class EuroparlDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             pin_memory=on_gpu,
         )
-
-    # --- where a resumed run picks up the epoch --------------------------------------------
-
-    def state_dict(self) -> dict[str, int]:
-        """Saved in every checkpoint: the epoch and how many of its batches were trained."""
-        if self.trainer is None:
-            return {}
-        # At a checkpoint, the batches whose training step finished: the one just trained included.
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": self.trainer.current_epoch, "batches_done": done}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        """Called on resume before the train loader is made, which then skips the batches done."""
-        if state_dict:
-            self._resume_at = (state_dict["epoch"], state_dict["batches_done"])
-        # Lightning looks for this state on the DataLoader and, not finding it there, warns
-        # that a mid-epoch resume is unreliable: here it is the data module's, so it is not.
-        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
         """Mask on the device the batch is on: a few vectorised operations per batch.

@@ -30,14 +30,14 @@ from torch import Tensor
 
 from minibert.attention_html import write_attention_page
 from minibert.attention_maps import UNKNOWN_MARK, attention_maps, draw_attention, require_matplotlib, save_figure
-from minibert.checkpoint import check_checkpoint_file, model_arguments
 from minibert.contexts import context_vectors, find_occurrences, nearest, parse_marked, write_context_files
 from minibert.errors import MinibertError
 from minibert.evaluation import analogy_lines, analogy_scores, group_of, purity_at_k, purity_line, read_analogies, read_groups
-from minibert.files import check_output_folder
 from minibert.internals import check_layer, encode_words, unknown_tokens
+from minibert.machinery.checkpoint import check_checkpoint_file, model_arguments
+from minibert.machinery.files import check_output_folder
+from minibert.machinery.options import OneLineParser
 from minibert.module import MiniBert
-from minibert.options import OneLineParser
 from minibert.projector import embedding_matrix, top_word_ids, write_projector_files
 from minibert.tokenizer import MASK, Vocabulary, tokenize
 from minibert.word2vec_format import write_word2vec
@@ -130,8 +130,7 @@ def draw_map(png: str | Path, coords: Tensor, words: Sequence[str], groups: Sequ
     axes.set(title=title, xlabel="first principal axis", ylabel="second principal axis")
     if len(set(groups)) > 1:
         axes.legend(fontsize=8, markerscale=1.5)
-    Path(png).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(png, dpi=100)
+    save_figure(figure, png)
 
 
 # --- the commands --------------------------------------------------------------------------

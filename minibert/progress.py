@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+from minibert.machinery.lightning_internals import progress_bar_due
 
 
 class RunProgressBar(TQDMProgressBar):
@@ -37,6 +39,13 @@ class RunProgressBar(TQDMProgressBar):
         if trainer.max_steps <= 0:
             return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         bar = self.train_progress_bar
-        if self._should_update(trainer.global_step, bar.total):
+        if progress_bar_due(self, trainer.global_step, bar.total):
             bar.n = trainer.global_step
             bar.set_postfix(self.get_metrics(trainer, pl_module))  # also redraws the bar
+
+
+def use_run_progress_bar(trainer: L.Trainer) -> None:
+    """Show :class:`RunProgressBar` in place of Lightning's default bar; a bar the config chose stays."""
+    bar = trainer.progress_bar_callback
+    if type(bar) in (TQDMProgressBar, RichProgressBar):  # Lightning's default bar, not one the config chose
+        trainer.callbacks[trainer.callbacks.index(bar)] = RunProgressBar()

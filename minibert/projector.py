@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from minibert.files import atomic_write
+from minibert.machinery.files import atomic_write
 from minibert.tokenizer import Vocabulary
 
 CONFIG_NAME = "projector_config.pbtxt"
@@ -215,6 +215,6 @@ def _tsv_shape(folder: Path) -> tuple[int, int]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never a part (see :func:`minibert.files.atomic_write`)."""
+    """Readers see the old file or the new one, never a part (see :func:`minibert.machinery.files.atomic_write`)."""
     with atomic_write(path, encoding="utf-8", newline="\n") as file:
         file.write(text)

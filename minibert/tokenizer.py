@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from minibert.errors import MinibertError
-from minibert.files import atomic_write
+from minibert.machinery.files import atomic_write
 
 PUNCTUATION = ",?;.:/*!+-()[]{}\"'&"
 _PUNCTUATION_RE = re.compile("([" + re.escape(PUNCTUATION) + "])")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from minibert.files import atomic_write
+from minibert.machinery.files import atomic_write
 from minibert.projector import vector_rows
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SAMPLE_CORPUS, run_cli
 
-import minibert.files
-from minibert.cache import cache_problem
-from minibert.checkpoint import check_checkpoint_file
+import minibert.machinery.files
 from minibert.cli import main
+from minibert.machinery.cache import cache_problem
+from minibert.machinery.checkpoint import check_checkpoint_file
 
 # A short step: bad input must be refused before it, and the one row that trains stops at once.
 FIT = ["fit", "--config", "configs/tiny.yaml", "--trainer.max_steps", "1", "--trainer.num_sanity_val_steps", "0"]
@@ -214,7 +214,7 @@ def fill_the_disk(monkeypatch: pytest.MonkeyPatch, pattern: str) -> None:
         file = open(path, *args, **kwargs)
         return FullFile(file) if fnmatch(Path(path).name, f".{pattern}.*.tmp") else file
 
-    monkeypatch.setattr(minibert.files, "open", full_open, raising=False)
+    monkeypatch.setattr(minibert.machinery.files, "open", full_open, raising=False)
 
 
 def temporary_files(folder: Path) -> list[Path]:

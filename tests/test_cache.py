@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import SAMPLE_CORPUS
 
-import minibert.cache
-from minibert.cache import CacheSettings, build_cache, cache_key, cache_problem, load_split, split_mask
+import minibert.machinery.cache
 from minibert.data import EuroparlDataModule
+from minibert.machinery.cache import CacheSettings, build_cache, cache_key, cache_problem, load_split, split_mask
 from minibert.tokenizer import UNK_ID, Vocabulary, tokenize
 
 SETTINGS = CacheSettings(vocab_size=60, min_freq=1, max_sentences=None, val_fraction=0.2, seed=3)
@@ -23,14 +23,14 @@ SETTINGS = CacheSettings(vocab_size=60, min_freq=1, max_sentences=None, val_frac
 def count_tokenizations(monkeypatch) -> list[int]:
     """Count the sentences that go through the tokenizer."""
     calls: list[int] = []
-    real = minibert.cache.tokenize_lines
+    real = minibert.machinery.cache.tokenize_lines
 
     def counting(text: str) -> list[list[str]]:
         lines = real(text)
         calls.append(len(lines))
         return lines
 
-    monkeypatch.setattr(minibert.cache, "tokenize_lines", counting)
+    monkeypatch.setattr(minibert.machinery.cache, "tokenize_lines", counting)
     return calls
 
 
@@ -123,7 +123,7 @@ def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # Ctrl-C in the middle of writing
         np.lib.format.write_array(file, np.asanyarray(array))
 
-    monkeypatch.setattr(minibert.cache.np, "save", interrupted_save)
+    monkeypatch.setattr(minibert.machinery.cache.np, "save", interrupted_save)
     cache_dir = tmp_path / "cache" / "key"
     with pytest.raises(KeyboardInterrupt):
         build_cache(SAMPLE_CORPUS, SETTINGS, cache_dir)
@@ -208,8 +208,8 @@ def test_a_full_disk_during_a_build_leaves_no_cache_and_says_so(tmp_path, monkey
         file.write(b"\x93NUMPY")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(minibert.cache.np, "save", full)
+    monkeypatch.setattr(minibert.machinery.cache.np, "save", full)
     cache_dir = tmp_path / "cache" / "key"
-    with pytest.raises(minibert.cache.MinibertError, match=r"cannot write the cache .*key \(No space left on device\); nothing was left half-written"):
+    with pytest.raises(minibert.machinery.cache.MinibertError, match=r"cannot write the cache .*key \(No space left on device\); nothing was left half-written"):
         build_cache(SAMPLE_CORPUS, SETTINGS, cache_dir)
     assert list((tmp_path / "cache").iterdir()) == []

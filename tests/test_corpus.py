@@ -16,8 +16,8 @@ from conftest import EUROPARL_30K, REPO, SHARED_DATA, TEST_DATA, requires_shared
 
 from minibert.corpus import read_sentences, split_sentences
 from minibert.data import EuroparlDataModule
-from minibert.download import FRENCH_MEMBER, fetch_europarl_fr
 from minibert.errors import MinibertError
+from minibert.machinery.download import FRENCH_MEMBER, fetch_europarl_fr
 
 SESSIONS = TEST_DATA / "sessions"
 RAW_FR = SHARED_DATA / "europarl" / "raw" / "fr"

@@ -12,9 +12,9 @@ import torch
 from conftest import SAMPLE_CORPUS, TEST_DATA, run_cli
 from torch.utils.data import default_collate
 
-from minibert.cache import split_mask
 from minibert.data import EuroparlDataModule
 from minibert.errors import MinibertError
+from minibert.machinery.cache import split_mask
 from minibert.masking import IGNORE_INDEX
 from minibert.module import MiniBert
 from minibert.tokenizer import MASK_ID, PAD_ID, UNK_ID, tokenize

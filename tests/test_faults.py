@@ -14,8 +14,8 @@ import torch
 from conftest import script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from minibert.checkpoint import AtomicCheckpointIO, check_checkpoint_file
 from minibert.cli import main
+from minibert.machinery.checkpoint import AtomicCheckpointIO, check_checkpoint_file
 
 MAX_STEPS = 50  # the tiny config: 34 steps an epoch, a step checkpoint every 10
 FIT = ["fit", "--config", "configs/tiny.yaml", "--trainer.max_steps", str(MAX_STEPS), "--trainer.max_epochs", "-1"]
@@ -112,8 +112,8 @@ def test_checkpoints_get_the_permissions_of_any_new_file(tmp_path):
 # Run in a fresh Python: the process kills itself the moment the step-10 checkpoint is on disk.
 KILLED_AFTER_CHECKPOINT = """
 import os, signal, sys
-from minibert.checkpoint import AtomicCheckpointIO
 from minibert.cli import main
+from minibert.machinery.checkpoint import AtomicCheckpointIO
 
 write = AtomicCheckpointIO.save_checkpoint
 

@@ -12,7 +12,7 @@ from conftest import REPO
 from google.protobuf import text_format
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
-from minibert import files
+from minibert.machinery import files
 from minibert.model import Encoder, EncoderConfig
 from minibert.projector import (
     embedding_matrix,

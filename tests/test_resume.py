@@ -14,7 +14,7 @@ from conftest import REPO, SAMPLE_CORPUS
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from minibert.cli import main
-from minibert.sampler import ResumableSampler
+from minibert.machinery.sampler import ResumableSampler
 
 STEPS = 24  # with batches of 32, the tiny corpus makes 17 steps an epoch: the run crosses an epoch's end after the resume
 HALF = 10  # mid-epoch

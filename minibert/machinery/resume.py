@@ -2,7 +2,7 @@
 
 Lightning's checkpoint holds the weights, the optimiser and scheduler, the loops' counters
 and the data module's state (where the epoch's shuffle had got to, see
-:class:`minibert.sampler.ResumableSampler`). Two things are added here:
+:class:`minibert.machinery.sampler.ResumableEpochs`). Two things are added here:
 
 - the random state, which dropout draws from, and the TensorBoard version folder
   (:class:`ResumeState`);
@@ -12,7 +12,9 @@ and the data module's state (where the epoch's shuffle had got to, see
 And a checkpoint implies its logs (:class:`LogsBeforeCheckpoint`): a run killed right after one
 resumes from it, so every metric of the steps it holds must already be on disk.
 
-The command line adds these callbacks to every run (see :mod:`minibert.cli`).
+The command line adds these callbacks to every run (see :mod:`minibert.cli`) and, before a
+resumed run, finds the checkpoint that ``--ckpt_path`` names (:func:`find_checkpoint`) and logs
+into that run's folder (:func:`continue_logging_in`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+
+from minibert.machinery.lightning_internals import inside_train_batch_end, log_step_metrics_now, set_version_if_unset
 
 CHECKPOINT_KEY = "minibert_resume"
 
@@ -152,27 +157,32 @@ class LogsBeforeCheckpoint(L.Callback):
     """
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        if trainer.training and progress.processed > progress.completed:  # inside on_train_batch_end
+        if trainer.training and inside_train_batch_end(trainer):
             log_step_metrics_now(trainer)
         for logger in trainer.loggers:
             logger.save()  # TensorBoard's flushes its event file
 
 
-def log_step_metrics_now(trainer: L.Trainer) -> None:
-    """Log the current training step's metrics now, and skip Lightning's own logging of them that follows.
+# --- what the command line does before a resumed run starts -------------------------------------
 
-    Lightning has no public call for this: its private logger connector logs a step's metrics
-    in ``update_train_step_metrics``, called once right after the ``on_train_batch_end`` hooks.
-    That call is replaced, for this one step, by one that only puts the method back, so the
-    step is logged once, not twice (the step's second checkpoint, ``last.ckpt``, finds it done).
+
+def find_checkpoint(trainer: L.Trainer, ckpt_path: str | None) -> Path | None:
+    """The file that ``--ckpt_path`` names: 'last' is the newest last*.ckpt of the run's checkpoint folders.
+
+    None for a fresh run, for 'best' and 'hpc' (Lightning finds those itself), and for 'last'
+    before any checkpoint exists.
     """
-    connector = trainer._logger_connector
-    if "update_train_step_metrics" in vars(connector):  # logged already, for an earlier checkpoint of this step
-        return
-    connector.update_train_step_metrics()
+    if not ckpt_path or ckpt_path in ("best", "hpc"):
+        return None
+    if ckpt_path != "last":
+        return Path(ckpt_path)
+    folders = {Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath}
+    found = [path for folder in folders for path in folder.glob(f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}*.ckpt")]
+    return max(found, key=lambda path: path.stat().st_mtime_ns, default=None)
 
-    def skip_once() -> None:
-        del connector.update_train_step_metrics  # the class's method again, from the next step on
 
-    connector.update_train_step_metrics = skip_once
+def continue_logging_in(logger: Logger | None, checkpoint: dict[str, Any]) -> None:
+    """Log the resumed run into the version folder of the run that saved ``checkpoint``, so its curves go on there."""
+    version = checkpoint.get(CHECKPOINT_KEY, {}).get("logger_version")
+    if version is not None:
+        set_version_if_unset(logger, version)

@@ -1,11 +1,18 @@
-"""The order of the training samples: a fresh shuffle every epoch that a resumed run can pick up mid-epoch."""
+"""The order of the training samples: a fresh shuffle every epoch that a resumed run can pick up mid-epoch.
+
+:class:`ResumableSampler` is the order; :class:`ResumableEpochs`, mixed into the data module,
+saves where the epoch had got to in every checkpoint and builds the sampler that starts there.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import lightning as L
 import numpy as np
 from torch.utils.data import DistributedSampler
+
+from minibert.machinery.lightning_internals import batches_trained_in_epoch, ignore_mid_epoch_resume_warning
 
 
 class ResumableSampler(DistributedSampler):
@@ -51,3 +58,41 @@ class ResumableSampler(DistributedSampler):
 
     # __len__ stays the whole shard: Lightning counts the epoch's batches from it and, on
     # resume, starts its batch counter at the batches already done.
+
+
+class ResumableEpochs:
+    """Mixed into a LightningDataModule: its checkpoint state is how far training had got in the epoch.
+
+    Lightning saves a data module's :meth:`state_dict` in every checkpoint and, on resume, hands it
+    to :meth:`load_state_dict` before the train loader is made; :meth:`training_sampler` then starts
+    the epoch after the batches already trained. The data module provides ``trainer``, ``seed``
+    and ``batch_size``.
+    """
+
+    trainer: L.Trainer | None
+    seed: int
+    batch_size: int
+    _resume_at = (-1, 0)  # (epoch, batches already trained in it), from a checkpoint
+
+    def training_sampler(self, num_windows: int, shifts: int) -> ResumableSampler:
+        """This process's sampler of the training windows, after the batches a checkpoint had trained."""
+        trainer = self.trainer
+        num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(num_windows, self.seed, num_replicas, rank, shifts=shifts)
+        epoch, batches_done = self._resume_at
+        sampler.resume(epoch, batches_done * self.batch_size)
+        return sampler
+
+    def state_dict(self) -> dict[str, int]:
+        """Saved in every checkpoint: the epoch and how many of its batches were trained."""
+        if self.trainer is None:
+            return {}
+        return {"epoch": self.trainer.current_epoch, "batches_done": batches_trained_in_epoch(self.trainer)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Called on resume before the train loader is made, which then skips the batches done."""
+        if state_dict:
+            self._resume_at = (state_dict["epoch"], state_dict["batches_done"])
+        # Lightning, finding no resumable state on the DataLoader, would warn that this
+        # mid-epoch resume is unreliable; it is exact, so that one warning is silenced here.
+        ignore_mid_epoch_resume_warning()

@@ -13,12 +13,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from minibert.errors import MinibertError
-from minibert.files import atomic_write, os_error_in
+from minibert.machinery.files import atomic_write, os_error_in
+from minibert.machinery.lightning_internals import is_local_path
 from minibert.model import EncoderConfig
 from minibert.tokenizer import Vocabulary
 
@@ -105,6 +106,15 @@ def compatibility_problem(checkpoint: dict[str, Any], model_args: dict[str, Any]
     return None
 
 
+def check_resumable(path: str | Path, model_args: dict[str, Any], vocabulary: Vocabulary | None) -> dict[str, Any]:
+    """The checkpoint a run resumes from, read and found to fit the model and data built now, or one line saying why not."""
+    checkpoint = check_checkpoint_file(path)
+    problem = compatibility_problem(checkpoint, model_args, vocabulary)
+    if problem:
+        raise MinibertError(f"cannot resume from {path}: {problem}")
+    return checkpoint
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, made atomic on every local disk.
 
@@ -114,11 +124,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ``.ckpt``. Here the temporary file is written beside the checkpoint, flushed to the disk,
     then renamed over the old one: a reader sees the old file or the new one, never a part.
     A kill while writing leaves a hidden ``.NAME.PID.tmp`` file, never a broken ``.ckpt``
-    (see :func:`minibert.files.atomic_write`).
+    (see :func:`minibert.machinery.files.atomic_write`).
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        if storage_options is not None or not _is_local_file_protocol(str(path)):
+        if storage_options is not None or not is_local_path(str(path)):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         try:
@@ -133,3 +143,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"cannot write checkpoint {path} ({cause.strerror or cause}); the checkpoints already there are "
                 "unchanged: free some space, then continue with the same command and --ckpt_path last"
             ) from None
+
+
+def use_atomic_checkpoints(trainer: L.Trainer) -> None:
+    """Write the run's checkpoints with :class:`AtomicCheckpointIO`, unless the config chose a writer of its own."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()

@@ -3,7 +3,7 @@
 Nothing is ever half-written: the archive is downloaded into a temporary file that is
 renamed only once its size matches the server's ``Content-Length``, and the French member
 is streamed out of it into another temporary file, renamed when complete
-(:func:`minibert.files.atomic_write`). Several processes (DDP ranks) may do this at once:
+(:func:`minibert.machinery.files.atomic_write`). Several processes (DDP ranks) may do this at once:
 each writes its own temporary files and the renames are atomic, so the result is the same
 whoever finishes first. Each file's size is recorded in ``downloads.json`` beside it: one
 cut short later (a copy from another node interrupted) is found and fetched again.
@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from minibert.errors import MinibertError
-from minibert.files import atomic_write
+from minibert.machinery.files import atomic_write
 
 EUROPARL_V7_FR = "europarl-v7-fr"  # the data.corpus name that triggers the download
 EUROPARL_V7_URL = "https://www.statmt.org/europarl/v7/fr-en.tgz"

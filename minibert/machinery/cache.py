@@ -29,7 +29,7 @@ import numpy as np
 
 from minibert.corpus import read_sentences
 from minibert.errors import MinibertError
-from minibert.files import atomic_write
+from minibert.machinery.files import atomic_write
 from minibert.tokenizer import PUNCTUATION, UNK_ID, Vocabulary, tokenize_lines
 
 CACHE_FORMAT = 2  # bump when the cache layout or the tokenizer changes (2: the record holds the files' sizes)

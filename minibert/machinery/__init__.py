@@ -1,0 +1,13 @@
+"""The operations code: what makes a long run safe to stop, resume and feed. A learner can skip it.
+
+Nothing here is needed to understand how minibert learns; it keeps a run exact and its files whole:
+
+- ``resume.py``: what a checkpoint holds beyond Lightning's own, a clean stop on Ctrl-C or SIGTERM,
+  and finding the checkpoint that ``--ckpt_path last`` names;
+- ``sampler.py``: the order of the training samples, resumable in the middle of an epoch;
+- ``checkpoint.py``: checkpoints written atomically, and checked before anything is loaded;
+- ``files.py``: writing a file whole or not at all, and output folders checked before any work;
+- ``cache.py``, ``download.py``: a corpus encoded once into arrays on disk, and Europarl fetched once;
+- ``options.py``: option errors as one line;
+- ``lightning_internals.py``: every use of a private part of Lightning, each behind one small function.
+"""

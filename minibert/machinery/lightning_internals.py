@@ -1,0 +1,95 @@
+"""Every use of a private part of Lightning, each behind one small function that says why it is needed.
+
+Exact resume, a safe stop and the run's progress bar need a few things Lightning has no public
+call for: its loop's batch counters, its logger connector, a logger's version before first use,
+its test for a local path, its progress bar's refresh rule, and the text of one of its warnings.
+They are used nowhere else, so a Lightning release that changes one breaks one function here,
+and ``tests/test_lightning_internals.py`` says which.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import lightning as L
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.fabric.utilities.warnings import PossibleUserWarning
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+
+# The start of the warning Lightning's training epoch loop gives on a resume from the middle of an epoch.
+MID_EPOCH_RESUME_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
+
+
+def batches_trained_in_epoch(trainer: L.Trainer) -> int:
+    """How many of the epoch's batches finished their training step, the one being checkpointed included.
+
+    Where a resumed run picks up the epoch. Lightning keeps the count in its training loop's
+    progress, which it saves in its own checkpoint but shows through no public property.
+    """
+    return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+def inside_train_batch_end(trainer: L.Trainer) -> bool:
+    """Whether the current batch is trained but not yet done: Lightning is running ``on_train_batch_end``.
+
+    Lightning counts a batch ``processed`` after its training step and ``completed`` after the
+    ``on_train_batch_end`` hooks, where it writes its step checkpoints; it logs the step after both.
+    """
+    progress = trainer.fit_loop.epoch_loop.batch_progress.current
+    return progress.processed > progress.completed
+
+
+def log_step_metrics_now(trainer: L.Trainer) -> None:
+    """Log the current training step's metrics now, and skip Lightning's own logging of them that follows.
+
+    Lightning has no public call for this: its private logger connector logs a step's metrics
+    in ``update_train_step_metrics``, called once right after the ``on_train_batch_end`` hooks.
+    That call is replaced, for this one step, by one that only puts the method back, so the
+    step is logged once, not twice (the step's second checkpoint, ``last.ckpt``, finds it done).
+    """
+    connector = trainer._logger_connector
+    if "update_train_step_metrics" in vars(connector):  # logged already, for an earlier checkpoint of this step
+        return
+    connector.update_train_step_metrics()
+
+    def skip_once() -> None:
+        del connector.update_train_step_metrics  # the class's method again, from the next step on
+
+    connector.update_train_step_metrics = skip_once
+
+
+def set_version_if_unset(logger: Logger | None, version: int | str) -> None:
+    """Make a TensorBoardLogger that has not chosen its ``version_N`` folder yet write into ``version``'s.
+
+    The logger is built by the command line before the checkpoint is read, and a version can only
+    be given to its constructor: left unset, it would pick a new folder on first use.
+    """
+    if isinstance(logger, TensorBoardLogger) and logger._version is None:
+        logger._version = version
+
+
+def is_local_path(path: str) -> bool:
+    """Whether ``path`` is on a local disk rather than a remote store (``s3://``), as Lightning decides it."""
+    return _is_local_file_protocol(path)
+
+
+def progress_bar_due(bar: TQDMProgressBar, current: int, total: int | float | None) -> bool:
+    """Whether Lightning's bar would redraw at ``current`` of ``total``: every ``refresh_rate`` steps, and at the end.
+
+    :class:`minibert.progress.RunProgressBar` counts steps rather than batches, and redraws by the
+    same rule as Lightning's own bar, which keeps it in a private method.
+    """
+    return bar._should_update(current, total)
+
+
+def ignore_mid_epoch_resume_warning() -> None:
+    """Silence Lightning's warning that a resume from the middle of an epoch is unreliable: here it is exact.
+
+    Lightning looks for a resumable state on the DataLoader and, not finding it there, warns; the
+    state is the data module's (see :class:`minibert.machinery.sampler.ResumableEpochs`). The filter
+    matches that one message of that one category. ``warnings.filterwarnings`` replaces an equal
+    filter rather than adding a second, so calling this on every resume leaves one in place.
+    """
+    warnings.filterwarnings("ignore", message=re.escape(MID_EPOCH_RESUME_WARNING), category=PossibleUserWarning)
