@@ -24,7 +24,9 @@ def main() -> None:
     parser.add_argument("--vocab_size", type=int, default=40_003)
     parser.add_argument("--max_sentences", type=int, default=None)
     args = parser.parse_args()
-    settings = CacheSettings(args.vocab_size, min_freq=1, max_sentences=args.max_sentences, val_fraction=0.05, seed=0)
+    settings = CacheSettings(
+        args.vocab_size, min_freq=1, max_sentences=args.max_sentences, val_fraction=0.05, seed=0
+    )
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with tempfile.TemporaryDirectory() as tmp:
         cache_dir = Path(tmp) / "cache"

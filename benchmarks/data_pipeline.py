@@ -49,27 +49,40 @@ sys.path.insert(0, str(BENCHMARKS))  # throughput.py, beside this file
 
 def build_in_this_process(corpus: str, max_sentences: int | None, data_dir: str) -> None:
     """Build one cache and print its time, peak memory and size as JSON (run in a child process)."""
-    from minibert.data import EuroparlDataModule
     from throughput import peak_rss_mib
 
+    from minibert.data import EuroparlDataModule
+
     baseline = peak_rss_mib()
-    data = EuroparlDataModule(corpus=corpus, data_dir=data_dir, vocab_size=VOCAB_SIZE, max_sentences=max_sentences)
+    data = EuroparlDataModule(
+        corpus=corpus, data_dir=data_dir, vocab_size=VOCAB_SIZE, max_sentences=max_sentences
+    )
     start = time.perf_counter()
     data.prepare_data()
     seconds = time.perf_counter() - start
     data.setup("fit")
     train = data.datasets["train"]
-    print(json.dumps({
-        "seconds": seconds, "baseline_mib": baseline, "peak_mib": peak_rss_mib(),
-        "sentences": len(train.offsets) - 1 + len(data.datasets["val"].offsets) - 1, "tokens": len(train.tokens), "vocab": len(data.vocab),
-        "cache_mib": sum(f.stat().st_size for f in data.cache_dir.iterdir()) / MIB,
-    }))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "baseline_mib": baseline,
+                "peak_mib": peak_rss_mib(),
+                "sentences": len(train.offsets) - 1 + len(data.datasets["val"].offsets) - 1,
+                "tokens": len(train.tokens),
+                "vocab": len(data.vocab),
+                "cache_mib": sum(f.stat().st_size for f in data.cache_dir.iterdir()) / MIB,
+            }
+        )
+    )
 
 
 def build_child(corpus: Path, max_sentences: int | None, data_dir: Path) -> dict:
     argv = [sys.executable, __file__, "--build", str(corpus), "--data-dir", str(data_dir)]
     argv += ["--max-sentences", str(max_sentences)] if max_sentences else []
-    return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    return json.loads(
+        subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    )
 
 
 # --- 2. the loader against the training step ------------------------------------------------
@@ -79,7 +92,13 @@ def loader_rate(data_dir: Path, num_workers: int, batches: int = 200) -> float:
     """Batches per second: DataLoader (base configuration) + masking, after a few warm-up batches."""
     from minibert.data import EuroparlDataModule
 
-    data = EuroparlDataModule(corpus=str(CORPUS_30K), data_dir=str(data_dir), vocab_size=VOCAB_SIZE, max_sentences=30_000, num_workers=num_workers)
+    data = EuroparlDataModule(
+        corpus=str(CORPUS_30K),
+        data_dir=str(data_dir),
+        vocab_size=VOCAB_SIZE,
+        max_sentences=30_000,
+        num_workers=num_workers,
+    )
     data.setup("fit")
     loader = iter(data.train_dataloader())
     for _ in range(5):
@@ -139,14 +158,35 @@ def startup_child(max_sentences: int | None, data_dir: Path, steps: int = 10) ->
     """A second ``lightning fit`` on the 500k corpus (its cache already built), two workers."""
     with tempfile.TemporaryDirectory() as cwd:
         out = Path(cwd) / "startup.json"
-        probe = json.dumps({"class_path": "data_pipeline.StartupProbe", "init_args": {"out": str(out), "at_step": steps}})
+        probe = json.dumps(
+            {"class_path": "data_pipeline.StartupProbe", "init_args": {"out": str(out), "at_step": steps}}
+        )
         argv = [
-            "fit", "--config", str(REPO / "configs" / "base.yaml"), "--data.corpus", str(CORPUS_500K),
-            "--data.data_dir", str(data_dir), "--data.max_sentences", str(max_sentences or "null"),
-            "--data.num_workers", "2", "--trainer.accelerator", "cpu", "--trainer.max_steps", str(steps),
-            "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false", f"--trainer.callbacks+={probe}",
+            "fit",
+            "--config",
+            str(REPO / "configs" / "base.yaml"),
+            "--data.corpus",
+            str(CORPUS_500K),
+            "--data.data_dir",
+            str(data_dir),
+            "--data.max_sentences",
+            str(max_sentences or "null"),
+            "--data.num_workers",
+            "2",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.max_steps",
+            str(steps),
+            "--trainer.limit_val_batches",
+            "0",
+            "--trainer.enable_progress_bar",
+            "false",
+            f"--trainer.callbacks+={probe}",
         ]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCHMARKS), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCHMARKS), os.environ.get("PYTHONPATH")])),
+        }
         lightning = Path(sys.executable).parent / "lightning"
         subprocess.run([str(lightning), *argv], cwd=cwd, env=env, capture_output=True, text=True, check=True)
         return json.loads(out.read_text())
@@ -167,7 +207,9 @@ def main() -> None:
 
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory() as scratch:
-        print("\n| corpus | sentences | tokens | vocabulary | cache MiB | build s | peak RSS MiB | RSS after imports MiB |")
+        print(
+            "\n| corpus | sentences | tokens | vocabulary | cache MiB | build s | peak RSS MiB | RSS after imports MiB |"
+        )
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         data_dirs = {}
         for corpus, max_sentences in BUILDS:
@@ -189,7 +231,9 @@ def main() -> None:
         print(f"| (training step, minibert, base configuration) | {demand:.2f} steps/s | |")
 
         if not args.skip_startup:
-            print("\n| second run, warm cache, 2 workers | to first step s | main RSS MiB | main USS MiB | workers RSS MiB | workers USS MiB |")
+            print(
+                "\n| second run, warm cache, 2 workers | to first step s | main RSS MiB | main USS MiB | workers RSS MiB | workers USS MiB |"
+            )
             print("| --- | ---: | ---: | ---: | ---: | ---: |")
             for max_sentences in STARTUPS:
                 r = startup_child(max_sentences, data_dirs[(CORPUS_500K, max_sentences)])

@@ -24,7 +24,16 @@ import torch
 from torch import Tensor
 
 from minibert.errors import MinibertError
-from minibert.evaluation import AnalogySection, analogy_lines, analogy_scores, group_of, purity_at_k, purity_line, read_analogies, read_groups
+from minibert.evaluation import (
+    AnalogySection,
+    analogy_lines,
+    analogy_scores,
+    group_of,
+    purity_at_k,
+    purity_line,
+    read_analogies,
+    read_groups,
+)
 
 DEFAULT_CATEGORIES = "../shared/data/categories.dev.tsv"
 DEFAULT_CORPUS = "../shared/data/europarl/europarl30k.fr.txt"
@@ -54,7 +63,9 @@ def word2vec_embeddings(corpus: str, max_sentences: int, seed: int) -> tuple[Ten
         sentences = [tokenize(line) for _, line in zip(range(max_sentences), file)]
     started = time.perf_counter()
     w2v = Word2Vec(sentences, vector_size=128, window=5, min_count=1, sg=0, epochs=5, seed=seed)
-    print(f"word2vec: {len(sentences)} sentences, {len(w2v.wv)} words, trained in {time.perf_counter() - started:.1f} s")
+    print(
+        f"word2vec: {len(sentences)} sentences, {len(w2v.wv)} words, trained in {time.perf_counter() - started:.1f} s"
+    )
     return torch.from_numpy(w2v.wv.vectors.copy()), list(w2v.wv.index_to_key), 0
 
 
@@ -63,14 +74,28 @@ def main(argv: list[str] | None = None) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--ckpt_path", help="a minibert checkpoint (its vocabulary is inside)")
     what.add_argument("--word2vec", action="store_true", help="train the gensim word2vec yardstick instead")
-    parser.add_argument("--source", choices=("input", "output"), default="input", help="the input embeddings or the head's rows")
+    parser.add_argument(
+        "--source",
+        choices=("input", "output"),
+        default="input",
+        help="the input embeddings or the head's rows",
+    )
     parser.add_argument("--categories", default=DEFAULT_CATEGORIES, help="word groups for purity@k")
-    parser.add_argument("--analogies", default=DEFAULT_ANALOGIES, help="analogy questions in word2vec's format; '' for none")
-    parser.add_argument("--corpus", default=DEFAULT_CORPUS, help="word2vec's training text, one sentence a line")
+    parser.add_argument(
+        "--analogies", default=DEFAULT_ANALOGIES, help="analogy questions in word2vec's format; '' for none"
+    )
+    parser.add_argument(
+        "--corpus", default=DEFAULT_CORPUS, help="word2vec's training text, one sentence a line"
+    )
     parser.add_argument("--max_sentences", type=int, default=30_000)
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=1, help="word2vec runs (seeds seed, seed+1, ...): its figures vary from run to run")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="word2vec runs (seeds seed, seed+1, ...): its figures vary from run to run",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -81,7 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {error}") from None
     if checkpoint is not None:
         vectors, words, excluded = checkpoint
-        report(f"{args.ckpt_path} ({args.source} embeddings)", vectors, words, groups, sections, args.k, excluded)
+        report(
+            f"{args.ckpt_path} ({args.source} embeddings)", vectors, words, groups, sections, args.k, excluded
+        )
         return
     scores = []
     for run in range(args.repeats):
@@ -89,11 +116,19 @@ def main(argv: list[str] | None = None) -> None:
         scores.append(report("word2vec", vectors, words, groups, sections, args.k, excluded))
     if len(scores) > 1:
         for name, values in zip((f"purity@{args.k}", "analogy accuracy"), zip(*scores)):
-            print(f"word2vec over {len(values)} runs: mean {name} = {sum(values) / len(values):.3f} (min {min(values):.3f}, max {max(values):.3f})")
+            print(
+                f"word2vec over {len(values)} runs: mean {name} = {sum(values) / len(values):.3f} (min {min(values):.3f}, max {max(values):.3f})"
+            )
 
 
 def report(
-    name: str, vectors: Tensor, words: Sequence[str], groups: dict[str, str], sections: Sequence[AnalogySection], k: int, excluded: int = 0
+    name: str,
+    vectors: Tensor,
+    words: Sequence[str],
+    groups: dict[str, str],
+    sections: Sequence[AnalogySection],
+    k: int,
+    excluded: int = 0,
 ) -> tuple[float, float]:
     """Print purity@k and the analogy table; return purity@k and the accuracy over all covered questions."""
     purity, found = purity_at_k(vectors, words, groups, k, excluded)

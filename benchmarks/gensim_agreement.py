@@ -30,7 +30,9 @@ from minibert.word2vec_format import write_word2vec
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt_path", help="a minibert checkpoint; without it, word2vec is trained on --corpus")
+    parser.add_argument(
+        "--ckpt_path", help="a minibert checkpoint; without it, word2vec is trained on --corpus"
+    )
     parser.add_argument("--source", choices=("input", "output"), default="input")
     parser.add_argument("--analogies", default=DEFAULT_ANALOGIES, help="questions in word2vec's format")
     parser.add_argument("--corpus", default=DEFAULT_CORPUS)
@@ -42,17 +44,26 @@ def main(argv: list[str] | None = None) -> None:
         vectors, words, excluded = checkpoint_embeddings(args.ckpt_path, args.source)
     else:
         vectors, words, excluded = word2vec_embeddings(args.corpus, args.max_sentences, seed=0)
-    vectors, words = vectors[excluded:], words[excluded:]  # special tokens are not words: neither side sees them
+    vectors, words = (
+        vectors[excluded:],
+        words[excluded:],
+    )  # special tokens are not words: neither side sees them
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "vectors.txt"
         write_word2vec(path, vectors, words)
         loaded = KeyedVectors.load_word2vec_format(str(path), binary=False)
     same_file = loaded.index_to_key == list(words) and np.array_equal(loaded.vectors, vectors.float().numpy())
-    print(f"word2vec export: {len(words)} words x {vectors.shape[1]}; gensim reads back the same words and vectors: {same_file}")
+    print(
+        f"word2vec export: {len(words)} words x {vectors.shape[1]}; gensim reads back the same words and vectors: {same_file}"
+    )
 
     ours = analogy_scores(vectors, words, read_analogies(args.analogies))
-    _, gensim_sections = loaded.evaluate_word_analogies(args.analogies, restrict_vocab=len(words), case_insensitive=True)
-    theirs = {s["section"]: (len(s["correct"]), len(s["correct"]) + len(s["incorrect"])) for s in gensim_sections}
+    _, gensim_sections = loaded.evaluate_word_analogies(
+        args.analogies, restrict_vocab=len(words), case_insensitive=True
+    )
+    theirs = {
+        s["section"]: (len(s["correct"]), len(s["correct"]) + len(s["incorrect"])) for s in gensim_sections
+    }
     theirs["all"] = theirs.pop("Total accuracy")
     print(f"{'section':<24}{'minibert right/covered':>24}{'gensim right/covered':>24}")
     agree = same_file

@@ -33,14 +33,27 @@ def main() -> None:
     args = parser.parse_args()
 
     words = [f"mot{i}" for i in range(args.vocab_size - 3)]
-    model = MiniBert(vocab_size=args.vocab_size, seq_len=20, embed_dim=args.embed_dim, num_heads=8, num_layers=1, ff_dim=512)
+    model = MiniBert(
+        vocab_size=args.vocab_size,
+        seq_len=20,
+        embed_dim=args.embed_dim,
+        num_heads=8,
+        num_layers=1,
+        ff_dim=512,
+    )
     model.vocab = Vocabulary(words, range(len(words), 0, -1))
     callback = EmbeddingProjector(top_k=args.top_k)
     with tempfile.TemporaryDirectory() as root:
         logger = TensorBoardLogger(root, name="lightning_logs")
         times = []
         for epoch in range(args.epochs):
-            trainer = SimpleNamespace(loggers=[logger], logger=logger, default_root_dir=root, current_epoch=epoch, global_step=epoch + 1)
+            trainer = SimpleNamespace(
+                loggers=[logger],
+                logger=logger,
+                default_root_dir=root,
+                current_epoch=epoch,
+                global_step=epoch + 1,
+            )
             started = time.perf_counter()
             callback.export(trainer, model)
             times.append(time.perf_counter() - started)
@@ -48,8 +61,13 @@ def main() -> None:
         sizes = {f.name: f.stat().st_size for f in folder.iterdir()}
     rows = len(words) if args.top_k == 0 else min(args.top_k, len(words))
     print(f"export of {rows} words x {args.embed_dim} dims, {args.epochs} epochs (config rebuilt each time)")
-    print(f"  first epoch {times[0] * 1000:.0f} ms, last epoch {times[-1] * 1000:.0f} ms, median {statistics.median(times) * 1000:.0f} ms")
-    print("  files of one epoch: " + ", ".join(f"{name} {size / 1e6:.2f} MB" for name, size in sorted(sizes.items())))
+    print(
+        f"  first epoch {times[0] * 1000:.0f} ms, last epoch {times[-1] * 1000:.0f} ms, median {statistics.median(times) * 1000:.0f} ms"
+    )
+    print(
+        "  files of one epoch: "
+        + ", ".join(f"{name} {size / 1e6:.2f} MB" for name, size in sorted(sizes.items()))
+    )
 
 
 if __name__ == "__main__":

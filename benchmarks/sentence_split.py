@@ -29,9 +29,19 @@ def verbatim_fraction(raw: Path, lines_file: Path) -> tuple[float, list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("raw", nargs="?", type=Path, default=SHARED / "raw" / "fr", help="raw session file or directory")
-    parser.add_argument("lines", nargs="?", type=Path, default=SHARED / "europarl30k.fr.txt", help="sentence-per-line reference")
-    parser.add_argument("--show", type=int, default=0, help="print this many sentences that are not reference lines")
+    parser.add_argument(
+        "raw", nargs="?", type=Path, default=SHARED / "raw" / "fr", help="raw session file or directory"
+    )
+    parser.add_argument(
+        "lines",
+        nargs="?",
+        type=Path,
+        default=SHARED / "europarl30k.fr.txt",
+        help="sentence-per-line reference",
+    )
+    parser.add_argument(
+        "--show", type=int, default=0, help="print this many sentences that are not reference lines"
+    )
     args = parser.parse_args()
     fraction, misses = verbatim_fraction(args.raw, args.lines)
     for sentence in misses[: args.show]:

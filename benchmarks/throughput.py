@@ -31,7 +31,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from minibert.data import EuroparlDataModule
 from minibert.masking import IGNORE_INDEX, mask_tokens
@@ -58,10 +57,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=5, help="untimed steps of each model")
     p.add_argument("--steps", type=int, default=30, help="timed steps of each model")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads, the same for both")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch.set_num_threads, the same for both",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed"))
-    p.add_argument("--plain", action="store_true", help="minibert without minibert/fast.py's speed-ups (model.fast: false)")
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="minibert without minibert/fast.py's speed-ups (model.fast: false)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile both models (minibert: its encoder)")
     p.add_argument("--no-subprocess", action="store_true", help="skip the per-model peak-memory runs")
     p.add_argument("--no-profile", action="store_true", help="skip the profile of one minibert step")
@@ -75,14 +83,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def masked_batches(args: argparse.Namespace, count: int) -> tuple[list[dict[str, torch.Tensor]], int]:
     """``count`` real training batches, masked as training masks them, and the vocabulary size."""
     data = EuroparlDataModule(
-        corpus=args.corpus, data_dir=args.data_dir, vocab_size=args.vocab_size, max_sentences=args.max_sentences,
-        seq_len=args.seq_len, batch_size=args.batch_size,
+        corpus=args.corpus,
+        data_dir=args.data_dir,
+        vocab_size=args.vocab_size,
+        max_sentences=args.max_sentences,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
     )
     data.prepare_data()
     data.setup("fit")
     batches = []
     for raw in data.train_dataloader():
-        corrupted, labels = mask_tokens(raw["input_ids"], raw["sample_ids"], data.masking("train"), seed=0, epoch=0)
+        corrupted, labels = mask_tokens(
+            raw["input_ids"], raw["sample_ids"], data.masking("train"), seed=0, epoch=0
+        )
         batch = {"input_ids": corrupted, "labels": labels, "padding_mask": raw["input_ids"] == 0}
         batches.append({k: v.to(args.device) for k, v in batch.items()})
         if len(batches) == count:
@@ -101,8 +115,15 @@ def autocast(args: argparse.Namespace):
 
 def make_minibert(args: argparse.Namespace, vocab_size: int) -> tuple[torch.nn.Module, Callable]:
     module = MiniBert(
-        vocab_size=vocab_size, seq_len=args.seq_len, embed_dim=args.embed_dim, num_heads=args.num_heads,
-        num_layers=args.num_layers, ff_dim=args.ff_dim, dropout=args.dropout, lr=args.lr, fast=not args.plain,
+        vocab_size=vocab_size,
+        seq_len=args.seq_len,
+        embed_dim=args.embed_dim,
+        num_heads=args.num_heads,
+        num_layers=args.num_layers,
+        ff_dim=args.ff_dim,
+        dropout=args.dropout,
+        lr=args.lr,
+        fast=not args.plain,
     ).to(args.device)
     module.train()
     optimizer = module.configure_optimizers()["optimizer"]
@@ -126,9 +147,15 @@ def make_hf_bert(args: argparse.Namespace, vocab_size: int) -> tuple[torch.nn.Mo
     from transformers import BertConfig, BertForMaskedLM
 
     config = BertConfig(
-        vocab_size=vocab_size, hidden_size=args.embed_dim, num_attention_heads=args.num_heads,
-        num_hidden_layers=args.num_layers, intermediate_size=args.ff_dim, max_position_embeddings=max(args.seq_len, 32),
-        hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout, pad_token_id=0,
+        vocab_size=vocab_size,
+        hidden_size=args.embed_dim,
+        num_attention_heads=args.num_heads,
+        num_hidden_layers=args.num_layers,
+        intermediate_size=args.ff_dim,
+        max_position_embeddings=max(args.seq_len, 32),
+        hidden_dropout_prob=args.dropout,
+        attention_probs_dropout_prob=args.dropout,
+        pad_token_id=0,
     )
     model = BertForMaskedLM(config).to(args.device)
     model.train()
@@ -142,7 +169,11 @@ def make_hf_bert(args: argparse.Namespace, vocab_size: int) -> tuple[torch.nn.Mo
     def step(batch: dict[str, torch.Tensor], index: int) -> None:
         with autocast(args):
             # labels are IGNORE_INDEX (-100, the value BertForMaskedLM ignores too) where not masked.
-            out = forward(input_ids=batch["input_ids"], attention_mask=(~batch["padding_mask"]).long(), labels=batch["labels"])
+            out = forward(
+                input_ids=batch["input_ids"],
+                attention_mask=(~batch["padding_mask"]).long(),
+                labels=batch["labels"],
+            )
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -161,7 +192,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed_interleaved(steps: dict[str, Callable], batches: list, args: argparse.Namespace) -> dict[str, list[float]]:
+def timed_interleaved(
+    steps: dict[str, Callable], batches: list, args: argparse.Namespace
+) -> dict[str, list[float]]:
     """Seconds of every timed step of each model, the models taking turns (order flipped each round)."""
     times: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
@@ -230,7 +263,9 @@ def peak_rss_child(name: str, argv: list[str]) -> dict[str, float]:
     """Peak resident memory of a fresh process that trains only ``name`` (MiB), and its RSS before the steps."""
     out = subprocess.run(
         [sys.executable, __file__, *argv, "--only", name, "--warmup", "0", "--steps", "3", "--no-profile"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -249,7 +284,9 @@ def profile_step(step: Callable, batches: list, rows: int = 12) -> str:
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     with contextlib.suppress(OSError):
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
@@ -291,8 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"roofline: torch.mm 2048x2048 fp32 {peak:.1f} GFLOP/s")
     print()
-    print(f"| model | tokens/s (median) | step ms (median) | min..max ms | GFLOP/step | GFLOP/s | % of mm |")
-    print(f"| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| model | tokens/s (median) | step ms (median) | min..max ms | GFLOP/step | GFLOP/s | % of mm |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     rate = {}
     for name in MODELS:
         median = statistics.median(times[name])
@@ -303,7 +340,9 @@ def main(argv: list[str] | None = None) -> None:
             f"| {name} | {rate[name]:,.0f} | {median * 1e3:.1f} | {min(times[name]) * 1e3:.0f}..{max(times[name]) * 1e3:.0f} "
             f"| {flops / 1e9:.2f} | {achieved:.1f} | {100 * achieved / peak:.0f}% |"
         )
-    print(f"\nminibert training steps/s (the data loader's demand): {1 / statistics.median(times['minibert']):.2f}")
+    print(
+        f"\nminibert training steps/s (the data loader's demand): {1 / statistics.median(times['minibert']):.2f}"
+    )
 
     if not args.no_subprocess:
         print("\n| model | RSS before steps MiB | peak RSS of training MiB | peak GPU memory MiB |")
@@ -322,7 +361,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # On a busy machine the medians suffer from the other processes; the fastest steps show
     # what each model does when it has the cores to itself.
-    print(f"ratio of the fastest steps (less sensitive to other load): {min(times['hf_bert']) / min(times['minibert']):.2f}")
+    print(
+        f"ratio of the fastest steps (less sensitive to other load): {min(times['hf_bert']) / min(times['minibert']):.2f}"
+    )
     print(f"speedup_vs_hf={rate['minibert'] / rate['hf_bert']:.2f}")
 
 

@@ -53,7 +53,13 @@ def draw_attention(weights: Tensor, labels: Sequence[str], title: str):
     for layer in range(num_layers):
         for head in range(num_heads):
             axes = grid[layer, head]
-            image = axes.imshow(weights[layer, head].float().numpy(), vmin=0.0, vmax=1.0, cmap="viridis", interpolation="nearest")
+            image = axes.imshow(
+                weights[layer, head].float().numpy(),
+                vmin=0.0,
+                vmax=1.0,
+                cmap="viridis",
+                interpolation="nearest",
+            )
             axes.set_xticks(range(T), labels if layer == num_layers - 1 else [], rotation=90, fontsize=7)
             axes.set_yticks(range(T), labels if head == 0 else [], fontsize=7)
             if layer == 0:
@@ -78,7 +84,9 @@ def save_figure(figure, path: str | Path) -> None:
     """Write the figure whole or not at all, as a PNG (or the type its file name ends with)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "wb") as file:  # a file object: matplotlib takes the type from format, not the name
+    with atomic_write(
+        path, "wb"
+    ) as file:  # a file object: matplotlib takes the type from format, not the name
         figure.savefig(file, dpi=100, format=path.suffix.removeprefix(".") or "png")
 
 

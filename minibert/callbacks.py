@@ -43,7 +43,11 @@ class EmbeddingProjector(L.Callback):
     """
 
     def __init__(
-        self, top_k: int = 3000, source: Literal["input", "output"] = "input", with_counts: bool = True, max_kept: int = 25
+        self,
+        top_k: int = 3000,
+        source: Literal["input", "output"] = "input",
+        with_counts: bool = True,
+        max_kept: int = 25,
     ) -> None:
         if top_k < 0:
             raise ValueError(f"EmbeddingProjector top_k={top_k} must be 0 (all words) or more")
@@ -93,7 +97,9 @@ class EmbeddingProjector(L.Callback):
                 mark_newest_run(root, folder)
         except OSError as error:
             if not self._failed:
-                rank_zero_warn(f"EmbeddingProjector could not write {folder} ({error}); training goes on without it")
+                rank_zero_warn(
+                    f"EmbeddingProjector could not write {folder} ({error}); training goes on without it"
+                )
             self._failed = True
             return
         if tensorboard is None and not self._said_no_tensorboard:

@@ -22,10 +22,24 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from minibert import explore
 from minibert.data import EuroparlDataModule
 from minibert.errors import MinibertError
-from minibert.machinery.checkpoint import SHAPE_ARGS, check_argument_names, check_checkpoint_file, check_resumable, use_atomic_checkpoints
+from minibert.machinery.checkpoint import (
+    SHAPE_ARGS,
+    check_argument_names,
+    check_checkpoint_file,
+    check_resumable,
+    use_atomic_checkpoints,
+)
 from minibert.machinery.files import check_output_folder
 from minibert.machinery.options import parse_error, trainer_error
-from minibert.machinery.resume import Interrupted, LogsBeforeCheckpoint, ResumeState, SaveFinalStep, SaveOnInterrupt, continue_logging_in, find_checkpoint
+from minibert.machinery.resume import (
+    Interrupted,
+    LogsBeforeCheckpoint,
+    ResumeState,
+    SaveFinalStep,
+    SaveOnInterrupt,
+    continue_logging_in,
+    find_checkpoint,
+)
 from minibert.module import MiniBert
 from minibert.progress import use_run_progress_bar
 
@@ -59,16 +73,26 @@ class MiniBertCLI(LightningCLI):
         if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
             check_argument_names(check_checkpoint_file(ckpt_path), ckpt_path)
             # Scoring with a trained model uses the model's own vocabulary: no training corpus needed.
-            if subcommand in ("validate", "test", "predict") and command.get("data") and not command["data"].get("vocab_from"):
+            if (
+                subcommand in ("validate", "test", "predict")
+                and command.get("data")
+                and not command["data"].get("vocab_from")
+            ):
                 command["data"]["vocab_from"] = ckpt_path
         model = command.get("model")
-        self.requested_shape = {name: model.get(name) for name in SHAPE_ARGS if model and model.get(name) is not None}
+        self.requested_shape = {
+            name: model.get(name) for name in SHAPE_ARGS if model and model.get(name) is not None
+        }
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, its options checked by Lightning and its output folders by us, before any work starts."""
         try:
             trainer = super().instantiate_trainer(**kwargs)
-        except (MisconfigurationException, ValueError, RuntimeError) as error:  # Lightning's checks of its options
+        except (
+            MisconfigurationException,
+            ValueError,
+            RuntimeError,
+        ) as error:  # Lightning's checks of its options
             raise trainer_error(error, self.subcommand) from None
         for folder, what in output_folders(trainer, self.subcommand):
             check_output_folder(folder, what)
@@ -81,7 +105,9 @@ class MiniBertCLI(LightningCLI):
         path = find_checkpoint(self.trainer, self.config_init["fit"].get("ckpt_path"))
         if path is None:  # a fresh run, or 'best'/'hpc', or 'last' before any checkpoint exists
             return
-        checkpoint = check_resumable(path, {**self.model.hparams, **self.requested_shape}, self.datamodule.vocab)
+        checkpoint = check_resumable(
+            path, {**self.model.hparams, **self.requested_shape}, self.datamodule.vocab
+        )
         self.config_init["fit"]["ckpt_path"] = str(path)  # Lightning loads the file just checked
         continue_logging_in(self.trainer.logger, checkpoint)
 
@@ -90,7 +116,11 @@ def output_folders(trainer: Trainer, subcommand: str | None) -> list[tuple[Path,
     """The folders a command writes into: every logger's, and the checkpoint folders when it trains."""
     folders = []
     if subcommand in (None, "fit"):
-        folders += [(Path(cb.dirpath), "checkpoint folder") for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+        folders += [
+            (Path(cb.dirpath), "checkpoint folder")
+            for cb in trainer.checkpoint_callbacks
+            if getattr(cb, "dirpath", None)
+        ]
     for logger in trainer.loggers:
         folder = getattr(logger, "root_dir", None) or logger.save_dir  # TensorBoard's: save_dir/name
         if folder:
@@ -123,7 +153,9 @@ def main(args: list[str] | None = None) -> None:
                 EuroparlDataModule,
                 save_config_kwargs={"overwrite": True},
                 # Added to every run, whatever callbacks the config lists: they make resuming exact.
-                trainer_defaults={"callbacks": [ResumeState(), SaveOnInterrupt(), SaveFinalStep(), LogsBeforeCheckpoint()]},
+                trainer_defaults={
+                    "callbacks": [ResumeState(), SaveOnInterrupt(), SaveFinalStep(), LogsBeforeCheckpoint()]
+                },
                 args=args,
             )
     except MinibertError as error:

@@ -71,13 +71,25 @@ def window(length: int, position: int, seq_len: int) -> tuple[int, int]:
     return start, min(start + seq_len, length)
 
 
-def occurrence_at(word: str, tokens: Sequence[str], position: int, seq_len: int, sentence_no: int = 0) -> Occurrence:
+def occurrence_at(
+    word: str, tokens: Sequence[str], position: int, seq_len: int, sentence_no: int = 0
+) -> Occurrence:
     """The occurrence of the token at ``position`` (from 0) of a tokenized sentence."""
     start, end = window(len(tokens), position, seq_len)
-    return Occurrence(word, tuple(tokens[start:end]), position - start, sentence_no, position + 1, start > 0, end < len(tokens))
+    return Occurrence(
+        word,
+        tuple(tokens[start:end]),
+        position - start,
+        sentence_no,
+        position + 1,
+        start > 0,
+        end < len(tokens),
+    )
 
 
-def find_occurrences(corpus: str | Path, words: Sequence[str], seq_len: int, max_per_word: int) -> list[Occurrence]:
+def find_occurrences(
+    corpus: str | Path, words: Sequence[str], seq_len: int, max_per_word: int
+) -> list[Occurrence]:
     """The first ``max_per_word`` occurrences of each of ``words`` in the corpus, in corpus order."""
     sentences = read_corpus(corpus)
     wanted = dict.fromkeys(words, 0)  # word -> occurrences found so far
@@ -113,7 +125,9 @@ def _prepend(first: str, rest: Iterable[str]) -> Iterable[str]:
     yield from rest
 
 
-def context_vectors(encoder: Encoder, vocab: Vocabulary, occurrences: Sequence[Occurrence], layer: int, batch_size: int = 256) -> Tensor:
+def context_vectors(
+    encoder: Encoder, vocab: Vocabulary, occurrences: Sequence[Occurrence], layer: int, batch_size: int = 256
+) -> Tensor:
     """The hidden state at each occurrence's word, at the output of ``layer`` (0: the input), (N, D).
 
     Windows of the same length go through the encoder together, so that no padding is
@@ -151,7 +165,9 @@ def parse_marked(text: str, seq_len: int) -> tuple[str, Occurrence]:
     tokens = [token for token in tokenize(text) if token != CUT]
     marks = [i for i in range(len(tokens) - 2) if tokens[i] == "[" and tokens[i + 2] == "]"]
     if len(marks) != 1:
-        raise MinibertError(f"mark exactly one word of the text with brackets, as in \"le [vote] de la commission\"; got {text!r}")
+        raise MinibertError(
+            f'mark exactly one word of the text with brackets, as in "le [vote] de la commission"; got {text!r}'
+        )
     start = marks[0]
     tokens = tokens[:start] + [tokens[start + 1]] + tokens[start + 3 :]
     if len(tokens) > seq_len:
@@ -166,7 +182,9 @@ def nearest(query: Tensor, vectors: Tensor, k: int) -> list[tuple[int, float]]:
     return list(zip(top.indices.tolist(), top.values.tolist()))
 
 
-def write_context_files(out_dir: str | Path, vectors: Tensor, occurrences: Sequence[Occurrence], tensor_name: str) -> None:
+def write_context_files(
+    out_dir: str | Path, vectors: Tensor, occurrences: Sequence[Occurrence], tensor_name: str
+) -> None:
     """Projector files for the occurrences' vectors (N, D), listed for TensorBoard under ``tensor_name``."""
     rows = [(o.word, o.marked(), o.sentence_no, o.position) for o in occurrences]
     write_projector_table(out_dir, vectors, METADATA_HEADER, rows)

@@ -26,7 +26,28 @@ _TAG_RE = re.compile(r"^<(CHAPTER|SPEAKER|P)\b[^<>]*>\s*$")
 # opening quote. Numbers (``1.5``) never match: no space follows their point.
 _BOUNDARY_RE = re.compile(r"[.!?](?:\s*[\"»)])*\s+(?=[«\"(]?\s*[A-ZÀ-ÖØ-Þ])")
 # Words after which a full stop does not end a sentence: titles and common abbreviations.
-ABBREVIATIONS = frozenset({"M", "MM", "Mme", "Mmes", "Mlle", "Mlles", "Dr", "Me", "Mgr", "St", "etc", "cf", "p", "n", "no", "art", "vol", "env"})
+ABBREVIATIONS = frozenset(
+    {
+        "M",
+        "MM",
+        "Mme",
+        "Mmes",
+        "Mlle",
+        "Mlles",
+        "Dr",
+        "Me",
+        "Mgr",
+        "St",
+        "etc",
+        "cf",
+        "p",
+        "n",
+        "no",
+        "art",
+        "vol",
+        "env",
+    }
+)
 _LAST_WORD_RE = re.compile(r"(\w+)\.$")
 
 
@@ -83,7 +104,9 @@ def read_sentences(source: str | Path) -> Iterator[str]:
     """
     path = Path(source)
     if not path.exists():
-        raise MinibertError(f"corpus not found: {path} (data.corpus must be a text file, a .gz file or a directory)")
+        raise MinibertError(
+            f"corpus not found: {path} (data.corpus must be a text file, a .gz file or a directory)"
+        )
     if path.is_dir():
         yield from _read_session_dir(path)
         return
@@ -137,7 +160,9 @@ def _read_lines(path: Path) -> Iterator[str]:
         with opener(path, "rb") as file:
             for number, raw in enumerate(file, start=1):
                 if b"\x00" in raw:
-                    raise MinibertError(f"{path}:{number}: this looks like a binary file, not text (a NUL byte)")
+                    raise MinibertError(
+                        f"{path}:{number}: this looks like a binary file, not text (a NUL byte)"
+                    )
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError:
@@ -154,5 +179,7 @@ def _read_lines(path: Path) -> Iterator[str]:
         if bad_lines:
             log.warning(
                 "%s: %d line(s) are not valid UTF-8 (first: line %d); the bad bytes were replaced by U+FFFD",
-                path, bad_lines, first_bad,
+                path,
+                bad_lines,
+                first_bad,
             )

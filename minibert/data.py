@@ -6,20 +6,27 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from minibert.errors import MinibertError
-from minibert.machinery.cache import CacheSettings, build_cache, build_test_corpus_cache, cache_key, ensure_cache, key_for_test_corpus, load_split
+from minibert.machinery.cache import (
+    CacheSettings,
+    build_cache,
+    build_test_corpus_cache,
+    cache_key,
+    ensure_cache,
+    key_for_test_corpus,
+    load_split,
+)
 from minibert.machinery.checkpoint import checkpoint_vocabulary
 from minibert.machinery.download import EUROPARL_V7_FR, EUROPARL_V7_URL, fetch_europarl_fr
 from minibert.machinery.sampler import ResumableEpochs
 from minibert.masking import MaskingConfig, mask_tokens
 from minibert.tokenizer import MASK_ID, PAD_ID, SPECIAL_TOKENS, Vocabulary
-
 
 WINDOWS = ("tile", "sentence")
 
@@ -49,7 +56,15 @@ class TokenWindows(Dataset):
             with packed tiles, 1 (no shift) otherwise.
     """
 
-    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, seq_len: int, packing: bool, windows: str = "tile", shifts: int = 1) -> None:
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        offsets: np.ndarray,
+        seq_len: int,
+        packing: bool,
+        windows: str = "tile",
+        shifts: int = 1,
+    ) -> None:
         self.tokens, self.offsets, self.seq_len, self.packing = tokens, offsets, seq_len, packing
         self.starts = window_starts(offsets, seq_len, packing, windows)  # (num_windows,)
         self.shifts = shifts if windows == "tile" and packing else 1
@@ -65,7 +80,11 @@ class TokenWindows(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         shift, window = divmod(index, self.num_windows)
         start = (int(self.starts[window]) + shift) % len(self.tokens)
-        end = len(self.tokens) if self.packing else int(self.offsets[np.searchsorted(self.offsets, start, side="right")])
+        end = (
+            len(self.tokens)
+            if self.packing
+            else int(self.offsets[np.searchsorted(self.offsets, start, side="right")])
+        )
         piece = self.tokens[start : min(end, start + self.seq_len)]
         if self.wrap and len(piece) < self.seq_len:  # run on from the start of the stream
             piece = np.concatenate([piece, self.tokens[: self.seq_len - len(piece)]])
@@ -83,7 +102,9 @@ def window_starts(offsets: np.ndarray, seq_len: int, packing: bool, windows: str
         return np.arange(0, offsets[-1], seq_len)
     # Tiles over each sentence on its own: a sentence of n tokens gives ceil(n / seq_len) windows.
     per_sentence = -(-lengths // seq_len)
-    first = np.repeat(np.cumsum(per_sentence) - per_sentence, per_sentence)  # index of each sentence's first window
+    first = np.repeat(
+        np.cumsum(per_sentence) - per_sentence, per_sentence
+    )  # index of each sentence's first window
     return np.repeat(sentence_starts, per_sentence) + seq_len * (np.arange(per_sentence.sum()) - first)
 
 
@@ -149,14 +170,36 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        _check_options(vocab_size, min_freq, max_sentences, val_fraction, seq_len, windows, mask_prob, val_mask_prob, mask_token_prob, random_token_prob, batch_size, num_workers)
-        self.corpus, self.data_dir, self.download_url, self.test_corpus = corpus, Path(data_dir), download_url, test_corpus
+        _check_options(
+            vocab_size,
+            min_freq,
+            max_sentences,
+            val_fraction,
+            seq_len,
+            windows,
+            mask_prob,
+            val_mask_prob,
+            mask_token_prob,
+            random_token_prob,
+            batch_size,
+            num_workers,
+        )
+        self.corpus, self.data_dir, self.download_url, self.test_corpus = (
+            corpus,
+            Path(data_dir),
+            download_url,
+            test_corpus,
+        )
         self.vocab_from = vocab_from
         self.settings = CacheSettings(vocab_size, min_freq, max_sentences, val_fraction, seed)
         self.seq_len, self.windows, self.packing = seq_len, windows, packing
         self.mask_prob, self.val_mask_prob = mask_prob, mask_prob if val_mask_prob is None else val_mask_prob
         self.mask_token_prob, self.random_token_prob = mask_token_prob, random_token_prob
-        self.batch_size, self.num_workers, self.persistent_workers = batch_size, num_workers, persistent_workers
+        self.batch_size, self.num_workers, self.persistent_workers = (
+            batch_size,
+            num_workers,
+            persistent_workers,
+        )
         self.seed = seed
         self._vocab: Vocabulary | None = None
         self.datasets: dict[str, TokenWindows] = {}
@@ -176,7 +219,9 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
     @property
     def test_cache_dir(self) -> Path:
         if self.test_corpus is None:
-            raise MinibertError("`test` and `predict` need data.test_corpus, a held-out corpus (to score the validation split, use `validate`)")
+            raise MinibertError(
+                "`test` and `predict` need data.test_corpus, a held-out corpus (to score the validation split, use `validate`)"
+            )
         test_corpus = _existing(self.test_corpus, "data.test_corpus")
         return self.data_dir / "cache" / key_for_test_corpus(test_corpus, self.vocab)
 
@@ -191,7 +236,10 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
 
     def _build_cache(self) -> None:
         """Encode ``corpus`` into ``cache_dir`` unless a sound copy is there already."""
-        ensure_cache(self.cache_dir, lambda: build_cache(self._corpus_path(), self.settings, self.cache_dir, self._vocab))
+        ensure_cache(
+            self.cache_dir,
+            lambda: build_cache(self._corpus_path(), self.settings, self.cache_dir, self._vocab),
+        )
 
     @property
     def vocab_len(self) -> int:
@@ -201,13 +249,23 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
     def masking(self, stage: str) -> MaskingConfig:
         """How ``stage`` (train, val or test) corrupts its batches."""
         mask_prob = self.mask_prob if stage == "train" else self.val_mask_prob
-        return MaskingConfig(mask_prob, self.mask_token_prob, self.random_token_prob, MASK_ID, len(SPECIAL_TOKENS), len(self.vocab))
+        return MaskingConfig(
+            mask_prob,
+            self.mask_token_prob,
+            self.random_token_prob,
+            MASK_ID,
+            len(SPECIAL_TOKENS),
+            len(self.vocab),
+        )
 
     def prepare_data(self) -> None:
         """Build the caches that are missing (Lightning calls this on one process per node)."""
         vocab = self.vocab  # built first (or read from vocab_from): it encodes the other caches
         if self.test_corpus is not None:
-            ensure_cache(self.test_cache_dir, lambda: build_test_corpus_cache(Path(self.test_corpus), vocab, self.test_cache_dir))
+            ensure_cache(
+                self.test_cache_dir,
+                lambda: build_test_corpus_cache(Path(self.test_corpus), vocab, self.test_cache_dir),
+            )
 
     def setup(self, stage: str) -> None:
         """Memory-map the splits that ``stage`` needs (every process).
@@ -230,12 +288,16 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
                 f"fewer than one batch (data.batch_size={self.batch_size})"
             )
         if self.settings.val_fraction > 0 and len(self.datasets["val"]) == 0:
-            raise MinibertError(f"data.val_fraction={self.settings.val_fraction} of corpus {self.corpus} leaves no validation sentence: raise it")
+            raise MinibertError(
+                f"data.val_fraction={self.settings.val_fraction} of corpus {self.corpus} leaves no validation sentence: raise it"
+            )
 
     def _windows(self, cache_dir: Path, split: str) -> TokenWindows:
         tokens, offsets = load_split(cache_dir, split)
         if split == "train":  # training tiles move by up to seq_len - 1 tokens each epoch
-            return TokenWindows(tokens, offsets, self.seq_len, self.packing, self.windows, shifts=self.seq_len)
+            return TokenWindows(
+                tokens, offsets, self.seq_len, self.packing, self.windows, shifts=self.seq_len
+            )
         # Held-out text is always tiled, from its first token: every token scored once, whatever the training windows.
         return TokenWindows(tokens, offsets, self.seq_len, self.packing, "tile")
 
@@ -251,7 +313,9 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
         # off by at most one), so the synced metrics equal a single-process validation.
         sampler = None
         if self.trainer is not None and self.trainer.world_size > 1:
-            sampler = UnrepeatedDistributedSampler(self.datasets["val"], self.trainer.world_size, self.trainer.global_rank, shuffle=False)
+            sampler = UnrepeatedDistributedSampler(
+                self.datasets["val"], self.trainer.world_size, self.trainer.global_rank, shuffle=False
+            )
         return self._loader("val", sampler)
 
     def test_dataloader(self) -> DataLoader:
@@ -286,7 +350,9 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
         epoch = self.trainer.current_epoch if stage == "train" and self.trainer is not None else 0
         input_ids = batch["input_ids"]
         stream_seed = self.seed * len(_STREAMS) + _STREAMS[stage]
-        corrupted, labels = mask_tokens(input_ids, batch["sample_ids"], self.masking(stage), stream_seed, epoch)
+        corrupted, labels = mask_tokens(
+            input_ids, batch["sample_ids"], self.masking(stage), stream_seed, epoch
+        )
         return {"input_ids": corrupted, "labels": labels, "padding_mask": input_ids == PAD_ID}
 
     def _masking_stage(self) -> str:
@@ -300,27 +366,58 @@ _STREAMS = {"train": 0, "val": 1, "test": 2}  # one random stream of masks for e
 
 def _existing(path: str, option: str) -> Path:
     if not Path(path).exists():
-        raise MinibertError(f"{option}: {path} does not exist (give a sentence-per-line file, a .gz or a directory of Europarl session files)")
+        raise MinibertError(
+            f"{option}: {path} does not exist (give a sentence-per-line file, a .gz or a directory of Europarl session files)"
+        )
     return Path(path)
 
 
-def _check_options(vocab_size, min_freq, max_sentences, val_fraction, seq_len, windows, mask_prob, val_mask_prob, mask_token_prob, random_token_prob, batch_size, num_workers) -> None:
+def _check_options(
+    vocab_size,
+    min_freq,
+    max_sentences,
+    val_fraction,
+    seq_len,
+    windows,
+    mask_prob,
+    val_mask_prob,
+    mask_token_prob,
+    random_token_prob,
+    batch_size,
+    num_workers,
+) -> None:
     special = len(SPECIAL_TOKENS)
     checks = [
-        (vocab_size > special, f"data.vocab_size={vocab_size} must be more than the {special} special tokens ({', '.join(SPECIAL_TOKENS)})"),
+        (
+            vocab_size > special,
+            f"data.vocab_size={vocab_size} must be more than the {special} special tokens ({', '.join(SPECIAL_TOKENS)})",
+        ),
         (min_freq >= 1, f"data.min_freq={min_freq} must be at least 1"),
-        (max_sentences is None or max_sentences >= 1, f"data.max_sentences={max_sentences} must be at least 1 (or null for all)"),
+        (
+            max_sentences is None or max_sentences >= 1,
+            f"data.max_sentences={max_sentences} must be at least 1 (or null for all)",
+        ),
         (0 <= val_fraction < 1, f"data.val_fraction={val_fraction} must be in [0, 1)"),
         (seq_len >= 2, f"data.seq_len={seq_len} must be at least 2"),
         (windows in WINDOWS, f"data.windows={windows!r} must be one of {', '.join(WINDOWS)}"),
         (batch_size >= 1, f"data.batch_size={batch_size} must be at least 1"),
         (num_workers >= 0, f"data.num_workers={num_workers} must be at least 0"),
     ]
-    probabilities = {"mask_prob": mask_prob, "val_mask_prob": val_mask_prob, "mask_token_prob": mask_token_prob, "random_token_prob": random_token_prob}
+    probabilities = {
+        "mask_prob": mask_prob,
+        "val_mask_prob": val_mask_prob,
+        "mask_token_prob": mask_token_prob,
+        "random_token_prob": random_token_prob,
+    }
     for name, p in probabilities.items():
         if p is not None:  # val_mask_prob: null follows mask_prob
             checks.append((0 <= p <= 1, f"data.{name}={p} must be a probability in [0, 1]"))
-    checks.append((mask_token_prob + random_token_prob <= 1, f"data.mask_token_prob + data.random_token_prob = {mask_token_prob + random_token_prob} must not exceed 1"))
+    checks.append(
+        (
+            mask_token_prob + random_token_prob <= 1,
+            f"data.mask_token_prob + data.random_token_prob = {mask_token_prob + random_token_prob} must not exceed 1",
+        )
+    )
     for ok, message in checks:
         if not ok:
             raise MinibertError(message)

@@ -35,7 +35,11 @@ def read_lines(path: str | Path, what: str) -> list[str]:
     try:
         return path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
-        reason = "it does not exist" if isinstance(error, FileNotFoundError) else f"{type(error).__name__}: {error}"
+        reason = (
+            "it does not exist"
+            if isinstance(error, FileNotFoundError)
+            else f"{type(error).__name__}: {error}"
+        )
         raise MinibertError(f"{what} file {path} cannot be read: {reason}") from None
 
 
@@ -73,7 +77,9 @@ def read_analogies(path: str | Path) -> list[AnalogySection]:
             continue
         words = line.lower().split()
         if len(words) != 4:
-            raise MinibertError(f"{path}, line {number}: expected four words 'a b c d' (a is to b as c is to d), got {line!r}")
+            raise MinibertError(
+                f"{path}, line {number}: expected four words 'a b c d' (a is to b as c is to d), got {line!r}"
+            )
         if not sections:
             raise MinibertError(f"{path}, line {number}: a question before the first ': section' line")
         sections[-1].questions.append(tuple(words))
@@ -90,7 +96,9 @@ def group_of(groups: dict[str, list[str]]) -> dict[str, str]:
     return {word: name for name, words in groups.items() for word in words}
 
 
-def purity_at_k(vectors: Tensor, words: Sequence[str], groups: dict[str, str], k: int = 5, excluded: int = 0) -> tuple[float, int]:
+def purity_at_k(
+    vectors: Tensor, words: Sequence[str], groups: dict[str, str], k: int = 5, excluded: int = 0
+) -> tuple[float, int]:
     """Mean share of same-group words among each group word's k nearest neighbours.
 
     Args:
@@ -113,7 +121,9 @@ def purity_at_k(vectors: Tensor, words: Sequence[str], groups: dict[str, str], k
     similarity[:, :excluded] = -float("inf")
     similarity[torch.arange(len(found)), queries] = -float("inf")  # a word is not its own neighbour
     neighbours = similarity.topk(k, dim=-1).indices  # (Q, k)
-    shares = [sum(groups.get(words[j]) == groups[w] for j in row.tolist()) / k for w, row in zip(found, neighbours)]
+    shares = [
+        sum(groups.get(words[j]) == groups[w] for j in row.tolist()) / k for w, row in zip(found, neighbours)
+    ]
     return sum(shares) / len(shares), len(found)
 
 
@@ -153,19 +163,33 @@ def answer_3cosadd(unit: Tensor, questions: Tensor, excluded: int = 0) -> Tensor
 
 
 def analogy_scores(
-    vectors: Tensor, words: Sequence[str], sections: Sequence[AnalogySection], excluded: int = 0, batch_size: int = 512
+    vectors: Tensor,
+    words: Sequence[str],
+    sections: Sequence[AnalogySection],
+    excluded: int = 0,
+    batch_size: int = 512,
 ) -> list[SectionScore]:
     """3CosAdd results of every section, then a last one, ``all``, that sums them."""
     index = {word: i for i, word in enumerate(words) if i >= excluded}
     unit = F.normalize(vectors.detach().float(), dim=-1)  # (V, D)
     scores = []
     for section in sections:
-        covered = [[index[w] for w in question] for question in section.questions if all(w in index for w in question)]
+        covered = [
+            [index[w] for w in question]
+            for question in section.questions
+            if all(w in index for w in question)
+        ]
         ids = torch.tensor(covered, dtype=torch.long).view(-1, 4)  # (Q, 4): a, b, c, and the expected d
         parts = ids.split(batch_size)  # scores of at most (batch_size, V) at a time
-        correct = sum(int((answer_3cosadd(unit, part[:, :3], excluded) == part[:, 3]).sum()) for part in parts)
+        correct = sum(
+            int((answer_3cosadd(unit, part[:, :3], excluded) == part[:, 3]).sum()) for part in parts
+        )
         scores.append(SectionScore(section.name, correct, len(covered), len(section.questions)))
-    scores.append(SectionScore("all", *(sum(getattr(s, field) for s in scores) for field in ("correct", "covered", "total"))))
+    scores.append(
+        SectionScore(
+            "all", *(sum(getattr(s, field) for s in scores) for field in ("correct", "covered", "total"))
+        )
+    )
     return scores
 
 
@@ -182,5 +206,7 @@ def analogy_lines(scores: Sequence[SectionScore]) -> list[str]:
     lines = [f"{'section':<{width}}  accuracy   right / covered   coverage (of all questions)"]
     for s in scores:
         accuracy = "     -" if math.isnan(s.accuracy) else f"{s.accuracy:6.3f}"
-        lines.append(f"{s.name:<{width}}  {accuracy}   {s.correct:5d} / {s.covered:<7d}   {s.coverage:6.3f} ({s.covered} of {s.total})")
+        lines.append(
+            f"{s.name:<{width}}  {accuracy}   {s.correct:5d} / {s.covered:<7d}   {s.coverage:6.3f} ({s.covered} of {s.total})"
+        )
     return lines

@@ -29,10 +29,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from minibert.attention_html import write_attention_page
-from minibert.attention_maps import UNKNOWN_MARK, attention_maps, draw_attention, require_matplotlib, save_figure
+from minibert.attention_maps import (
+    UNKNOWN_MARK,
+    attention_maps,
+    draw_attention,
+    require_matplotlib,
+    save_figure,
+)
 from minibert.contexts import context_vectors, find_occurrences, nearest, parse_marked, write_context_files
 from minibert.errors import MinibertError
-from minibert.evaluation import analogy_lines, analogy_scores, group_of, purity_at_k, purity_line, read_analogies, read_groups
+from minibert.evaluation import (
+    analogy_lines,
+    analogy_scores,
+    group_of,
+    purity_at_k,
+    purity_line,
+    read_analogies,
+    read_groups,
+)
 from minibert.internals import check_layer, encode_words, unknown_tokens
 from minibert.machinery.checkpoint import check_checkpoint_file, model_arguments
 from minibert.machinery.files import check_output_folder
@@ -52,7 +66,9 @@ PNG_NEEDS = "drawing a picture (--png)"
 def load_checkpoint(path: str | Path) -> tuple[MiniBert, Vocabulary]:
     """The model of a checkpoint, in eval mode on the CPU, and its vocabulary."""
     checkpoint = check_checkpoint_file(path)
-    missing = [key for key in ("hyper_parameters", "vocabulary") if key not in checkpoint]  # state_dict: checked already
+    missing = [
+        key for key in ("hyper_parameters", "vocabulary") if key not in checkpoint
+    ]  # state_dict: checked already
     if missing:
         raise MinibertError(f"checkpoint {path} is not a minibert checkpoint: it has no {', '.join(missing)}")
     try:
@@ -60,9 +76,13 @@ def load_checkpoint(path: str | Path) -> tuple[MiniBert, Vocabulary]:
         model.load_state_dict(checkpoint["state_dict"])
         vocab = Vocabulary.from_dict(checkpoint["vocabulary"])
     except (TypeError, ValueError, KeyError, RuntimeError) as error:
-        raise MinibertError(f"checkpoint {path} does not fit this version of minibert: {_first_line(error)}") from error
+        raise MinibertError(
+            f"checkpoint {path} does not fit this version of minibert: {_first_line(error)}"
+        ) from error
     if len(vocab) != model.hparams.vocab_size:
-        raise MinibertError(f"checkpoint {path} holds {len(vocab)} words for a model of {model.hparams.vocab_size}")
+        raise MinibertError(
+            f"checkpoint {path} holds {len(vocab)} words for a model of {model.hparams.vocab_size}"
+        )
     model.vocab = vocab
     return model.eval(), vocab
 
@@ -117,7 +137,9 @@ def pca_2d(vectors: Tensor) -> Tensor:
     return centered @ axes[:, :2]  # (N, 2)
 
 
-def draw_map(png: str | Path, coords: Tensor, words: Sequence[str], groups: Sequence[str], title: str) -> None:
+def draw_map(
+    png: str | Path, coords: Tensor, words: Sequence[str], groups: Sequence[str], title: str
+) -> None:
     """Save a scatter plot of ``coords`` (N, 2), each point labelled with its word, coloured by group."""
     figure_class = require_matplotlib(PNG_NEEDS)
     figure = figure_class(figsize=(10, 8), layout="constrained")
@@ -126,7 +148,14 @@ def draw_map(png: str | Path, coords: Tensor, words: Sequence[str], groups: Sequ
         rows = [i for i, g in enumerate(groups) if g == group]
         points = axes.scatter(coords[rows, 0], coords[rows, 1], s=14, label=group)
         for i in rows:
-            axes.annotate(words[i], coords[i].tolist(), fontsize=7, color=points.get_facecolor()[0], xytext=(2, 2), textcoords="offset points")
+            axes.annotate(
+                words[i],
+                coords[i].tolist(),
+                fontsize=7,
+                color=points.get_facecolor()[0],
+                xytext=(2, 2),
+                textcoords="offset points",
+            )
     axes.set(title=title, xlabel="first principal axis", ylabel="second principal axis")
     if len(set(groups)) > 1:
         axes.legend(fontsize=8, markerscale=1.5)
@@ -143,47 +172,115 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint.add_argument("--ckpt_path", required=True, type=Path, help="the checkpoint file (.ckpt)")
     source = argparse.ArgumentParser(add_help=False)
     source.add_argument(
-        "--source", choices=("input", "output"), default="input",
+        "--source",
+        choices=("input", "output"),
+        default="input",
         help="input word embeddings, or the output layer's rows (the same matrix when tied)",
     )
 
-    export = commands.add_parser("export", parents=[checkpoint, source], help="projector TSVs and a 2-D map of the embeddings")
-    export.add_argument("--top_k", type=at_least(0), default=3000, help="most frequent words to export; 0 = every word")
-    export.add_argument("--out", type=Path, help="folder for vectors.tsv and metadata.tsv; with --format word2vec, the file to write")
-    export.add_argument("--format", choices=("projector", "word2vec"), default="projector",
-                        help="projector TSVs, or word2vec's text format (gensim's KeyedVectors.load_word2vec_format)")
+    export = commands.add_parser(
+        "export", parents=[checkpoint, source], help="projector TSVs and a 2-D map of the embeddings"
+    )
+    export.add_argument(
+        "--top_k", type=at_least(0), default=3000, help="most frequent words to export; 0 = every word"
+    )
+    export.add_argument(
+        "--out",
+        type=Path,
+        help="folder for vectors.tsv and metadata.tsv; with --format word2vec, the file to write",
+    )
+    export.add_argument(
+        "--format",
+        choices=("projector", "word2vec"),
+        default="projector",
+        help="projector TSVs, or word2vec's text format (gensim's KeyedVectors.load_word2vec_format)",
+    )
     export.add_argument("--png", type=Path, help="also draw a 2-D PCA map of chosen words into this PNG file")
     export.add_argument("--groups", type=Path, help="words to draw, by group: lines 'name<TAB>word word ...'")
-    export.add_argument("--png_words", type=at_least(2), default=100, help="without --groups, draw this many most frequent words")
+    export.add_argument(
+        "--png_words",
+        type=at_least(2),
+        default=100,
+        help="without --groups, draw this many most frequent words",
+    )
 
     layer = argparse.ArgumentParser(add_help=False)
-    layer.add_argument("--layer", type=at_least(0), help="the vectors at this layer's output (0: the input embeddings); default: the last layer")
-    layer.add_argument("--max_per_word", type=at_least(1), default=100, help="occurrences of each word read from the corpus, the first ones")
+    layer.add_argument(
+        "--layer",
+        type=at_least(0),
+        help="the vectors at this layer's output (0: the input embeddings); default: the last layer",
+    )
+    layer.add_argument(
+        "--max_per_word",
+        type=at_least(1),
+        default=100,
+        help="occurrences of each word read from the corpus, the first ones",
+    )
 
-    neighbors = commands.add_parser("neighbors", parents=[checkpoint, source, layer], help="nearest words by cosine similarity, or nearest occurrences in context")
+    neighbors = commands.add_parser(
+        "neighbors",
+        parents=[checkpoint, source, layer],
+        help="nearest words by cosine similarity, or nearest occurrences in context",
+    )
     neighbors.add_argument("words", nargs="*", metavar="WORD")
     neighbors.add_argument("--k", type=at_least(1), default=10, help="neighbours to show for each word")
-    neighbors.add_argument("--in-context", dest="in_context", metavar="TEXT",
-                           help='a sentence with one word in brackets, "le [vote] de la commission": its occurrences in --corpus closest in context')
-    neighbors.add_argument("--corpus", type=Path, help="with --in-context: the sentences to search, one a line")
+    neighbors.add_argument(
+        "--in-context",
+        dest="in_context",
+        metavar="TEXT",
+        help='a sentence with one word in brackets, "le [vote] de la commission": its occurrences in --corpus closest in context',
+    )
+    neighbors.add_argument(
+        "--corpus", type=Path, help="with --in-context: the sentences to search, one a line"
+    )
 
-    fill = commands.add_parser("fill-mask", parents=[checkpoint], help="the most likely words for each <mask> of a text")
-    fill.add_argument("text", help='a sentence with one or more <mask>, e.g. "la <mask> européenne a proposé"')
+    fill = commands.add_parser(
+        "fill-mask", parents=[checkpoint], help="the most likely words for each <mask> of a text"
+    )
+    fill.add_argument(
+        "text", help='a sentence with one or more <mask>, e.g. "la <mask> européenne a proposé"'
+    )
     fill.add_argument("--k", type=at_least(1), default=5, help="words to show for each <mask>")
 
-    attention = commands.add_parser("attention", parents=[checkpoint], help="attention weights of every layer and head for one sentence")
+    attention = commands.add_parser(
+        "attention", parents=[checkpoint], help="attention weights of every layer and head for one sentence"
+    )
     attention.add_argument("text", help='a sentence, e.g. "la commission a voté le rapport ."')
-    attention.add_argument("--out", type=Path, help="the picture to write (PNG): layers as rows, heads as columns")
-    attention.add_argument("--html", type=Path, help="also write a page where pointing at a token shows where it looks")
+    attention.add_argument(
+        "--out", type=Path, help="the picture to write (PNG): layers as rows, heads as columns"
+    )
+    attention.add_argument(
+        "--html", type=Path, help="also write a page where pointing at a token shows where it looks"
+    )
 
-    contexts = commands.add_parser("contexts", parents=[checkpoint, layer], help="a vector for every occurrence of words in a corpus, as projector files")
-    contexts.add_argument("--corpus", type=Path, required=True, help="the sentences to read, one a line (or raw Europarl sessions)")
+    contexts = commands.add_parser(
+        "contexts",
+        parents=[checkpoint, layer],
+        help="a vector for every occurrence of words in a corpus, as projector files",
+    )
+    contexts.add_argument(
+        "--corpus",
+        type=Path,
+        required=True,
+        help="the sentences to read, one a line (or raw Europarl sessions)",
+    )
     contexts.add_argument("--words", required=True, help="comma-separated words: session,commission,vote")
-    contexts.add_argument("--out", type=Path, required=True, help="folder for vectors.tsv, metadata.tsv and projector_config.pbtxt")
+    contexts.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for vectors.tsv, metadata.tsv and projector_config.pbtxt",
+    )
 
-    evaluate = commands.add_parser("evaluate", parents=[checkpoint, source], help="purity@k on word groups, accuracy on word analogies")
+    evaluate = commands.add_parser(
+        "evaluate", parents=[checkpoint, source], help="purity@k on word groups, accuracy on word analogies"
+    )
     evaluate.add_argument("--groups", type=Path, help="word groups: lines 'name<TAB>word word ...'")
-    evaluate.add_argument("--analogies", type=Path, help="questions in word2vec's format: ': section' lines, then 'a b c d' lines")
+    evaluate.add_argument(
+        "--analogies",
+        type=Path,
+        help="questions in word2vec's format: ': section' lines, then 'a b c d' lines",
+    )
     evaluate.add_argument("--k", type=at_least(1), default=5, help="neighbours per word for purity@k")
     return parser
 
@@ -227,11 +324,19 @@ def run_export(args: argparse.Namespace) -> None:
             if word2vec:
                 write_word2vec(args.out, matrix[ids], vocab.decode(ids))
             else:
-                write_projector_files(args.out, matrix[ids], vocab.decode(ids), [vocab.counts[i] for i in ids])
+                write_projector_files(
+                    args.out, matrix[ids], vocab.decode(ids), [vocab.counts[i] for i in ids]
+                )
         except OSError as error:  # a full disk, say: each file is written whole or not at all
-            raise MinibertError(f"export --out {args.out}: cannot write ({error.strerror}); files already there are unchanged") from None
+            raise MinibertError(
+                f"export --out {args.out}: cannot write ({error.strerror}); files already there are unchanged"
+            ) from None
         shape = f"{len(ids)} words x {matrix.shape[1]}"
-        print(f"wrote {args.out}: {shape}, word2vec's text format" if word2vec else f"wrote {args.out / 'vectors.tsv'} and {args.out / 'metadata.tsv'}: {shape}")
+        print(
+            f"wrote {args.out}: {shape}, word2vec's text format"
+            if word2vec
+            else f"wrote {args.out / 'vectors.tsv'} and {args.out / 'metadata.tsv'}: {shape}"
+        )
     if args.png:
         words, labels = picture_words(vocab, groups, args.png_words, args.groups)
         coords = pca_2d(matrix[vocab.encode(words)])  # (N, 2)
@@ -249,7 +354,9 @@ def check_export_paths(out: Path | None, png: Path | None, out_is_file: bool = F
         check_output_folder(png.parent, "export --png")
 
 
-def picture_words(vocab: Vocabulary, groups: dict[str, list[str]] | None, top: int, groups_path: Path | None) -> tuple[list[str], list[str]]:
+def picture_words(
+    vocab: Vocabulary, groups: dict[str, list[str]] | None, top: int, groups_path: Path | None
+) -> tuple[list[str], list[str]]:
     """The words to draw and their group names: the groups' words that the model knows, or the ``top`` most frequent."""
     if groups is None:
         words = vocab.decode(top_word_ids(vocab, top))
@@ -302,7 +409,9 @@ def run_neighbors_in_context(args: argparse.Namespace) -> None:
     vocab.require(word)
     occurrences = find_occurrences(args.corpus, [word], seq_len, args.max_per_word)
     vectors = context_vectors(model.encoder, vocab, [query, *occurrences], layer)  # (1 + N, D)
-    print(f"{query.marked()}: the {min(args.k, len(occurrences))} closest of {len(occurrences)} occurrences in {args.corpus}, layer {layer}")
+    print(
+        f"{query.marked()}: the {min(args.k, len(occurrences))} closest of {len(occurrences)} occurrences in {args.corpus}, layer {layer}"
+    )
     for row, score in nearest(vectors[0], vectors[1:], args.k):
         print(f"  {score:7.4f}  {occurrences[row].marked()}  (sentence {occurrences[row].sentence_no})")
 
@@ -322,7 +431,9 @@ def run_attention(args: argparse.Namespace) -> None:
     unknown = [label for label in labels if label.endswith(UNKNOWN_MARK)]
     if unknown:
         print(f"not in the vocabulary, read as <unk> (marked {UNKNOWN_MARK}): {' '.join(unknown)}")
-    title = f"{args.ckpt_path.name}: {' '.join(labels)}" + (f"   ({UNKNOWN_MARK}: read as <unk>)" if unknown else "")
+    title = f"{args.ckpt_path.name}: {' '.join(labels)}" + (
+        f"   ({UNKNOWN_MARK}: read as <unk>)" if unknown else ""
+    )
     if args.out:
         save_figure(draw_attention(weights, labels, title), args.out)
         print(f"wrote {args.out}: {weights.shape[0]} layers x {weights.shape[1]} heads, {len(labels)} tokens")
@@ -345,7 +456,9 @@ def run_contexts(args: argparse.Namespace) -> None:
     vectors = context_vectors(model.encoder, vocab, occurrences, layer)  # (N, D)
     write_context_files(args.out, vectors, occurrences, f"contexts/layer_{layer}")
     counts = ", ".join(f"{word} {sum(o.word == word for o in occurrences)}" for word in words)
-    print(f"wrote {args.out / 'vectors.tsv'} and {args.out / 'metadata.tsv'}: {len(occurrences)} occurrences x {vectors.shape[1]} at layer {layer} ({counts})")
+    print(
+        f"wrote {args.out / 'vectors.tsv'} and {args.out / 'metadata.tsv'}: {len(occurrences)} occurrences x {vectors.shape[1]} at layer {layer} ({counts})"
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> None:

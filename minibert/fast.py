@@ -34,7 +34,9 @@ class CpuDropout(nn.Dropout):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if x.device.type != "cpu" or torch.compiler.is_compiling():  # compiled code draws its own fast numbers
+        if (
+            x.device.type != "cpu" or torch.compiler.is_compiling()
+        ):  # compiled code draws its own fast numbers
             return super().forward(x)
         n = x.numel()
         # random_() on int64 gives 63 random bits (the sign bit stays 0); masking every
@@ -88,7 +90,9 @@ class FastEncoder(Encoder):
         super().__init__(config)
         use_fast_kernels(self)
 
-    def forward(self, input_ids: Tensor, padding_mask: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+    def forward(
+        self, input_ids: Tensor, padding_mask: Tensor | None = None, rows: Tensor | None = None
+    ) -> Tensor:
         """As :meth:`Encoder.forward`; with ``rows``, the last feed-forward runs on those N positions only.
 
         Every position is still a key and value of the last layer's attention, but its

@@ -19,11 +19,21 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 
 from minibert.attention_maps import attention_maps, draw_attention, figure_rgb, require_matplotlib
 from minibert.errors import MinibertError
-from minibert.evaluation import AnalogySection, analogy_scores, group_of, purity_at_k, read_analogies, read_groups
+from minibert.evaluation import (
+    AnalogySection,
+    analogy_scores,
+    group_of,
+    purity_at_k,
+    read_analogies,
+    read_groups,
+)
 from minibert.projector import embedding_matrix
 from minibert.tokenizer import tokenize
 
-DEFAULT_SENTENCES = ("la commission a présenté sa proposition au parlement .", "le vote aura lieu demain à midi .")
+DEFAULT_SENTENCES = (
+    "la commission a présenté sa proposition au parlement .",
+    "le vote aura lieu demain à midi .",
+)
 
 
 class AttentionImages(L.Callback):
@@ -59,10 +69,14 @@ class AttentionImages(L.Callback):
             return
         seq_len = pl_module.hparams.seq_len
         for number, sentence in enumerate(self.sentences, start=1):
-            cut = " ".join(tokenize(sentence)[:seq_len])  # tokens joined by spaces tokenize back to the same tokens
+            cut = " ".join(
+                tokenize(sentence)[:seq_len]
+            )  # tokens joined by spaces tokenize back to the same tokens
             labels, weights = attention_maps(pl_module.encoder, pl_module.vocab, cut, seq_len)  # (L, H, T, T)
             figure = draw_attention(weights, labels, f"step {trainer.global_step}: {' '.join(labels)}")
-            tensorboard.experiment.add_image(f"attention/sentence_{number}", figure_rgb(figure), trainer.global_step, dataformats="HWC")
+            tensorboard.experiment.add_image(
+                f"attention/sentence_{number}", figure_rgb(figure), trainer.global_step, dataformats="HWC"
+            )
 
     def _has_matplotlib(self) -> bool:
         try:
@@ -91,7 +105,13 @@ class EmbeddingScores(L.Callback):
         source: ``input`` word embeddings or the ``output`` head's rows.
     """
 
-    def __init__(self, groups: str | None = None, analogies: str | None = None, k: int = 5, source: Literal["input", "output"] = "input") -> None:
+    def __init__(
+        self,
+        groups: str | None = None,
+        analogies: str | None = None,
+        k: int = 5,
+        source: Literal["input", "output"] = "input",
+    ) -> None:
         if groups is None and analogies is None:
             raise ValueError("EmbeddingScores needs groups, analogies, or both")
         self.groups_file, self.analogies_file, self.k, self.source = groups, analogies, k, source
@@ -118,7 +138,9 @@ class EmbeddingScores(L.Callback):
         matrix = embedding_matrix(pl_module.encoder, self.source).detach().cpu()  # (V, D)
         scores = {}
         if self.groups is not None:
-            scores[f"embeddings/purity@{self.k}"] = purity_at_k(matrix, vocab.itos, self.groups, self.k, vocab.num_specials)[0]
+            scores[f"embeddings/purity@{self.k}"] = purity_at_k(
+                matrix, vocab.itos, self.groups, self.k, vocab.num_specials
+            )[0]
         if self.sections is not None:
             *sections, total = analogy_scores(matrix, vocab.itos, self.sections, vocab.num_specials)
             scores["embeddings/analogies"] = total.accuracy

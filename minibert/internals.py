@@ -91,5 +91,7 @@ def unknown_tokens(vocab: Vocabulary, tokens: list[str]) -> list[str]:
 def check_layer(layer: int, num_layers: int) -> int:
     """``layer`` if it is one of 0 (the input) to ``num_layers``, else a clear error."""
     if not 0 <= layer <= num_layers:
-        raise MinibertError(f"--layer {layer} does not exist: this model has layers 1 to {num_layers} (0 is the input embeddings)")
+        raise MinibertError(
+            f"--layer {layer} does not exist: this model has layers 1 to {num_layers} (0 is the input embeddings)"
+        )
     return layer

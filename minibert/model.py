@@ -43,10 +43,19 @@ class EncoderConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.embed_dim % self.num_heads == 0, f"model.embed_dim={self.embed_dim} must be divisible by model.num_heads={self.num_heads}"),
-            (self.activation in ACTIVATIONS, f"model.activation={self.activation!r} must be one of {sorted(ACTIVATIONS)}"),
+            (
+                self.embed_dim % self.num_heads == 0,
+                f"model.embed_dim={self.embed_dim} must be divisible by model.num_heads={self.num_heads}",
+            ),
+            (
+                self.activation in ACTIVATIONS,
+                f"model.activation={self.activation!r} must be one of {sorted(ACTIVATIONS)}",
+            ),
             (0 <= self.dropout < 1, f"model.dropout={self.dropout} must be in [0, 1)"),
-            (self.init_std is None or self.init_std > 0, f"model.init_std={self.init_std} must be positive (or null for PyTorch's default initialisation)"),
+            (
+                self.init_std is None or self.init_std > 0,
+                f"model.init_std={self.init_std} must be positive (or null for PyTorch's default initialisation)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -184,7 +193,9 @@ class Encoder(nn.Module):
         self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.embed_dim)
         self.embed_scale = math.sqrt(config.embed_dim) if config.scale_embeddings else 1.0
-        self.register_buffer("positions", sinusoidal_positions(config.seq_len, config.embed_dim), persistent=False)
+        self.register_buffer(
+            "positions", sinusoidal_positions(config.seq_len, config.embed_dim), persistent=False
+        )
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
         self.final_norm = nn.LayerNorm(config.embed_dim, bias=config.bias)
@@ -194,7 +205,9 @@ class Encoder(nn.Module):
         if config.init_std is not None:
             self.apply(lambda module: _init_weights(module, config.init_std))
 
-    def forward(self, input_ids: Tensor, padding_mask: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+    def forward(
+        self, input_ids: Tensor, padding_mask: Tensor | None = None, rows: Tensor | None = None
+    ) -> Tensor:
         """input_ids: (B, T) ids; padding_mask: (B, T), True at padding. Returns hidden states (B, T, D).
 
         ``rows``, a (B, T) bool mask, keeps the hidden states of those N positions only, (N, D):
@@ -211,7 +224,9 @@ class Encoder(nn.Module):
         """The first layer's input (B, T, D), and which keys attention may look at (B, 1, 1, T) or None."""
         T = input_ids.shape[1]
         if T > self.positions.shape[0]:
-            raise MinibertError(f"a sequence of {T} tokens is longer than the model's seq_len={self.positions.shape[0]}")
+            raise MinibertError(
+                f"a sequence of {T} tokens is longer than the model's seq_len={self.positions.shape[0]}"
+            )
         x = self.token_embedding(input_ids) * self.embed_scale + self.positions[:T]  # (B, T, D)
         keep = attention_keep_mask(padding_mask) if padding_mask is not None else None
         return self.dropout(x), keep

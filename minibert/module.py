@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from minibert.masking import IGNORE_INDEX
 from minibert.fast import FastEncoder
+from minibert.masking import IGNORE_INDEX
 from minibert.model import Encoder, EncoderConfig
 from minibert.tokenizer import Vocabulary
 
@@ -71,7 +71,11 @@ class MiniBert(L.LightningModule):
         self.encoder = FastEncoder(config) if fast else Encoder(config)
         self.vocab: Vocabulary | None = None  # set from the data module, saved in every checkpoint
         self.metrics = torch.nn.ModuleDict(
-            {f"{stage}_{name}": MeanMetric() for stage in ("train", "val", "test") for name in ("loss", "acc", f"top{top_k}")}
+            {
+                f"{stage}_{name}": MeanMetric()
+                for stage in ("train", "val", "test")
+                for name in ("loss", "acc", f"top{top_k}")
+            }
         )
         self._step_started = 0.0
 
@@ -91,7 +95,9 @@ class MiniBert(L.LightningModule):
     def masked_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Mean cross-entropy over the scored positions, with their logits (N, V) and labels (N,)."""
         logits, labels = self.masked_logits(batch)
-        loss = F.cross_entropy(logits.float(), labels)  # log-softmax and loss in float32 even under bf16 autocast
+        loss = F.cross_entropy(
+            logits.float(), labels
+        )  # log-softmax and loss in float32 even under bf16 autocast
         return loss, logits, labels
 
     def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
@@ -105,7 +111,14 @@ class MiniBert(L.LightningModule):
             self.metrics[f"{stage}_top{self.hparams.top_k}"](hits.any(dim=-1).float().mean(), n)
         on_step = stage == "train"
         for name in ("loss", "acc", f"top{self.hparams.top_k}"):
-            self.log(f"{stage}/{name}", self.metrics[f"{stage}_{name}"], on_step=on_step, on_epoch=not on_step, prog_bar=name != f"top{self.hparams.top_k}", batch_size=n)
+            self.log(
+                f"{stage}/{name}",
+                self.metrics[f"{stage}_{name}"],
+                on_step=on_step,
+                on_epoch=not on_step,
+                prog_bar=name != f"top{self.hparams.top_k}",
+                batch_size=n,
+            )
         return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -142,7 +155,12 @@ class MiniBert(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Tensor], batch_idx: int) -> None:
         elapsed = perf_counter() - self._step_started
-        self.log("train/tokens_per_sec", batch["input_ids"].numel() / max(elapsed, 1e-9), on_step=True, on_epoch=False)
+        self.log(
+            "train/tokens_per_sec",
+            batch["input_ids"].numel() / max(elapsed, 1e-9),
+            on_step=True,
+            on_epoch=False,
+        )
 
     # --- optimiser ------------------------------------------------------------------------
 
@@ -150,14 +168,26 @@ class MiniBert(L.LightningModule):
         hp = self.hparams
         decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": hp.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         optimizer_class = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
         # fused: one kernel updates every parameter, instead of about ten small operations per
         # parameter tensor (on CPU, 4x less time in the optimiser step at the base configuration).
         optimizer = optimizer_class(groups, lr=hp.lr, betas=tuple(hp.betas), fused=True)
-        total = max(self.trainer.estimated_stepping_batches, 1) if self._trainer is not None else 1
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, hp.warmup_steps, total, hp.lr_decay, hp.min_lr_ratio))
+        total = self._total_steps()
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, hp.warmup_steps, total, hp.lr_decay, hp.min_lr_ratio)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        """The steps the schedule spans: the trainer's whole run, or 1 when no trainer is attached (benchmarks)."""
+        try:
+            return max(self.trainer.estimated_stepping_batches, 1)
+        except RuntimeError:  # "not attached to a Trainer"
+            return 1
 
     # --- the vocabulary travels inside every checkpoint ----------------------------------
 

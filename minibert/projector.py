@@ -56,10 +56,14 @@ def embedding_matrix(encoder: nn.Module, source: str) -> Tensor:
     raise ValueError(f"embedding source must be 'input' or 'output', not {source!r}")
 
 
-def write_projector_files(out_dir: str | Path, vectors: Tensor, words: Sequence[str], counts: Sequence[int] | None = None) -> None:
+def write_projector_files(
+    out_dir: str | Path, vectors: Tensor, words: Sequence[str], counts: Sequence[int] | None = None
+) -> None:
     """Write ``vectors.tsv`` (N, D) and ``metadata.tsv`` (N words, plus counts) into ``out_dir``."""
     if len(words) != vectors.shape[0] or (counts is not None and len(counts) != len(words)):
-        raise ValueError(f"{vectors.shape[0]} vectors, {len(words)} words and {len(counts or words)} counts must match")
+        raise ValueError(
+            f"{vectors.shape[0]} vectors, {len(words)} words and {len(counts or words)} counts must match"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(out_dir / "vectors.tsv", vector_rows(vectors))
@@ -80,7 +84,9 @@ def vector_rows(vectors: Tensor, separator: str = "\t", prefixes: Sequence[str] 
     return "".join(prefix + separator + row_format % tuple(row) for prefix, row in zip(prefixes, rows))
 
 
-def write_projector_table(out_dir: str | Path, vectors: Tensor, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+def write_projector_table(
+    out_dir: str | Path, vectors: Tensor, header: Sequence[str], rows: Sequence[Sequence[object]]
+) -> None:
     """Write ``vectors.tsv`` (N, D) and a ``metadata.tsv`` of several columns: ``header``, then one row a vector."""
     if len(rows) != vectors.shape[0] or any(len(row) != len(header) for row in rows):
         raise ValueError(f"{vectors.shape[0]} vectors need as many metadata rows of {len(header)} columns")
@@ -110,7 +116,9 @@ def write_run_config(folder: str | Path, tensor_name: str) -> None:
         "}\n",
     )
     if not any(folder.glob(f"{EVENTS_PREFIX}*")):
-        make_run(folder, f"{num_rows} vectors of {dim} dimensions: see the Projector tab, tensor {tensor_name}")
+        make_run(
+            folder, f"{num_rows} vectors of {dim} dimensions: see the Projector tab, tensor {tensor_name}"
+        )
 
 
 def epoch_folders(log_dir: str | Path) -> list[Path]:

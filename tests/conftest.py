@@ -23,12 +23,18 @@ def script(name: str) -> str:
     return str(path) if path.exists() else shutil.which(name) or name
 
 
-def run_cli(*args: str, cwd: Path, command: str = "lightning", check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, command: str = "lightning", check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run the installed command line in ``cwd`` and return its result (text output)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run([script(command), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    result = subprocess.run(
+        [script(command), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"{command} {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"{command} {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 

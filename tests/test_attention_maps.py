@@ -15,8 +15,8 @@ from minibert.attention_html import attention_page
 from minibert.attention_maps import attention_maps, draw_attention, figure_rgb
 from minibert.cli import main
 from minibert.explore import load_checkpoint
-from minibert.internals import record_internals
 from minibert.fast import FastEncoder
+from minibert.internals import record_internals
 from minibert.model import Encoder, EncoderConfig, MultiHeadSelfAttention
 from minibert.tokenizer import Vocabulary
 
@@ -25,7 +25,16 @@ D, H, T, LAYERS = 16, 4, 6, 2
 
 def small_encoder(fast: bool) -> Encoder:
     torch.manual_seed(0)
-    config = EncoderConfig(vocab_size=30, seq_len=T, embed_dim=D, num_heads=H, num_layers=LAYERS, ff_dim=32, dropout=0.1, init_std=0.2)
+    config = EncoderConfig(
+        vocab_size=30,
+        seq_len=T,
+        embed_dim=D,
+        num_heads=H,
+        num_layers=LAYERS,
+        ff_dim=32,
+        dropout=0.1,
+        init_std=0.2,
+    )
     return (FastEncoder if fast else Encoder)(config).eval()
 
 
@@ -37,7 +46,9 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return ids.masked_fill(padding, 0), padding
 
 
-def torch_attention_weights(attn: MultiHeadSelfAttention, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+def torch_attention_weights(
+    attn: MultiHeadSelfAttention, x: torch.Tensor, padding: torch.Tensor
+) -> torch.Tensor:
     """PyTorch's nn.MultiheadAttention, holding the same weights, asked for its per-head weights (B, H, T, T)."""
     reference = torch.nn.MultiheadAttention(D, H, batch_first=True)
     reference.load_state_dict({  # both stack q, k, v in that order
@@ -81,8 +92,12 @@ def test_recorded_hidden_states_are_the_forward_pass():
 def test_explicit_and_fused_encoders_draw_the_same_maps():
     explicit, fused = small_encoder(False), small_encoder(True)
     ids, padding = batch()
-    for a, b in zip(record_internals(explicit, ids, padding).attention, record_internals(fused, ids, padding).attention):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)  # layer 2 reads layer 1's output, equal up to rounding
+    for a, b in zip(
+        record_internals(explicit, ids, padding).attention, record_internals(fused, ids, padding).attention
+    ):
+        torch.testing.assert_close(
+            a, b, atol=1e-6, rtol=0
+        )  # layer 2 reads layer 1's output, equal up to rounding
 
 
 def test_attention_maps_of_a_sentence_mark_unknown_words():
@@ -115,7 +130,9 @@ def test_one_weight_set_by_hand_shows_in_its_map_row_and_column():
         assert np.abs(colour(*cell) - dark).max() < 8, cell
     bottom_left = figure.axes[1 * 3 + 0]
     assert [t.get_text() for t in bottom_left.get_xticklabels()] == labels  # keys, below the last row
-    assert [t.get_text() for t in bottom_left.get_yticklabels()] == labels  # queries, left of the first column
+    assert [
+        t.get_text() for t in bottom_left.get_yticklabels()
+    ] == labels  # queries, left of the first column
     assert bottom_left.get_ylabel() == "layer 2" and figure.axes[2].get_title() == "head 3"
 
 
@@ -135,7 +152,17 @@ def test_attention_command_draws_the_checkpoints_maps(tiny_run, tmp_path):
     checkpoint = tiny_run / "checkpoints" / "last.ckpt"
     out, page = tmp_path / "maps" / "attention.png", tmp_path / "attention.html"
     text = "La commission a voté ."
-    result = run_cli("attention", "--ckpt_path", str(checkpoint), text, "--out", str(out), "--html", str(page), cwd=tmp_path)
+    result = run_cli(
+        "attention",
+        "--ckpt_path",
+        str(checkpoint),
+        text,
+        "--out",
+        str(out),
+        "--html",
+        str(page),
+        cwd=tmp_path,
+    )
     model, vocab = load_checkpoint(checkpoint)
     labels, weights = attention_maps(model.encoder, vocab, text, model.hparams.seq_len)
     assert result.stdout.splitlines() == [
@@ -144,7 +171,9 @@ def test_attention_command_draws_the_checkpoints_maps(tiny_run, tmp_path):
         f"wrote {page}",
     ]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    data = json.loads(re.search(r'type="application/json">(.*?)</script>', page.read_text(encoding="utf-8"), re.S)[1])
+    data = json.loads(
+        re.search(r'type="application/json">(.*?)</script>', page.read_text(encoding="utf-8"), re.S)[1]
+    )
     assert data["tokens"] == labels == ["la", "commission", "a", "voté*", "."]
     np.testing.assert_allclose(np.array(data["weights"]), weights.numpy(), atol=5e-5)
 
@@ -155,10 +184,19 @@ def test_attention_bad_input_is_one_line_and_writes_nothing(tiny_run, tmp_path, 
     out.write_bytes(b"earlier picture")
     seq_len = load_checkpoint(checkpoint)[0].hparams.seq_len
     for argv, message in [
-        ([checkpoint, "la" + " commission" * seq_len, "--out", str(out)], f"the text has {seq_len + 1} tokens; this model reads at most {seq_len}"),
+        (
+            [checkpoint, "la" + " commission" * seq_len, "--out", str(out)],
+            f"the text has {seq_len + 1} tokens; this model reads at most {seq_len}",
+        ),
         ([checkpoint, "  ", "--out", str(out)], "the text '  ' has no words"),
-        ([checkpoint, "la commission"], "attention needs --out FILE.png (a picture), --html FILE (a page), or both"),
-        ([str(tmp_path / "nowhere.ckpt"), "la commission", "--out", str(out)], f"checkpoint {tmp_path / 'nowhere.ckpt'} does not exist"),
+        (
+            [checkpoint, "la commission"],
+            "attention needs --out FILE.png (a picture), --html FILE (a page), or both",
+        ),
+        (
+            [str(tmp_path / "nowhere.ckpt"), "la commission", "--out", str(out)],
+            f"checkpoint {tmp_path / 'nowhere.ckpt'} does not exist",
+        ),
     ]:
         with pytest.raises(SystemExit) as exit_:
             main(["attention", "--ckpt_path", *argv])

@@ -13,7 +13,14 @@ from conftest import SAMPLE_CORPUS
 
 import minibert.machinery.cache
 from minibert.data import EuroparlDataModule
-from minibert.machinery.cache import CacheSettings, build_cache, cache_key, cache_problem, load_split, split_mask
+from minibert.machinery.cache import (
+    CacheSettings,
+    build_cache,
+    cache_key,
+    cache_problem,
+    load_split,
+    split_mask,
+)
 from minibert.tokenizer import UNK_ID, Vocabulary, tokenize
 
 SETTINGS = CacheSettings(vocab_size=60, min_freq=1, max_sentences=None, val_fraction=0.2, seed=3)
@@ -82,7 +89,13 @@ def test_max_sentences_keeps_the_first(tmp_path):
     settings = CacheSettings(100, 1, max_sentences=5, val_fraction=0.0, seed=0)
     tokens, offsets = load_split(build(tmp_path / "c.txt", tmp_path / "cache", settings), "train")
     vocab = Vocabulary.load(build(tmp_path / "c.txt", tmp_path / "cache", settings) / "vocab.json")
-    assert len(offsets) == 6 and vocab.decode(tokens[offsets[4] : offsets[5]].tolist()) == ["le", "mot4", "est", "ici", "."]
+    assert len(offsets) == 6 and vocab.decode(tokens[offsets[4] : offsets[5]].tolist()) == [
+        "le",
+        "mot4",
+        "est",
+        "ici",
+        ".",
+    ]
 
 
 def test_second_run_does_not_tokenize_again(tmp_path, count_tokenizations):
@@ -97,7 +110,14 @@ def test_second_run_does_not_tokenize_again(tmp_path, count_tokenizations):
 def test_changed_setting_rebuilds(tmp_path, count_tokenizations, change):
     first = build(SAMPLE_CORPUS, tmp_path)
     count_tokenizations.clear()
-    changed = CacheSettings(**{**SETTINGS.__dict__, change: {"vocab_size": 70, "min_freq": 2, "max_sentences": 100, "val_fraction": 0.3, "seed": 4}[change]})
+    changed = CacheSettings(
+        **{
+            **SETTINGS.__dict__,
+            change: {"vocab_size": 70, "min_freq": 2, "max_sentences": 100, "val_fraction": 0.3, "seed": 4}[
+                change
+            ],
+        }
+    )
     assert build(SAMPLE_CORPUS, tmp_path, changed) != first
     assert sum(count_tokenizations) > 0
 
@@ -183,7 +203,9 @@ DAMAGES = {
 @pytest.mark.parametrize("damage", list(DAMAGES))
 def test_a_damaged_cache_is_found_when_opened_and_built_again(tmp_path, caplog, damage):
     def data_module() -> EuroparlDataModule:
-        return EuroparlDataModule(corpus=str(SAMPLE_CORPUS), data_dir=str(tmp_path), vocab_size=60, val_fraction=0.2)
+        return EuroparlDataModule(
+            corpus=str(SAMPLE_CORPUS), data_dir=str(tmp_path), vocab_size=60, val_fraction=0.2
+        )
 
     good = data_module()
     words, cache = good.vocab.itos, good.cache_dir
@@ -199,7 +221,11 @@ def test_a_damaged_cache_is_found_when_opened_and_built_again(tmp_path, caplog, 
     assert (np.asarray(again.datasets["train"].tokens) == tokens).all()
     assert cache_problem(cache) is None
     warned = [m for m in caplog.messages if "damaged" in m]
-    assert len(warned) == 1 and warned[0].startswith(f"the cache {cache} is damaged ({cache / name} ") and warned[0].endswith("building it again")
+    assert (
+        len(warned) == 1
+        and warned[0].startswith(f"the cache {cache} is damaged ({cache / name} ")
+        and warned[0].endswith("building it again")
+    )
     assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]  # the damaged copy is gone
 
 
@@ -210,6 +236,9 @@ def test_a_full_disk_during_a_build_leaves_no_cache_and_says_so(tmp_path, monkey
 
     monkeypatch.setattr(minibert.machinery.cache.np, "save", full)
     cache_dir = tmp_path / "cache" / "key"
-    with pytest.raises(minibert.machinery.cache.MinibertError, match=r"cannot write the cache .*key \(No space left on device\); nothing was left half-written"):
+    with pytest.raises(
+        minibert.machinery.cache.MinibertError,
+        match=r"cannot write the cache .*key \(No space left on device\); nothing was left half-written",
+    ):
         build_cache(SAMPLE_CORPUS, SETTINGS, cache_dir)
     assert list((tmp_path / "cache").iterdir()) == []

@@ -24,7 +24,15 @@ BATCHES_PER_EPOCH = 3
 
 
 def tiny_model(tie_embeddings: bool = False) -> MiniBert:
-    model = MiniBert(vocab_size=len(VOCAB), seq_len=8, embed_dim=8, num_heads=2, num_layers=1, ff_dim=16, tie_embeddings=tie_embeddings)
+    model = MiniBert(
+        vocab_size=len(VOCAB),
+        seq_len=8,
+        embed_dim=8,
+        num_heads=2,
+        num_layers=1,
+        ff_dim=16,
+        tie_embeddings=tie_embeddings,
+    )
     model.vocab = VOCAB  # what the data module would hand over
     return model
 
@@ -36,15 +44,32 @@ def batches() -> DataLoader:
     scored = torch.rand(ids.shape, generator=generator) < 0.3
     scored[..., 0] = True
     return DataLoader(
-        [{"input_ids": i, "labels": torch.where(s, i, IGNORE_INDEX), "padding_mask": torch.zeros_like(s)} for i, s in zip(ids, scored)],
+        [
+            {"input_ids": i, "labels": torch.where(s, i, IGNORE_INDEX), "padding_mask": torch.zeros_like(s)}
+            for i, s in zip(ids, scored)
+        ],
         batch_size=None,
     )
 
 
-def fit(root: Path, callback: EmbeddingProjector, logger, model: MiniBert | None = None, ckpt_path: Path | None = None, **trainer_args) -> L.Trainer:
+def fit(
+    root: Path,
+    callback: EmbeddingProjector,
+    logger,
+    model: MiniBert | None = None,
+    ckpt_path: Path | None = None,
+    **trainer_args,
+) -> L.Trainer:
     trainer = L.Trainer(
-        default_root_dir=root, logger=logger, callbacks=[callback], accelerator="cpu", devices=1,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+        default_root_dir=root,
+        logger=logger,
+        callbacks=[callback],
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
         **{"max_epochs": 2, **trainer_args},
     )
     trainer.fit(model or tiny_model(), train_dataloaders=batches(), ckpt_path=ckpt_path)
@@ -57,26 +82,42 @@ def folders(root: Path) -> list[str]:
 
 def test_one_folder_per_epoch_listed_for_tensorboard(tmp_path):
     model = tiny_model()
-    trainer = fit(tmp_path, EmbeddingProjector(top_k=0), TensorBoardLogger(tmp_path, name="lightning_logs"), model)
+    trainer = fit(
+        tmp_path, EmbeddingProjector(top_k=0), TensorBoardLogger(tmp_path, name="lightning_logs"), model
+    )
     version = tmp_path / "lightning_logs" / "version_0"
     assert folders(version) == ["epoch_0", "epoch_1"]  # fit's end, right after epoch 1's, adds nothing
     header, rows = read_metadata(version / "projector" / "epoch_1" / "metadata.tsv")
     assert [row[0] for row in rows] == VOCAB.itos[3:]  # top_k=0: every word, no special token
-    assert torch.equal(read_vectors(version / "projector" / "epoch_1" / "vectors.tsv"), model.encoder.token_embedding.weight[3:])
+    assert torch.equal(
+        read_vectors(version / "projector" / "epoch_1" / "vectors.tsv"),
+        model.encoder.token_embedding.weight[3:],
+    )
     assert not torch.equal(  # each epoch its own weights
-        read_vectors(version / "projector" / "epoch_0" / "vectors.tsv"), read_vectors(version / "projector" / "epoch_1" / "vectors.tsv")
+        read_vectors(version / "projector" / "epoch_0" / "vectors.tsv"),
+        read_vectors(version / "projector" / "epoch_1" / "vectors.tsv"),
     )
     config = parse_config(version)
-    assert [e.tensor_name for e in config.embeddings] == ["word_embeddings/(newest) epoch_001", "word_embeddings/epoch_000"]
+    assert [e.tensor_name for e in config.embeddings] == [
+        "word_embeddings/(newest) epoch_001",
+        "word_embeddings/epoch_000",
+    ]
     assert trainer.global_step == 2 * BATCHES_PER_EPOCH
 
 
 def test_a_long_run_keeps_at_most_max_kept_epochs_and_always_the_newest(tmp_path):
-    fit(tmp_path, EmbeddingProjector(top_k=5, max_kept=3), TensorBoardLogger(tmp_path, name="lightning_logs"), max_epochs=6)
+    fit(
+        tmp_path,
+        EmbeddingProjector(top_k=5, max_kept=3),
+        TensorBoardLogger(tmp_path, name="lightning_logs"),
+        max_epochs=6,
+    )
     version = tmp_path / "lightning_logs" / "version_0"
     assert folders(version) == ["epoch_0", "epoch_4", "epoch_5"]
     assert [e.tensor_name for e in parse_config(version).embeddings] == [
-        "word_embeddings/(newest) epoch_005", "word_embeddings/epoch_004", "word_embeddings/epoch_000"
+        "word_embeddings/(newest) epoch_005",
+        "word_embeddings/epoch_004",
+        "word_embeddings/epoch_000",
     ]
 
 
@@ -90,26 +131,37 @@ def test_fit_stopped_mid_epoch_exports_its_last_weights_once(tmp_path):
     model = tiny_model()
     fit(tmp_path, EmbeddingProjector(top_k=5), False, model, max_steps=BATCHES_PER_EPOCH + 1, max_epochs=-1)
     assert folders(tmp_path) == ["epoch_0", "epoch_1"]  # epoch 1 stopped after one step
-    assert torch.equal(read_vectors(tmp_path / "projector" / "epoch_1" / "vectors.tsv"), model.encoder.token_embedding.weight[3:8])
+    assert torch.equal(
+        read_vectors(tmp_path / "projector" / "epoch_1" / "vectors.tsv"),
+        model.encoder.token_embedding.weight[3:8],
+    )
 
 
 def test_resuming_a_finished_run_adds_no_folder(tmp_path):
     trainer = fit(tmp_path, EmbeddingProjector(top_k=5), False)
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     before = {p: p.read_bytes() for p in (tmp_path / "projector").rglob("*.tsv")}
-    again = fit(tmp_path, EmbeddingProjector(top_k=5), False, ckpt_path=tmp_path / "last.ckpt")  # max_epochs already reached
+    again = fit(
+        tmp_path, EmbeddingProjector(top_k=5), False, ckpt_path=tmp_path / "last.ckpt"
+    )  # max_epochs already reached
     assert again.global_step == trainer.global_step
-    assert {p: p.read_bytes() for p in (tmp_path / "projector").rglob("*.tsv")} == before  # no epoch_2 copy of epoch 1
+    assert {
+        p: p.read_bytes() for p in (tmp_path / "projector").rglob("*.tsv")
+    } == before  # no epoch_2 copy of epoch 1
 
 
 def fake_trainer(root: Path, epoch: int, step: int) -> SimpleNamespace:
     """What the callback reads from a trainer, without training."""
-    return SimpleNamespace(loggers=[], logger=None, default_root_dir=root, current_epoch=epoch, global_step=step)
+    return SimpleNamespace(
+        loggers=[], logger=None, default_root_dir=root, current_epoch=epoch, global_step=step
+    )
 
 
 def test_fit_end_exports_only_when_steps_were_taken_since_the_last_export(tmp_path):
     callback, model = EmbeddingProjector(top_k=3), tiny_model()
-    callback.on_fit_end(fake_trainer(tmp_path, 0, 0), model)  # no training in this fit (a finished run resumed)
+    callback.on_fit_end(
+        fake_trainer(tmp_path, 0, 0), model
+    )  # no training in this fit (a finished run resumed)
     assert not (tmp_path / "projector").exists()
     callback.on_train_start(fake_trainer(tmp_path, 4, 100), model)  # resumed at step 100
     callback.on_fit_end(fake_trainer(tmp_path, 4, 100), model)
@@ -174,7 +226,9 @@ def test_without_a_logger_the_files_go_to_the_default_root(tmp_path, lightning_l
 
 
 def test_a_write_failure_is_reported_once_and_training_goes_on(tmp_path):
-    (tmp_path / "projector").write_text("a file where the folder should go")  # fails even for root, unlike chmod
+    (tmp_path / "projector").write_text(
+        "a file where the folder should go"
+    )  # fails even for root, unlike chmod
     with pytest.warns(UserWarning) as warned:
         trainer = fit(tmp_path, EmbeddingProjector(top_k=5), False)
     assert trainer.global_step == 2 * BATCHES_PER_EPOCH and trainer.state.finished

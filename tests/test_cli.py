@@ -25,14 +25,21 @@ def test_tiny_fit_writes_checkpoint_logs_and_projector(tiny_run):
 
 
 def resolved(config: str, cwd: Path) -> dict:
-    return yaml.safe_load(run_cli("fit", "--config", str(REPO / "configs" / config), "--print_config", cwd=cwd).stdout)
+    return yaml.safe_load(
+        run_cli("fit", "--config", str(REPO / "configs" / config), "--print_config", cwd=cwd).stdout
+    )
 
 
 @pytest.mark.parametrize("name", ["base.yaml", "reference.yaml"])
 def test_base_and_reference_keep_the_reference_model_and_budget(tmp_path, name):
     config = resolved(name, tmp_path)
     model, data, trainer = config["model"], config["data"], config["trainer"]
-    assert (data["batch_size"], data["seq_len"], data["vocab_size"], data["max_sentences"]) == (128, 20, 40003, 30000)
+    assert (data["batch_size"], data["seq_len"], data["vocab_size"], data["max_sentences"]) == (
+        128,
+        20,
+        40003,
+        30000,
+    )
     assert (model["embed_dim"], model["num_heads"], model["num_layers"], model["ff_dim"]) == (128, 8, 8, 512)
     assert trainer["max_steps"] == 30000 and data["corpus"] == "europarl-v7-fr"
     projector = [c for c in trainer["callbacks"] if c["class_path"].endswith("EmbeddingProjector")]
@@ -41,8 +48,18 @@ def test_base_and_reference_keep_the_reference_model_and_budget(tmp_path, name):
 
 def test_reference_yaml_is_the_reference_recipe(tmp_path):
     model, data = (resolved("reference.yaml", tmp_path)[key] for key in ("model", "data"))
-    assert (model["dropout"], model["lr"], model["weight_decay"], tuple(model["betas"])) == (0.1, 0.002, 0.0001, (0.9, 0.999))
-    assert (model["init_std"], model["tie_embeddings"], model["lr_decay"], model["optimizer"]) == (None, False, "constant", "adam")
+    assert (model["dropout"], model["lr"], model["weight_decay"], tuple(model["betas"])) == (
+        0.1,
+        0.002,
+        0.0001,
+        (0.9, 0.999),
+    )
+    assert (model["init_std"], model["tie_embeddings"], model["lr_decay"], model["optimizer"]) == (
+        None,
+        False,
+        "constant",
+        "adam",
+    )
     assert (data["mask_prob"], data["windows"], data["packing"]) == (0.15, "sentence", True)
 
 
@@ -57,10 +74,28 @@ def test_every_config_works_from_a_fresh_clone(tmp_path):
 
 
 def test_minibert_and_python_m_are_the_same_command(tmp_path):
-    via_script = run_cli("fit", "--config", str(REPO / "configs" / "tiny.yaml"), "--print_config", cwd=tmp_path, command="minibert").stdout
+    via_script = run_cli(
+        "fit",
+        "--config",
+        str(REPO / "configs" / "tiny.yaml"),
+        "--print_config",
+        cwd=tmp_path,
+        command="minibert",
+    ).stdout
     via_module = subprocess.run(
-        [sys.executable, "-m", "minibert", "fit", "--config", str(REPO / "configs" / "tiny.yaml"), "--print_config"],
-        cwd=tmp_path, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "minibert",
+            "fit",
+            "--config",
+            str(REPO / "configs" / "tiny.yaml"),
+            "--print_config",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert via_script == via_module and "EmbeddingProjector" in via_script
 
@@ -75,9 +110,19 @@ def test_bad_option_is_one_clear_line(workdir):
 def test_the_progress_bar_counts_the_whole_run_in_steps(workdir):
     """One bar from the first step to max_steps, across epochs: the rate is steps per second and the time left the run's."""
     result = run_cli(
-        "fit", "--config", "configs/tiny.yaml", "--trainer.enable_progress_bar", "true", "--trainer.max_steps", "60",
-        "--trainer.max_epochs", "-1", cwd=workdir,
+        "fit",
+        "--config",
+        "configs/tiny.yaml",
+        "--trainer.enable_progress_bar",
+        "true",
+        "--trainer.max_steps",
+        "60",
+        "--trainer.max_epochs",
+        "-1",
+        cwd=workdir,
     )
     frames = [frame for frame in result.stdout.replace("\r", "\n").splitlines() if frame.startswith("Epoch")]
-    assert any(frame.startswith("Epoch 1:") and "/60 [" in frame for frame in frames), frames[-3:]  # an epoch is 42 steps
+    assert any(frame.startswith("Epoch 1:") and "/60 [" in frame for frame in frames), frames[
+        -3:
+    ]  # an epoch is 42 steps
     assert "60/60 [" in frames[-1] and "step/s" in frames[-1], frames[-1]

@@ -79,7 +79,11 @@ def test_line_file_plain_and_gz_skip_empty_lines(tmp_path):
     with gzip.open(tmp_path / "c.txt.gz", "wt", encoding="utf-8") as file:
         file.write(text)
     expected = ["Première phrase.", "Deuxième phrase."]
-    assert list(read_sentences(tmp_path / "c.txt")) == expected == list(read_sentences(str(tmp_path / "c.txt.gz")))
+    assert (
+        list(read_sentences(tmp_path / "c.txt"))
+        == expected
+        == list(read_sentences(str(tmp_path / "c.txt.gz")))
+    )
 
 
 # --- bad input: one clear line naming the file (and line) ------------------------------
@@ -107,7 +111,9 @@ def test_broken_tag_line_names_file_and_line(tmp_path):
 
 def test_non_utf8_bytes_are_replaced_with_one_warning(tmp_path, caplog):
     corpus = tmp_path / "latin1.txt"
-    corpus.write_bytes("Bonne phrase.\n".encode() + "Ceci est codé en latin-1 : été.\n".encode("latin-1") * 2 + b"Fin.\n")
+    corpus.write_bytes(
+        b"Bonne phrase.\n" + "Ceci est codé en latin-1 : été.\n".encode("latin-1") * 2 + b"Fin.\n"
+    )
     with caplog.at_level(logging.WARNING, logger="minibert.corpus"):
         sentences = list(read_sentences(corpus))
     assert len(sentences) == 4 and sentences[1] == "Ceci est cod\ufffd en latin-1 : \ufffdt\ufffd."
@@ -189,12 +195,20 @@ def test_download_extracts_only_french_once(server, tmp_path):
     base, www, requests = server
     french = make_release(www)
     data_dir = tmp_path / "data"
-    data = EuroparlDataModule(corpus="europarl-v7-fr", data_dir=str(data_dir), download_url=f"{base}/fr-en.tgz", val_fraction=0.0)
+    data = EuroparlDataModule(
+        corpus="europarl-v7-fr", data_dir=str(data_dir), download_url=f"{base}/fr-en.tgz", val_fraction=0.0
+    )
     assert {"première", "deuxième", "corpus"} <= set(data.vocab.stoi)  # built from the downloaded French
     path = fetch_europarl_fr(data_dir, f"{base}/fr-en.tgz")
     assert path == data_dir / FRENCH_MEMBER and path.read_bytes() == french
-    assert sorted(p.name for p in data_dir.iterdir()) == ["cache", "downloads.json", FRENCH_MEMBER]  # no English, no archive, no partial file
-    again = EuroparlDataModule(corpus="europarl-v7-fr", data_dir=str(data_dir), download_url=f"{base}/fr-en.tgz", val_fraction=0.0)
+    assert sorted(p.name for p in data_dir.iterdir()) == [
+        "cache",
+        "downloads.json",
+        FRENCH_MEMBER,
+    ]  # no English, no archive, no partial file
+    again = EuroparlDataModule(
+        corpus="europarl-v7-fr", data_dir=str(data_dir), download_url=f"{base}/fr-en.tgz", val_fraction=0.0
+    )
     assert again.vocab.itos == data.vocab.itos
     assert requests == ["/fr-en.tgz"]  # the second use did not download again
 
@@ -208,13 +222,18 @@ def test_a_download_cut_short_later_is_fetched_again(server, tmp_path, caplog):
     path.write_bytes(french[: len(french) // 2])
     assert fetch_europarl_fr(data_dir, f"{base}/fr-en.tgz").read_bytes() == french
     assert requests == ["/fr-en.tgz", "/fr-en.tgz"]
-    assert f"{path} has {len(french) // 2:,} bytes, not the {len(french):,} it had when fetched: fetching it again" in caplog.messages
+    assert (
+        f"{path} has {len(french) // 2:,} bytes, not the {len(french):,} it had when fetched: fetching it again"
+        in caplog.messages
+    )
 
 
 def test_download_shorter_than_announced_leaves_nothing(server, tmp_path):
     base, _, _ = server
     data_dir = tmp_path / "data"
-    with pytest.raises(MinibertError, match=f"data.corpus: the download of {base}/short.tgz stopped at 102 of 100000 bytes"):
+    with pytest.raises(
+        MinibertError, match=f"data.corpus: the download of {base}/short.tgz stopped at 102 of 100000 bytes"
+    ):
         fetch_europarl_fr(data_dir, f"{base}/short.tgz")
     assert list(data_dir.iterdir()) == []
 

@@ -23,13 +23,29 @@ HELDOUT = TEST_DATA / "heldout.fr.txt"
 
 
 def module(tmp_path: Path, **options) -> EuroparlDataModule:
-    settings = {"corpus": str(SAMPLE_CORPUS), "data_dir": str(tmp_path / "data"), "vocab_size": 120, "seq_len": 12, "batch_size": 16, "val_fraction": 0.1, **options}
+    settings = {
+        "corpus": str(SAMPLE_CORPUS),
+        "data_dir": str(tmp_path / "data"),
+        "vocab_size": 120,
+        "seq_len": 12,
+        "batch_size": 16,
+        "val_fraction": 0.1,
+        **options,
+    }
     return EuroparlDataModule(**settings)
 
 
-def masked_batch(data: EuroparlDataModule, split: str, indices: list[int], stage: str, epoch: int = 0) -> dict[str, torch.Tensor]:
+def masked_batch(
+    data: EuroparlDataModule, split: str, indices: list[int], stage: str, epoch: int = 0
+) -> dict[str, torch.Tensor]:
     """What the model receives for these samples, in ``stage`` (train, validate or test) at ``epoch``."""
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     setattr(trainer, {"train": "training", "validate": "validating", "test": "testing"}[stage], True)
     trainer.fit_loop.epoch_progress.current.completed = epoch  # trainer.current_epoch
     data.trainer = trainer
@@ -67,12 +83,23 @@ SAMPLES = {  # sentences of 3, 6, 2 and 5 tokens, in windows of 4
 @pytest.mark.parametrize("windows, packing", list(SAMPLES))
 def test_windows_with_and_without_packing(tmp_path, windows, packing):
     write_corpus(tmp_path / "c.txt", [3, 6, 2, 5])
-    data = module(tmp_path, corpus=str(tmp_path / "c.txt"), vocab_size=100, seq_len=4, batch_size=1, val_fraction=0.0, windows=windows, packing=packing)
+    data = module(
+        tmp_path,
+        corpus=str(tmp_path / "c.txt"),
+        vocab_size=100,
+        seq_len=4,
+        batch_size=1,
+        val_fraction=0.0,
+        windows=windows,
+        packing=packing,
+    )
     data.setup("fit")
     train = data.datasets["train"]
     assert words_of(data, "train", range(train.num_windows)) == SAMPLES[windows, packing]
     assert [train[i]["sample_ids"].item() for i in range(train.num_windows)] == list(range(train.num_windows))
-    assert len(train) == train.num_windows * (4 if (windows, packing) == ("tile", True) else 1)  # shifted copies
+    assert len(train) == train.num_windows * (
+        4 if (windows, packing) == ("tile", True) else 1
+    )  # shifted copies
 
 
 def epoch_tokens(data: EuroparlDataModule, epoch: int) -> tuple[list[int], list[list[str]]]:
@@ -85,7 +112,9 @@ def epoch_tokens(data: EuroparlDataModule, epoch: int) -> tuple[list[int], list[
 
 def test_tiles_train_on_every_token_every_epoch_with_a_fresh_shift(tmp_path):
     sentences = write_corpus(tmp_path / "c.txt", [7, 30, 2, 11, 25, 4])  # 79 tokens: 8 tiles of 10
-    data = module(tmp_path, corpus=str(tmp_path / "c.txt"), vocab_size=200, seq_len=10, batch_size=2, val_fraction=0.0)
+    data = module(
+        tmp_path, corpus=str(tmp_path / "c.txt"), vocab_size=200, seq_len=10, batch_size=2, val_fraction=0.0
+    )
     data.setup("fit")
     every_token = sorted(w for s in sentences for w in s)
     shifts = set()
@@ -100,7 +129,15 @@ def test_tiles_train_on_every_token_every_epoch_with_a_fresh_shift(tmp_path):
 
 def test_reference_windows_never_see_the_tails_of_long_sentences(tmp_path):
     write_corpus(tmp_path / "c.txt", [30, 25, 4])
-    data = module(tmp_path, corpus=str(tmp_path / "c.txt"), vocab_size=200, seq_len=10, batch_size=2, val_fraction=0.0, windows="sentence")
+    data = module(
+        tmp_path,
+        corpus=str(tmp_path / "c.txt"),
+        vocab_size=200,
+        seq_len=10,
+        batch_size=2,
+        val_fraction=0.0,
+        windows="sentence",
+    )
     data.setup("fit")
     seen = set(sum(epoch_tokens(data, 0)[1], []))
     assert "w0x29" not in seen and "w1x20" not in seen and {"w0x9", "w1x9", "w2x3"} <= seen
@@ -145,7 +182,9 @@ def test_padding_is_masked_and_never_scored(tmp_path):
 def test_no_validation_sentence_is_trained_on(tmp_path):
     """The split is by sentence, before windowing: packed training windows never reach a validation sentence."""
     write_corpus(tmp_path / "c.txt", [5] * 200)
-    data = module(tmp_path, corpus=str(tmp_path / "c.txt"), vocab_size=2000, seq_len=12, batch_size=8, val_fraction=0.1)
+    data = module(
+        tmp_path, corpus=str(tmp_path / "c.txt"), vocab_size=2000, seq_len=12, batch_size=8, val_fraction=0.1
+    )
     data.setup("fit")
     val_sentences = set(np.flatnonzero(split_mask(200, 0.1, seed=0)).tolist())
     train = data.datasets["train"]
@@ -163,8 +202,16 @@ def test_validation_masks_are_the_same_every_epoch_and_run(tmp_path):
     first, second = module(tmp_path), module(tmp_path)
     for data in (first, second):
         data.setup("fit")
-    batches = [masked_batch(d, "val", list(range(16)), "validate", epoch) for d in (first, second) for epoch in (0, 3)]
-    assert all(torch.equal(b["labels"], batches[0]["labels"]) and torch.equal(b["input_ids"], batches[0]["input_ids"]) for b in batches)
+    batches = [
+        masked_batch(d, "val", list(range(16)), "validate", epoch)
+        for d in (first, second)
+        for epoch in (0, 3)
+    ]
+    assert all(
+        torch.equal(b["labels"], batches[0]["labels"])
+        and torch.equal(b["input_ids"], batches[0]["input_ids"])
+        for b in batches
+    )
     assert (batches[0]["labels"] != IGNORE_INDEX).any()
 
 
@@ -178,7 +225,9 @@ def test_training_masks_depend_on_seed_epoch_and_sample_only(tmp_path):
     assert not torch.equal(other_epoch["labels"], forward["labels"])
     again = module(tmp_path, mask_prob=0.3)  # another run: same seed, same masks
     again.setup("fit")
-    assert torch.equal(masked_batch(again, "train", list(range(32)), "train", epoch=1)["input_ids"], forward["input_ids"])
+    assert torch.equal(
+        masked_batch(again, "train", list(range(32)), "train", epoch=1)["input_ids"], forward["input_ids"]
+    )
 
 
 def test_a_real_run_sees_the_same_batches_twice(tmp_path):
@@ -195,15 +244,29 @@ def test_a_real_run_sees_the_same_batches_twice(tmp_path):
             self.val.append((trainer.current_epoch, batch["labels"].clone()))
 
     runs = []
-    for run in range(2):
+    for _ in range(2):
         L.seed_everything(0)
         data = module(tmp_path)
         recorder = Recorder()
         trainer = L.Trainer(
-            max_epochs=2, limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=0, accelerator="cpu", logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[recorder], default_root_dir=tmp_path,
+            max_epochs=2,
+            limit_train_batches=2,
+            limit_val_batches=2,
+            num_sanity_val_steps=0,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[recorder],
+            default_root_dir=tmp_path,
         )
-        trainer.fit(MiniBert(vocab_size=data.vocab_len, seq_len=12, embed_dim=8, num_heads=2, num_layers=1, ff_dim=16), datamodule=data)
+        trainer.fit(
+            MiniBert(
+                vocab_size=data.vocab_len, seq_len=12, embed_dim=8, num_heads=2, num_layers=1, ff_dim=16
+            ),
+            datamodule=data,
+        )
         runs.append(recorder)
     first, second = runs
     assert len(first.train) == 4 and len(first.val) == 4
@@ -256,8 +319,14 @@ def test_test_without_test_corpus_is_a_clear_error(tmp_path):
 def test_lightning_test_reports_test_metrics(tiny_run, workdir):
     shutil.copy(HELDOUT, workdir / "tests" / "data")
     result = run_cli(
-        "test", "--config", "configs/tiny.yaml", "--ckpt_path", str(tiny_run / "checkpoints" / "last.ckpt"),
-        "--data.test_corpus", "tests/data/heldout.fr.txt", cwd=workdir,
+        "test",
+        "--config",
+        "configs/tiny.yaml",
+        "--ckpt_path",
+        str(tiny_run / "checkpoints" / "last.ckpt"),
+        "--data.test_corpus",
+        "tests/data/heldout.fr.txt",
+        cwd=workdir,
     )
     for metric in ("test/acc", "test/top5", "test/perplexity"):
         assert metric in result.stdout, result.stdout
@@ -268,21 +337,47 @@ def test_a_checkpoint_is_enough_to_score_held_out_text(tiny_run, workdir):
     (workdir / "tests" / "data" / "sample.fr.txt").unlink()
     shutil.copy(HELDOUT, workdir / "held.txt")
     checkpoint = str(tiny_run / "checkpoints" / "last.ckpt")
-    result = run_cli("test", "--config", "configs/tiny.yaml", "--ckpt_path", checkpoint, "--data.test_corpus", "held.txt", cwd=workdir)
+    result = run_cli(
+        "test",
+        "--config",
+        "configs/tiny.yaml",
+        "--ckpt_path",
+        checkpoint,
+        "--data.test_corpus",
+        "held.txt",
+        cwd=workdir,
+    )
     assert "test/acc" in result.stdout and "test/perplexity" in result.stdout, result.stdout
-    run_cli("predict", "--config", "configs/tiny.yaml", "--ckpt_path", checkpoint, "--data.test_corpus", "held.txt", cwd=workdir)
+    run_cli(
+        "predict",
+        "--config",
+        "configs/tiny.yaml",
+        "--ckpt_path",
+        checkpoint,
+        "--data.test_corpus",
+        "held.txt",
+        cwd=workdir,
+    )
     assert not (workdir / "tests" / "data" / "sample.fr.txt").exists()
 
 
 def test_words_outside_the_checkpoint_vocabulary_are_unk(tiny_run, tmp_path):
     checkpoint = tiny_run / "checkpoints" / "last.ckpt"
     (tmp_path / "held.txt").write_text("la commission zzyzxqq a voté\n", encoding="utf-8")
-    data = module(tmp_path, corpus=str(tmp_path / "gone.txt"), vocab_from=str(checkpoint), test_corpus=str(tmp_path / "held.txt"))
+    data = module(
+        tmp_path,
+        corpus=str(tmp_path / "gone.txt"),
+        vocab_from=str(checkpoint),
+        test_corpus=str(tmp_path / "held.txt"),
+    )
     data.setup("test")
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["vocabulary"]["words"]
     assert data.vocab.itos[3:] == saved
     words = data.vocab.decode(data.datasets["test"].tokens.tolist())
-    assert words == [w if w in saved else "<unk>" for w in ["la", "commission", "zzyzxqq", "a", "voté"]] and words[2] == "<unk>"
+    assert (
+        words == [w if w in saved else "<unk>" for w in ["la", "commission", "zzyzxqq", "a", "voté"]]
+        and words[2] == "<unk>"
+    )
 
 
 # --- bad input: one clear line naming the file or option --------------------------------------------
@@ -298,7 +393,10 @@ def test_words_outside_the_checkpoint_vocabulary_are_unk(tiny_run, tmp_path):
         ({"windows": "sentences"}, "data.windows='sentences' must be one of tile, sentence"),
         ({"mask_token_prob": -0.1}, "data.mask_token_prob=-0.1 must be a probability in [0, 1]"),
         ({"random_token_prob": 1.2}, "data.random_token_prob=1.2 must be a probability in [0, 1]"),
-        ({"mask_token_prob": 0.8, "random_token_prob": 0.3}, "data.mask_token_prob + data.random_token_prob = 1.1"),
+        (
+            {"mask_token_prob": 0.8, "random_token_prob": 0.3},
+            "data.mask_token_prob + data.random_token_prob = 1.1",
+        ),
         ({"val_fraction": 1.0}, "data.val_fraction=1.0 must be in [0, 1)"),
     ],
 )
@@ -310,31 +408,37 @@ def test_bad_options(tmp_path, options, message):
 
 def test_missing_corpus(tmp_path):
     with pytest.raises(MinibertError, match=r"^data.corpus: nowhere.txt does not exist"):
-        module(tmp_path, corpus="nowhere.txt").vocab
+        _ = module(tmp_path, corpus="nowhere.txt").vocab
 
 
 def test_empty_corpus(tmp_path):
     (tmp_path / "empty.txt").write_text("\n   \n\n", encoding="utf-8")
     with pytest.raises(MinibertError, match=f"corpus {tmp_path / 'empty.txt'} has no sentences"):
-        module(tmp_path, corpus=str(tmp_path / "empty.txt")).vocab
+        _ = module(tmp_path, corpus=str(tmp_path / "empty.txt")).vocab
     assert not (tmp_path / "data" / "cache").exists() or list((tmp_path / "data" / "cache").iterdir()) == []
 
 
 def test_fewer_samples_than_one_batch(tmp_path):
     data = module(tmp_path, batch_size=10_000)
-    with pytest.raises(MinibertError, match=r"gives 668 training samples, fewer than one batch \(data.batch_size=10000\)"):
+    with pytest.raises(
+        MinibertError, match=r"gives 668 training samples, fewer than one batch \(data.batch_size=10000\)"
+    ):
         data.setup("fit")
 
 
 def test_directory_without_sessions(tmp_path):
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(MinibertError, match="no Europarl session files"):
-        module(tmp_path, corpus=str(tmp_path / "empty_dir")).vocab
+        _ = module(tmp_path, corpus=str(tmp_path / "empty_dir")).vocab
 
 
 def test_command_line_shows_one_error_line_and_no_traceback(workdir):
-    result = run_cli("fit", "--config", "configs/tiny.yaml", "--data.corpus", "missing.txt", cwd=workdir, check=False)
+    result = run_cli(
+        "fit", "--config", "configs/tiny.yaml", "--data.corpus", "missing.txt", cwd=workdir, check=False
+    )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: data.corpus: missing.txt does not exist (give a sentence-per-line file, a .gz or a directory of Europarl session files)"]
+    assert errors == [
+        "error: data.corpus: missing.txt does not exist (give a sentence-per-line file, a .gz or a directory of Europarl session files)"
+    ]
     assert "Traceback" not in result.stderr + result.stdout

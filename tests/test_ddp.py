@@ -16,7 +16,7 @@ DDP = ("--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.d
 VAL_FRACTION = ("--data.val_fraction", "0.105")
 
 # A callback that every rank runs: what it was dealt and how many batches it trained on.
-PROBE = '''
+PROBE = """
 import json
 import lightning as L
 
@@ -32,7 +32,7 @@ class RankProbe(L.Callback):
         record = {"epoch": trainer.current_epoch, "world_size": trainer.world_size, "batches": self.batches, "indices": self.indices}
         with open(f"probe_rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(record) + "\\n")
-'''
+"""
 
 
 def probe_records(workdir, rank: int) -> list[dict]:
@@ -46,7 +46,9 @@ def last_scalar(log_dir, tag: str) -> float:
 def test_ddp_on_two_cpu_processes(workdir, monkeypatch):
     (workdir / "rank_probe.py").write_text(PROBE)
     # Both ranks import the probe; a PYTHONPATH already set (a worktree's minibert) stays behind it.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")]))
+    )
     probe = ("--trainer.callbacks+=rank_probe.RankProbe",)
     run_cli("fit", "--config", "configs/tiny.yaml", *DDP, *VAL_FRACTION, *probe, cwd=workdir)
 
@@ -75,17 +77,41 @@ def test_ddp_on_two_cpu_processes(workdir, monkeypatch):
     assert sorted(p.name for p in (version / "projector").iterdir()) == ["epoch_0", "epoch_1"]
     steps = 2 * ranks[0][1]["batches"]
     newest_step_ckpt = f"step={steps - steps % 10}.ckpt"  # tiny.yaml: every_n_train_steps 10
-    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == [f"epoch=1-step={steps}.ckpt", "last.ckpt", newest_step_ckpt]
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == [
+        f"epoch=1-step={steps}.ckpt",
+        "last.ckpt",
+        newest_step_ckpt,
+    ]
 
     # The validation loss of the DDP run (reduced over both ranks) is that of one process.
     ddp_loss = last_scalar(version, "val/loss")
-    run_cli("validate", "--config", "configs/tiny.yaml", *VAL_FRACTION, "--ckpt_path", "checkpoints/last.ckpt", cwd=workdir)
+    run_cli(
+        "validate",
+        "--config",
+        "configs/tiny.yaml",
+        *VAL_FRACTION,
+        "--ckpt_path",
+        "checkpoints/last.ckpt",
+        cwd=workdir,
+    )
     single_loss = last_scalar(workdir / "lightning_logs" / "version_1", "val/loss")
     assert abs(ddp_loss - single_loss) < 1e-5, (ddp_loss, single_loss)
 
     # Resuming the DDP run from last.ckpt carries on at epoch 2 on both ranks.
     steps_per_epoch = ranks[0][0]["batches"]
-    run_cli("fit", "--config", "configs/tiny.yaml", *DDP, *VAL_FRACTION, *probe, "--trainer.max_epochs", "3", "--ckpt_path", "last", cwd=workdir)
+    run_cli(
+        "fit",
+        "--config",
+        "configs/tiny.yaml",
+        *DDP,
+        *VAL_FRACTION,
+        *probe,
+        "--trainer.max_epochs",
+        "3",
+        "--ckpt_path",
+        "last",
+        cwd=workdir,
+    )
     assert [[r["epoch"] for r in probe_records(workdir, rank)] for rank in (0, 1)] == [[0, 1, 2], [0, 1, 2]]
     resumed = torch.load(workdir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert (resumed["epoch"], resumed["global_step"]) == (2, 3 * steps_per_epoch)

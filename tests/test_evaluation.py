@@ -11,7 +11,16 @@ from test_projector import EMBEDDINGS_KEY
 
 from minibert.cli import main
 from minibert.errors import MinibertError
-from minibert.evaluation import AnalogySection, analogy_lines, analogy_scores, group_of, purity_at_k, purity_line, read_analogies, read_groups
+from minibert.evaluation import (
+    AnalogySection,
+    analogy_lines,
+    analogy_scores,
+    group_of,
+    purity_at_k,
+    purity_line,
+    read_analogies,
+    read_groups,
+)
 from minibert.explore import load_checkpoint
 
 
@@ -31,7 +40,9 @@ def test_purity_counts_same_group_neighbours_by_hand():
         [0.1, 1.0], [0.2, 1.0],  # two months, together
         [1.0, 0.16],  # a month among the days
     ])  # fmt: skip
-    groups = group_of({"jours": ["lundi", "mardi", "mercredi", "dimanche"], "mois": ["janvier", "février", "mars"]})
+    groups = group_of(
+        {"jours": ["lundi", "mardi", "mercredi", "dimanche"], "mois": ["janvier", "février", "mars"]}
+    )
     # Angles from the first axis: lundi 5.7°, mardi 11.3°, mercredi -5.7°, mars 9.1°, février 78.7°, janvier 84.3°.
     # k=1: lundi -> mars, mardi -> mars, mercredi -> lundi, janvier <-> février, mars -> mardi: 3 of 6 right.
     assert purity_at_k(vectors, words, groups, k=1, excluded=1) == (pytest.approx(3 / 6), 6)
@@ -61,18 +72,40 @@ VECTORS = torch.tensor([
 
 
 def test_3cosadd_leaves_out_the_question_words_and_special_tokens():
-    sections = [AnalogySection("first", [("a", "b", "c", "d"), ("a", "b", "c", "g")]), AnalogySection("second", [("e", "d", "f", "a")])]  # answer: g, near d
+    sections = [
+        AnalogySection("first", [("a", "b", "c", "d"), ("a", "b", "c", "g")]),
+        AnalogySection("second", [("e", "d", "f", "a")]),
+    ]  # answer: g, near d
     first, second, total = analogy_scores(VECTORS, WORDS, sections, excluded=1)
-    assert (first.name, first.correct, first.covered, first.total) == ("first", 1, 2, 2)  # d, right once, wrong once
+    assert (first.name, first.correct, first.covered, first.total) == (
+        "first",
+        1,
+        2,
+        2,
+    )  # d, right once, wrong once
     assert (second.correct, second.covered) == (0, 1)
     assert (total.name, total.correct, total.covered, total.total) == ("all", 1, 3, 3)
     assert first.accuracy == 0.5 and total.accuracy == pytest.approx(1 / 3) and total.coverage == 1.0
 
 
 def test_a_question_outside_the_vocabulary_is_not_covered_never_wrong():
-    sections = [AnalogySection("s", [("a", "b", "c", "d"), ("a", "b", "c", "inconnu"), ("inconnu", "b", "c", "d"), ("<pad>", "b", "c", "d")])]
+    sections = [
+        AnalogySection(
+            "s",
+            [
+                ("a", "b", "c", "d"),
+                ("a", "b", "c", "inconnu"),
+                ("inconnu", "b", "c", "d"),
+                ("<pad>", "b", "c", "d"),
+            ],
+        )
+    ]
     section, _ = analogy_scores(VECTORS, WORDS, sections, excluded=1)
-    assert (section.correct, section.covered, section.total) == (1, 1, 4)  # special tokens are not words either
+    assert (section.correct, section.covered, section.total) == (
+        1,
+        1,
+        4,
+    )  # special tokens are not words either
     assert section.accuracy == 1.0 and section.coverage == 0.25
     (empty, _) = analogy_scores(VECTORS, WORDS, [AnalogySection("s", [("x", "y", "z", "w")])], excluded=1)
     assert (empty.covered, empty.total) == (0, 1) and math.isnan(empty.accuracy)
@@ -83,12 +116,18 @@ def test_answers_match_a_word_by_word_reference_on_random_vectors():
     generator = torch.Generator().manual_seed(0)
     words = [f"w{i}" for i in range(60)]
     vectors = torch.randn(60, 8, generator=generator)
-    questions = [tuple(words[i] for i in torch.randperm(60, generator=generator)[:4].tolist()) for _ in range(200)]
+    questions = [
+        tuple(words[i] for i in torch.randperm(60, generator=generator)[:4].tolist()) for _ in range(200)
+    ]
     unit = F.normalize(vectors, dim=-1)
 
     def reference(a: str, b: str, c: str) -> str:  # the definition, one candidate at a time
         ia, ib, ic = (words.index(w) for w in (a, b, c))
-        score = {w: float(unit[i] @ unit[ib] - unit[i] @ unit[ia] + unit[i] @ unit[ic]) for i, w in enumerate(words) if w not in (a, b, c)}
+        score = {
+            w: float(unit[i] @ unit[ib] - unit[i] @ unit[ia] + unit[i] @ unit[ic])
+            for i, w in enumerate(words)
+            if w not in (a, b, c)
+        }
         return max(score, key=score.get)
 
     answered = [(a, b, c, reference(a, b, c)) for a, b, c, _ in questions]
@@ -99,10 +138,16 @@ def test_answers_match_a_word_by_word_reference_on_random_vectors():
 
 def test_read_analogies_in_word2vecs_format(tmp_path):
     path = tmp_path / "questions.txt"
-    path.write_text(": capital-common-countries\nAthens Greece Baghdad Iraq\n\n: family\nboy girl brother sister\nhe she his her\n", encoding="utf-8")
+    path.write_text(
+        ": capital-common-countries\nAthens Greece Baghdad Iraq\n\n: family\nboy girl brother sister\nhe she his her\n",
+        encoding="utf-8",
+    )
     sections = read_analogies(path)
     assert [(s.name, s.questions) for s in sections] == [
-        ("capital-common-countries", [("athens", "greece", "baghdad", "iraq")]),  # lower-cased, as the tokenizer does
+        (
+            "capital-common-countries",
+            [("athens", "greece", "baghdad", "iraq")],
+        ),  # lower-cased, as the tokenizer does
         ("family", [("boy", "girl", "brother", "sister"), ("he", "she", "his", "her")]),
     ]
     for text, message in [
@@ -113,7 +158,9 @@ def test_read_analogies_in_word2vecs_format(tmp_path):
         path.write_text(text, encoding="utf-8")
         with pytest.raises(MinibertError, match=message):
             read_analogies(path)
-    with pytest.raises(MinibertError, match=f"analogies file {tmp_path / 'nope.txt'} cannot be read: it does not exist"):
+    with pytest.raises(
+        MinibertError, match=f"analogies file {tmp_path / 'nope.txt'} cannot be read: it does not exist"
+    ):
         read_analogies(tmp_path / "nope.txt")
 
 
@@ -121,10 +168,18 @@ def test_the_french_analogy_set_is_well_formed():
     from conftest import REPO
 
     sections = read_analogies(REPO / "benchmarks" / "analogies.fr.txt")
-    assert [s.name for s in sections] == ["capital-country", "singular-plural", "masculine-feminine", "present-imperfect", "infinitive-participle"]
+    assert [s.name for s in sections] == [
+        "capital-country",
+        "singular-plural",
+        "masculine-feminine",
+        "present-imperfect",
+        "infinitive-participle",
+    ]
     for section in sections:
         pairs = {(a, b) for a, b, _, _ in section.questions}
-        assert {(c, d) for _, _, c, d in section.questions} == pairs and len(section.questions) == len(pairs) * (len(pairs) - 1)
+        assert {(c, d) for _, _, c, d in section.questions} == pairs and len(section.questions) == len(
+            pairs
+        ) * (len(pairs) - 1)
 
 
 # --- the commands ----------------------------------------------------------------------------------
@@ -133,9 +188,26 @@ def test_the_french_analogy_set_is_well_formed():
 def test_evaluate_prints_purity_and_analogies(checkpoint, tmp_path, capsys):
     model, vocab = load_checkpoint(checkpoint)
     groups_file, questions = tmp_path / "groups.tsv", tmp_path / "questions.txt"
-    groups_file.write_text("jours\tlundi mardi mercredi\nmois\tjanvier juillet octobre dimanche\n", encoding="utf-8")
-    questions.write_text(": jours-mois\nlundi janvier mardi juillet\nmardi juillet lundi janvier\nlundi janvier mardi zorglub\n", encoding="utf-8")
-    main(["evaluate", "--ckpt_path", str(checkpoint), "--groups", str(groups_file), "--analogies", str(questions), "--k", "3"])
+    groups_file.write_text(
+        "jours\tlundi mardi mercredi\nmois\tjanvier juillet octobre dimanche\n", encoding="utf-8"
+    )
+    questions.write_text(
+        ": jours-mois\nlundi janvier mardi juillet\nmardi juillet lundi janvier\nlundi janvier mardi zorglub\n",
+        encoding="utf-8",
+    )
+    main(
+        [
+            "evaluate",
+            "--ckpt_path",
+            str(checkpoint),
+            "--groups",
+            str(groups_file),
+            "--analogies",
+            str(questions),
+            "--k",
+            "3",
+        ]
+    )
     matrix = model.encoder.token_embedding.weight
     groups = group_of(read_groups(groups_file))
     purity, found = purity_at_k(matrix, vocab.itos, groups, 3, 3)
@@ -152,24 +224,37 @@ def test_evaluate_prints_purity_and_analogies(checkpoint, tmp_path, capsys):
 def test_export_word2vec_reads_back_as_the_checkpoints_vectors(checkpoint, tmp_path, capsys):
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     out = tmp_path / "vectors.txt"
-    main(["export", "--ckpt_path", str(checkpoint), "--format", "word2vec", "--top_k", "0", "--out", str(out)])
+    main(
+        ["export", "--ckpt_path", str(checkpoint), "--format", "word2vec", "--top_k", "0", "--out", str(out)]
+    )
     lines = out.read_text(encoding="utf-8").splitlines()
     matrix = saved["state_dict"][EMBEDDINGS_KEY][3:]  # (V - 3, D): the special tokens are not exported
     assert lines[0] == f"{matrix.shape[0]} {matrix.shape[1]}"
     rows = [line.split(" ") for line in lines[1:]]
     assert [row[0] for row in rows] == saved["vocabulary"]["words"]
     assert torch.equal(torch.tensor([[float(x) for x in row[1:]] for row in rows]), matrix)
-    assert capsys.readouterr().out == f"wrote {out}: {matrix.shape[0]} words x {matrix.shape[1]}, word2vec's text format\n"
+    assert (
+        capsys.readouterr().out
+        == f"wrote {out}: {matrix.shape[0]} words x {matrix.shape[1]}, word2vec's text format\n"
+    )
 
 
 def test_bad_input_is_one_line(checkpoint, tmp_path, capsys):
     (tmp_path / "bad.txt").write_text(": s\nun deux trois\n", encoding="utf-8")
     for argv, message in [
         (["evaluate"], "evaluate needs --groups FILE, --analogies FILE, or both"),
-        (["evaluate", "--groups", str(tmp_path / "nope.tsv")], f"groups file {tmp_path / 'nope.tsv'} cannot be read: it does not exist"),
-        (["evaluate", "--analogies", str(tmp_path / "bad.txt")],
-         f"{tmp_path / 'bad.txt'}, line 2: expected four words 'a b c d' (a is to b as c is to d), got 'un deux trois'"),
-        (["export", "--format", "word2vec", "--out", str(tmp_path)], "export --format word2vec needs --out FILE, the file to write (not a folder)"),
+        (
+            ["evaluate", "--groups", str(tmp_path / "nope.tsv")],
+            f"groups file {tmp_path / 'nope.tsv'} cannot be read: it does not exist",
+        ),
+        (
+            ["evaluate", "--analogies", str(tmp_path / "bad.txt")],
+            f"{tmp_path / 'bad.txt'}, line 2: expected four words 'a b c d' (a is to b as c is to d), got 'un deux trois'",
+        ),
+        (
+            ["export", "--format", "word2vec", "--out", str(tmp_path)],
+            "export --format word2vec needs --out FILE, the file to write (not a folder)",
+        ),
     ]:
         with pytest.raises(SystemExit) as exit_:
             main([argv[0], "--ckpt_path", str(checkpoint), *argv[1:]])

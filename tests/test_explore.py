@@ -39,20 +39,40 @@ def last_error_line(result) -> str:
 def test_export_writes_every_word_and_a_picture(checkpoint, saved, tmp_path):
     words = saved["vocabulary"]["words"]
     groups = tmp_path / "groups.tsv"
-    groups.write_text(f"# two groups\nfirst\t{words[0]} {words[1]} {words[2]}\n\nsecond\t{words[3]} {words[4]} introuvable\n", encoding="utf-8")
+    groups.write_text(
+        f"# two groups\nfirst\t{words[0]} {words[1]} {words[2]}\n\nsecond\t{words[3]} {words[4]} introuvable\n",
+        encoding="utf-8",
+    )
     out, png = tmp_path / "export", tmp_path / "map.png"
-    result = run_cli("export", "--ckpt_path", str(checkpoint), "--top_k", "0", "--out", str(out), "--png", str(png), "--groups", str(groups), cwd=tmp_path)
+    result = run_cli(
+        "export",
+        "--ckpt_path",
+        str(checkpoint),
+        "--top_k",
+        "0",
+        "--out",
+        str(out),
+        "--png",
+        str(png),
+        "--groups",
+        str(groups),
+        cwd=tmp_path,
+    )
     assert torch.equal(read_vectors(out / "vectors.tsv"), saved["state_dict"][EMBEDDINGS_KEY][3:])
     header, rows = read_metadata(out / "metadata.tsv")
     assert header == ["word", "count"] and [row[0] for row in rows] == words
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "left out of the picture: introuvable" in result.stdout and f"wrote {png}: 5 words" in result.stdout
+    assert (
+        "left out of the picture: introuvable" in result.stdout and f"wrote {png}: 5 words" in result.stdout
+    )
 
 
 def test_neighbors_prints_cosine_neighbours_with_scores(checkpoint, saved, tmp_path):
     matrix = saved["state_dict"][EMBEDDINGS_KEY]
     queries = saved["vocabulary"]["words"][:2]
-    out = run_cli("neighbors", "--ckpt_path", str(checkpoint), *queries, "--k", "3", cwd=tmp_path).stdout.splitlines()
+    out = run_cli(
+        "neighbors", "--ckpt_path", str(checkpoint), *queries, "--k", "3", cwd=tmp_path
+    ).stdout.splitlines()
     vocab = Vocabulary.from_dict(saved["vocabulary"])
     assert out[0] == f"{queries[0]}:" and out[4] == f"{queries[1]}:" and len(out) == 8
     for query, lines in zip(queries, (out[1:4], out[5:8])):
@@ -73,7 +93,9 @@ def test_neighbors_of_an_unknown_word_names_it(checkpoint, tmp_path):
 
 def test_fill_mask_prints_the_model_probabilities(checkpoint, saved, tmp_path):
     text = "Le <mask> a voté la <mask> ."
-    out = run_cli("fill-mask", "--ckpt_path", str(checkpoint), text, "--k", "4", cwd=tmp_path, command="minibert").stdout.splitlines()
+    out = run_cli(
+        "fill-mask", "--ckpt_path", str(checkpoint), text, "--k", "4", cwd=tmp_path, command="minibert"
+    ).stdout.splitlines()
     assert out[0] == "not in the vocabulary, read as <unk>: voté"  # the fixture corpus never uses it
     assert out[1] == "le <mask> a voté la <mask> ."
     assert out[2] == "<mask> 1:" and out[7] == "<mask> 2:" and len(out) == 12
@@ -85,7 +107,9 @@ def test_fill_mask_prints_the_model_probabilities(checkpoint, saved, tmp_path):
 
 
 def test_a_missing_checkpoint_is_one_clear_line(tmp_path):
-    result = run_cli("export", "--ckpt_path", "checkpoints/nowhere.ckpt", "--out", "x", cwd=tmp_path, check=False)
+    result = run_cli(
+        "export", "--ckpt_path", "checkpoints/nowhere.ckpt", "--out", "x", cwd=tmp_path, check=False
+    )
     assert last_error_line(result) == "error: checkpoint checkpoints/nowhere.ckpt does not exist"
     assert not (tmp_path / "x").exists()
 
@@ -100,7 +124,9 @@ def test_load_checkpoint_gives_the_saved_model_and_vocabulary(checkpoint, saved)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved["state_dict"].items())
 
 
-def test_a_checkpoint_from_before_model_fast_is_read_or_refused_in_one_line(checkpoint, saved, tmp_path, capsys):
+def test_a_checkpoint_from_before_model_fast_is_read_or_refused_in_one_line(
+    checkpoint, saved, tmp_path, capsys
+):
     # Checkpoints written before minibert/fast.py name the switch model.fused_attention.
     old = dict(saved, hyper_parameters={**saved["hyper_parameters"], "fused_attention": True})
     del old["hyper_parameters"]["fast"]
@@ -138,10 +164,18 @@ def test_damaged_checkpoints_are_named(checkpoint, tmp_path):
 def test_command_errors_are_one_line_and_exit_2(checkpoint, saved, capsys):
     seq_len = saved["hyper_parameters"]["seq_len"]
     for argv, message in [
-        (["fill-mask", "--ckpt_path", str(checkpoint), "sans masque"], "error: the text 'sans masque' has no <mask> to fill"),
-        (["fill-mask", "--ckpt_path", str(checkpoint), "la <mask>" + " mot" * seq_len],
-         f"error: the text has {seq_len + 2} tokens; this model reads at most {seq_len}"),
-        (["export", "--ckpt_path", str(checkpoint)], "error: export needs --out DIR (projector files), --png FILE (a picture), or both"),
+        (
+            ["fill-mask", "--ckpt_path", str(checkpoint), "sans masque"],
+            "error: the text 'sans masque' has no <mask> to fill",
+        ),
+        (
+            ["fill-mask", "--ckpt_path", str(checkpoint), "la <mask>" + " mot" * seq_len],
+            f"error: the text has {seq_len + 2} tokens; this model reads at most {seq_len}",
+        ),
+        (
+            ["export", "--ckpt_path", str(checkpoint)],
+            "error: export needs --out DIR (projector files), --png FILE (a picture), or both",
+        ),
     ]:
         with pytest.raises(SystemExit) as exit_:
             main(argv)
@@ -157,7 +191,9 @@ def test_mask_survives_tokenization():
 
 def test_nearest_words_by_cosine_against_hand_computed_scores():
     vocab = Vocabulary(["a", "b", "c", "d"], [4, 3, 2, 1])
-    matrix = torch.tensor([[9.0, 9.0], [9.0, 9.0], [9.0, 9.0], [1.0, 0.0], [2.0, 0.1], [0.0, 3.0], [-1.0, 0.0]])
+    matrix = torch.tensor(
+        [[9.0, 9.0], [9.0, 9.0], [9.0, 9.0], [1.0, 0.0], [2.0, 0.1], [0.0, 3.0], [-1.0, 0.0]]
+    )
     # a = (1, 0): b at cos 2/sqrt(4.01), c at 0, d at -1; the special tokens (rows 0-2) never show
     words, scores = zip(*nearest_words(matrix, vocab, "a", 10))
     assert words == ("b", "c", "d") and scores == pytest.approx([2 / 4.01**0.5, 0.0, -1.0])
@@ -167,7 +203,9 @@ def test_nearest_words_by_cosine_against_hand_computed_scores():
 
 def test_pca_2d_matches_the_svd_reference():
     generator = torch.Generator().manual_seed(0)
-    vectors = torch.randn(60, 12, generator=generator) * torch.tensor([5.0, 3.0] + [0.5] * 10)  # two clear main axes
+    vectors = torch.randn(60, 12, generator=generator) * torch.tensor(
+        [5.0, 3.0] + [0.5] * 10
+    )  # two clear main axes
     centered = vectors.numpy() - vectors.numpy().mean(axis=0)
     _, _, vt = np.linalg.svd(centered, full_matrices=False)
     reference = centered @ vt[:2].T  # (60, 2)
@@ -189,7 +227,10 @@ def test_read_groups_skips_comments_and_names_bad_lines(tmp_path):
 
 def test_picture_words_leave_out_unknown_words(capsys):
     vocab = Vocabulary(["lundi", "mardi", "janvier"], [3, 2, 1])
-    assert picture_words(vocab, {"jours": ["lundi", "dimanche", "mardi"]}, 100, None) == (["lundi", "mardi"], ["jours", "jours"])
+    assert picture_words(vocab, {"jours": ["lundi", "dimanche", "mardi"]}, 100, None) == (
+        ["lundi", "mardi"],
+        ["jours", "jours"],
+    )
     assert "left out of the picture: dimanche" in capsys.readouterr().out
     with pytest.raises(MinibertError, match="fewer than 2"):
         picture_words(vocab, {"mois": ["janvier", "mai"]}, 100, None)
@@ -199,7 +240,19 @@ def test_picture_words_leave_out_unknown_words(capsys):
 def test_missing_matplotlib_is_a_clear_message_before_any_work(checkpoint, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # what `import` sees when it is not installed
     with pytest.raises(SystemExit):
-        main(["export", "--ckpt_path", str(checkpoint), "--out", str(tmp_path / "out"), "--png", str(tmp_path / "map.png")])
-    assert capsys.readouterr().err == 'error: drawing a picture (--png) needs matplotlib: pip install -e ".[plot]"\n'
+        main(
+            [
+                "export",
+                "--ckpt_path",
+                str(checkpoint),
+                "--out",
+                str(tmp_path / "out"),
+                "--png",
+                str(tmp_path / "map.png"),
+            ]
+        )
+    assert (
+        capsys.readouterr().err
+        == 'error: drawing a picture (--png) needs matplotlib: pip install -e ".[plot]"\n'
+    )
     assert not (tmp_path / "out").exists()
-

@@ -14,7 +14,21 @@ D, H, F_DIM, V, T = 16, 4, 32, 50, 7
 
 def twins(**options) -> tuple[Encoder, FastEncoder]:
     """A plain and a fast encoder with the same weights (drawn from the same seed)."""
-    config = EncoderConfig(**{**dict(vocab_size=V, seq_len=T, embed_dim=D, num_heads=H, num_layers=3, ff_dim=F_DIM, dropout=0.0, init_std=0.2), **options})
+    config = EncoderConfig(
+        **{
+            **dict(
+                vocab_size=V,
+                seq_len=T,
+                embed_dim=D,
+                num_heads=H,
+                num_layers=3,
+                ff_dim=F_DIM,
+                dropout=0.0,
+                init_std=0.2,
+            ),
+            **options,
+        }
+    )
     torch.manual_seed(0)
     plain = Encoder(config)
     torch.manual_seed(0)

@@ -18,15 +18,32 @@ from minibert.cli import main
 from minibert.machinery.checkpoint import AtomicCheckpointIO, check_checkpoint_file
 
 MAX_STEPS = 50  # the tiny config: 34 steps an epoch, a step checkpoint every 10
-FIT = ["fit", "--config", "configs/tiny.yaml", "--trainer.max_steps", str(MAX_STEPS), "--trainer.max_epochs", "-1"]
+FIT = [
+    "fit",
+    "--config",
+    "configs/tiny.yaml",
+    "--trainer.max_steps",
+    str(MAX_STEPS),
+    "--trainer.max_epochs",
+    "-1",
+]
 
 
 def start(workdir: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen([script("lightning"), *FIT, *args], cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [script("lightning"), *FIT, *args],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-def wait_for_last_checkpoint(process: subprocess.Popen, folder: Path, after_step: int, timeout: float = 240) -> int:
+def wait_for_last_checkpoint(
+    process: subprocess.Popen, folder: Path, after_step: int, timeout: float = 240
+) -> int:
     """Wait until ``last.ckpt`` holds a step later than ``after_step``; that step."""
     deadline, seen = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
@@ -36,7 +53,9 @@ def wait_for_last_checkpoint(process: subprocess.Popen, folder: Path, after_step
             seen = stamp
             if (step := global_step(last)) > after_step:
                 return step
-        assert process.poll() is None, f"fit ended before a new checkpoint:\n{process.communicate()[1][-3000:]}"
+        assert process.poll() is None, (
+            f"fit ended before a new checkpoint:\n{process.communicate()[1][-3000:]}"
+        )
         time.sleep(0.05)
     process.kill()
     raise AssertionError("no new checkpoint in time")
@@ -83,7 +102,9 @@ def test_killed_then_stopped_then_resumed_run_reaches_the_end(workdir, monkeypat
     # Steps logged twice (after the kill's checkpoint, before the kill) are replaced by the resumed run's.
     steps = [event.step for event in EventAccumulator(str(logs / "version_0")).Reload().Scalars("train/loss")]
     assert sorted(set(steps)) == list(range(MAX_STEPS))
-    print(f"killed after last.ckpt held step {killed_at}, resumed there; SIGTERM at step {stopped_at}; ended at {MAX_STEPS}")
+    print(
+        f"killed after last.ckpt held step {killed_at}, resumed there; SIGTERM at step {stopped_at}; ended at {MAX_STEPS}"
+    )
 
 
 def test_a_write_that_dies_halfway_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
@@ -131,7 +152,14 @@ def test_a_checkpoint_implies_its_logs(workdir):
     """Killed right after the step-10 checkpoint: the losses of steps 0..9 are already in the event file."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     args = [*FIT[:3], "--trainer.max_steps", "20"]
-    result = subprocess.run([sys.executable, "-c", KILLED_AFTER_CHECKPOINT, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_CHECKPOINT, *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     assert global_step(workdir / "checkpoints" / "step=10.ckpt") == 10
     events = EventAccumulator(str(workdir / "lightning_logs" / "version_0")).Reload()

@@ -27,7 +27,9 @@ def inspect_config(folder: Path, callbacks: list[dict]) -> Path:
     """A second config whose trainer.callbacks list replaces tiny.yaml's."""
     (folder / "questions.txt").write_text(QUESTIONS, encoding="utf-8")
     path = folder / "inspect.yaml"
-    path.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}, allow_unicode=True), encoding="utf-8")
+    path.write_text(
+        yaml.safe_dump({"trainer": {"callbacks": callbacks}}, allow_unicode=True), encoding="utf-8"
+    )
     return path
 
 
@@ -36,12 +38,16 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("inspect_run")
     shutil.copytree(REPO / "configs", root / "configs")
     shutil.copytree(TEST_DATA, root / "tests" / "data")
-    run_cli("fit", "--config", "configs/tiny.yaml", "--config", str(inspect_config(root, CALLBACKS)), cwd=root)
+    run_cli(
+        "fit", "--config", "configs/tiny.yaml", "--config", str(inspect_config(root, CALLBACKS)), cwd=root
+    )
     return root
 
 
 def events(run: Path) -> EventAccumulator:
-    accumulator = EventAccumulator(str(run / "lightning_logs" / "version_0"), size_guidance={"images": 0, "scalars": 0})
+    accumulator = EventAccumulator(
+        str(run / "lightning_logs" / "version_0"), size_guidance={"images": 0, "scalars": 0}
+    )
     accumulator.Reload()
     return accumulator
 
@@ -57,28 +63,42 @@ def test_attention_maps_go_to_the_images_tab_at_each_validation(run):
         assert [e.step - 1 for e in images] == validation_steps  # scalars are logged at the step before
         assert all(image.width > 200 and image.height > 200 for image in images)
     first, last = accumulator.Images("attention/sentence_1")
-    assert first.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and first.encoded_image_string != last.encoded_image_string
+    assert (
+        first.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n"
+        and first.encoded_image_string != last.encoded_image_string
+    )
 
 
 def test_embedding_scores_are_the_evaluate_figures(run):
     accumulator = events(run)
     tags = sorted(t for t in accumulator.Tags()["scalars"] if t.startswith("embeddings/"))
     # No question of the "unknown" section is covered: it has no curve rather than a false 0.
-    assert tags == ["embeddings/analogies", "embeddings/analogies/days-months", "embeddings/analogy_coverage", "embeddings/purity@5"]
-    (saved,) = (run / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")  # Lightning's own, after the last step
+    assert tags == [
+        "embeddings/analogies",
+        "embeddings/analogies/days-months",
+        "embeddings/analogy_coverage",
+        "embeddings/purity@5",
+    ]
+    (saved,) = (run / "lightning_logs" / "version_0" / "checkpoints").glob(
+        "*.ckpt"
+    )  # Lightning's own, after the last step
     model, vocab = load_checkpoint(saved)
     matrix = model.encoder.token_embedding.weight
     purity, _ = purity_at_k(matrix, vocab.itos, group_of(read_groups(TEST_DATA / "categories.tsv")), 5, 3)
     *_, total = analogy_scores(matrix, vocab.itos, read_analogies(run / "questions.txt"), 3)
     last = {tag: accumulator.Scalars(tag)[-1].value for tag in tags}
     assert last["embeddings/purity@5"] == pytest.approx(purity, abs=1e-6)
-    assert last["embeddings/analogies"] == pytest.approx(total.accuracy) and last["embeddings/analogy_coverage"] == pytest.approx(2 / 3)
+    assert last["embeddings/analogies"] == pytest.approx(total.accuracy) and last[
+        "embeddings/analogy_coverage"
+    ] == pytest.approx(2 / 3)
     assert [len(accumulator.Scalars(tag)) for tag in tags] == [2] * 4
 
 
 def test_the_configs_append_both_callbacks_last():
     for name in ("quick", "base"):
-        callbacks = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text(encoding="utf-8"))["trainer"]["callbacks"]
+        callbacks = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text(encoding="utf-8"))[
+            "trainer"
+        ]["callbacks"]
         assert [c["class_path"] for c in callbacks[-2:]] == [c["class_path"] for c in CALLBACKS]
         groups, analogies = (callbacks[-1]["init_args"][key] for key in ("groups", "analogies"))
         assert analogies == "benchmarks/analogies.fr.txt" and (REPO / analogies).is_file()
@@ -88,10 +108,16 @@ def test_the_configs_append_both_callbacks_last():
 def test_a_missing_file_stops_the_run_before_the_first_step(tmp_path, monkeypatch, capsys):
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     shutil.copytree(TEST_DATA, tmp_path / "tests" / "data")
-    config = inspect_config(tmp_path, [{"class_path": "minibert.inspect_callbacks.EmbeddingScores", "init_args": {"groups": "nope.tsv"}}])
+    config = inspect_config(
+        tmp_path,
+        [{"class_path": "minibert.inspect_callbacks.EmbeddingScores", "init_args": {"groups": "nope.tsv"}}],
+    )
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--config", "configs/tiny.yaml", "--config", str(config)])
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: groups file nope.tsv cannot be read: it does not exist"
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == "error: groups file nope.tsv cannot be read: it does not exist"
+    )
     assert not (tmp_path / "checkpoints").exists()  # stopped at setup, before the first step

@@ -87,10 +87,14 @@ def test_the_batch_counters_tell_a_batch_in_training_from_one_in_on_train_batch_
 
     class Watch(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            seen.append(("start", batch_idx, batches_trained_in_epoch(trainer), inside_train_batch_end(trainer)))
+            seen.append(
+                ("start", batch_idx, batches_trained_in_epoch(trainer), inside_train_batch_end(trainer))
+            )
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            seen.append(("end", batch_idx, batches_trained_in_epoch(trainer), inside_train_batch_end(trainer)))
+            seen.append(
+                ("end", batch_idx, batches_trained_in_epoch(trainer), inside_train_batch_end(trainer))
+            )
 
     fit(Watch())
     expected = []
@@ -112,7 +116,9 @@ def test_step_metrics_logged_in_on_train_batch_end_are_logged_once_and_at_once()
     fit(LogNow(), logger)
     losses = [(step, metrics["loss"]) for step, metrics in logger.calls if "loss" in metrics]
     assert losses == [(step, float(step)) for step in range(STEPS)]  # every step once, with its own value
-    assert logged_inside == [list(range(step + 1)) for step in range(STEPS)]  # already on the logger in the hook
+    assert logged_inside == [
+        list(range(step + 1)) for step in range(STEPS)
+    ]  # already on the logger in the hook
 
 
 def test_lightning_logs_a_step_after_its_on_train_batch_end_hooks():
@@ -168,9 +174,14 @@ def test_only_the_mid_epoch_resume_warning_is_silenced_and_by_one_filter():
         warnings.simplefilter("always")
         ignore_mid_epoch_resume_warning()
         ignore_mid_epoch_resume_warning()  # every resume calls it
-        rank_zero_warn(f"{MID_EPOCH_RESUME_WARNING} and your dataloader is not resumable.", category=PossibleUserWarning)
+        rank_zero_warn(
+            f"{MID_EPOCH_RESUME_WARNING} and your dataloader is not resumable.", category=PossibleUserWarning
+        )
         rank_zero_warn("another warning", category=PossibleUserWarning)
-        warnings.warn(f"{MID_EPOCH_RESUME_WARNING}, from elsewhere", UserWarning)
+        warnings.warn(f"{MID_EPOCH_RESUME_WARNING}, from elsewhere", UserWarning, stacklevel=1)
         ours = [f for f in warnings.filters if f[1] is not None and f[1].pattern.startswith("You")]
-    assert [str(w.message) for w in caught] == ["another warning", f"{MID_EPOCH_RESUME_WARNING}, from elsewhere"]
+    assert [str(w.message) for w in caught] == [
+        "another warning",
+        f"{MID_EPOCH_RESUME_WARNING}, from elsewhere",
+    ]
     assert len(ours) == 1

@@ -7,7 +7,14 @@ import torch
 from minibert.masking import IGNORE_INDEX, MaskingConfig, counter_uniform, mask_tokens
 from minibert.tokenizer import MASK_ID, PAD_ID, UNK_ID
 
-BERT = MaskingConfig(mask_prob=0.15, mask_token_prob=0.8, random_token_prob=0.1, mask_id=MASK_ID, num_specials=3, vocab_size=1000)
+BERT = MaskingConfig(
+    mask_prob=0.15,
+    mask_token_prob=0.8,
+    random_token_prob=0.1,
+    mask_id=MASK_ID,
+    num_specials=3,
+    vocab_size=1000,
+)
 U64 = (1 << 64) - 1
 
 

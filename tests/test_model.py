@@ -15,7 +15,9 @@ D, H, F_DIM, V, T = 16, 4, 32, 50, 7
 
 
 def config(**options) -> EncoderConfig:
-    settings = dict(vocab_size=V, seq_len=T, embed_dim=D, num_heads=H, num_layers=2, ff_dim=F_DIM, dropout=0.0)
+    settings = dict(
+        vocab_size=V, seq_len=T, embed_dim=D, num_heads=H, num_layers=2, ff_dim=F_DIM, dropout=0.0
+    )
     return EncoderConfig(**{**settings, **options})
 
 
@@ -67,7 +69,9 @@ def test_positions_are_a_buffer_not_a_parameter():
 
 def torch_twin(layer: EncoderLayer, activation: str) -> torch.nn.TransformerEncoderLayer:
     """PyTorch's pre-norm layer holding a copy of ``layer``'s weights."""
-    twin = torch.nn.TransformerEncoderLayer(D, H, F_DIM, dropout=0.0, activation=activation, batch_first=True, norm_first=True)
+    twin = torch.nn.TransformerEncoderLayer(
+        D, H, F_DIM, dropout=0.0, activation=activation, batch_first=True, norm_first=True
+    )
     pairs = {
         "self_attn.in_proj_weight": layer.attn.qkv.weight,  # both stack q, k, v in that order
         "self_attn.in_proj_bias": layer.attn.qkv.bias,
@@ -194,7 +198,11 @@ def test_bias_false_leaves_no_bias_anywhere():
 def test_bert_initialisation_is_small_with_zero_biases():
     encoder = small_encoder(vocab_size=2000, init_std=0.02)
     assert encoder.token_embedding.weight.std().item() == pytest.approx(0.02, rel=0.05)
-    assert all((p == 0).all() for name, p in encoder.named_parameters() if name.endswith("bias") and "norm" not in name)
+    assert all(
+        (p == 0).all()
+        for name, p in encoder.named_parameters()
+        if name.endswith("bias") and "norm" not in name
+    )
     default = small_encoder(vocab_size=2000, init_std=None)  # PyTorch's N(0, 1) embedding
     assert default.token_embedding.weight.std().item() == pytest.approx(1.0, rel=0.05)
 
@@ -229,7 +237,13 @@ def test_base_parameter_count_matches_the_formula():
     per_layer = attention + feed_forward + norms
     head = d * v + v
     expected = embedding + layers * per_layer + 2 * d + head  # + the final LayerNorm
-    encoder = Encoder(EncoderConfig(vocab_size=v, seq_len=20, embed_dim=d, num_heads=8, num_layers=layers, ff_dim=f, dropout=0.1))
+    encoder = Encoder(
+        EncoderConfig(
+            vocab_size=v, seq_len=20, embed_dim=d, num_heads=8, num_layers=layers, ff_dim=f, dropout=0.1
+        )
+    )
     counted = sum(p.numel() for p in encoder.parameters())
-    print(f"\nbase configuration: {counted:,} parameters (formula {expected:,}; {layers} layers x {per_layer:,}, embedding {embedding:,}, head {head:,})")
+    print(
+        f"\nbase configuration: {counted:,} parameters (formula {expected:,}; {layers} layers x {per_layer:,}, embedding {embedding:,}, head {head:,})"
+    )
     assert counted == expected == 11_867_203

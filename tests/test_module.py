@@ -9,8 +9,8 @@ import math
 import lightning as L
 import pytest
 import torch
-import yaml
 import torch.nn.functional as F
+import yaml
 from conftest import REPO, run_cli
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
@@ -59,11 +59,24 @@ def by_hand(model: MiniBert, batches: list[dict[str, torch.Tensor]]) -> dict[str
             hits.append(logits[scored].argmax(-1) == b["labels"][scored])
             top5.append((logits[scored].topk(5, dim=-1).indices == b["labels"][scored][:, None]).any(-1))
     loss = torch.cat(losses).mean().item()
-    return {"loss": loss, "acc": torch.cat(hits).float().mean().item(), "top5": torch.cat(top5).float().mean().item(), "perplexity": math.exp(loss)}
+    return {
+        "loss": loss,
+        "acc": torch.cat(hits).float().mean().item(),
+        "top5": torch.cat(top5).float().mean().item(),
+        "perplexity": math.exp(loss),
+    }
 
 
 def trainer(tmp_path, **options) -> L.Trainer:
-    settings = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    settings = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     return L.Trainer(**{**settings, **options})
 
 
@@ -101,7 +114,9 @@ def test_validation_and_test_metrics_are_token_weighted_over_the_epoch(tmp_path)
     for stage, run in (("val", trainer(tmp_path).validate), ("test", trainer(tmp_path).test)):
         logged = run(model, dataloaders=loader, verbose=False)[0]
         for name in ("loss", "acc", "top5", "perplexity"):
-            assert logged[f"{stage}/{name}"] == pytest.approx(expected[name], rel=1e-5, abs=1e-5), f"{stage}/{name}"
+            assert logged[f"{stage}/{name}"] == pytest.approx(expected[name], rel=1e-5, abs=1e-5), (
+                f"{stage}/{name}"
+            )
     # a plain mean over the two batches would differ: the weighting is tested
     per_batch = [by_hand(model, [b])["loss"] for b in BATCHES]
     assert abs(sum(per_batch) / 2 - expected["loss"]) > 1e-3
@@ -113,20 +128,29 @@ def test_training_logs_every_step_with_lr_and_tokens_per_second(tmp_path, monkey
     ticks = iter(range(100))
     monkeypatch.setattr(minibert.module, "perf_counter", lambda: next(ticks) * 0.5)  # every step lasts 0.5 s
     run = trainer(
-        tmp_path, max_steps=4, log_every_n_steps=1, limit_val_batches=0, logger=CSVLogger(tmp_path, name="log"), callbacks=[LearningRateMonitor("step")]
+        tmp_path,
+        max_steps=4,
+        log_every_n_steps=1,
+        limit_val_batches=0,
+        logger=CSVLogger(tmp_path, name="log"),
+        callbacks=[LearningRateMonitor("step")],
     )
     run.fit(model, train_dataloaders=DataLoader(BATCHES, batch_size=None))
     rows = list(csv.DictReader(open(tmp_path / "log" / "version_0" / "metrics.csv")))
     steps = {int(r["step"]): r for r in rows if r.get("train/loss")}
     assert sorted(steps) == [0, 1, 2, 3]
-    assert float(steps[0]["train/loss"]) == pytest.approx(before["loss"], abs=1e-5)  # the first step scores the untrained model
+    assert float(steps[0]["train/loss"]) == pytest.approx(
+        before["loss"], abs=1e-5
+    )  # the first step scores the untrained model
     assert float(steps[0]["train/acc"]) == pytest.approx(before["acc"], abs=1e-6)
     tokens = BATCHES[0]["input_ids"].numel()
     assert float(steps[0]["train/tokens_per_sec"]) == pytest.approx(tokens / 0.5)
     for group in ("pg1", "pg2"):  # with and without weight decay
         lrs = [float(r[f"lr-Adam/{group}"]) for r in rows if r.get(f"lr-Adam/{group}")]
         # warm-up 0.5, 1; then cosine over the 2 remaining steps from 1 down to 0.1: 1, 0.55
-        assert lrs == pytest.approx([0.005, 0.01, 0.01, 0.01 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))])
+        assert lrs == pytest.approx(
+            [0.005, 0.01, 0.01, 0.01 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))]
+        )
 
 
 # --- optimiser and schedule --------------------------------------------------------------------
@@ -151,10 +175,14 @@ def test_no_weight_decay_on_norms_and_biases(name, cls):
     decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
     plain = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
     params = dict(model.named_parameters())
-    matrices = {n for n in params if n.endswith("weight") and "norm" not in n}  # linear layers and the embedding
+    matrices = {
+        n for n in params if n.endswith("weight") and "norm" not in n
+    }  # linear layers and the embedding
     assert {n for n, p in params.items() if id(p) in decayed} == matrices
     assert {n for n, p in params.items() if id(p) in plain} == set(params) - matrices
-    assert any("norm" in n for n in set(params) - matrices) and any(n.endswith("bias") for n in set(params) - matrices)
+    assert any("norm" in n for n in set(params) - matrices) and any(
+        n.endswith("bias") for n in set(params) - matrices
+    )
 
 
 def test_adam_is_the_default():
@@ -176,7 +204,9 @@ def test_checkpoint_loads_with_weights_only_and_predicts_alone(tiny_run):
     labels = torch.full_like(ids, IGNORE_INDEX)
     labels[0, 2], ids[0, 2] = ids[0, 2].item(), MASK_ID
     with torch.no_grad():
-        out = model.predict_step({"input_ids": ids, "labels": labels, "padding_mask": torch.zeros_like(ids, dtype=torch.bool)}, 0)
+        out = model.predict_step(
+            {"input_ids": ids, "labels": labels, "padding_mask": torch.zeros_like(ids, dtype=torch.bool)}, 0
+        )
     assert out["predicted"].shape == (1,)
     assert model.vocab.decode(out["predicted"].tolist())[0] in model.vocab.stoi
 
@@ -188,9 +218,17 @@ def test_configs_log_the_learning_rate():
 
 
 def test_quick_config_resolves(tmp_path):
-    config = yaml.safe_load(run_cli("fit", "--config", str(REPO / "configs" / "quick.yaml"), "--print_config", cwd=tmp_path).stdout)
+    config = yaml.safe_load(
+        run_cli(
+            "fit", "--config", str(REPO / "configs" / "quick.yaml"), "--print_config", cwd=tmp_path
+        ).stdout
+    )
     assert config["data"]["corpus"] == "europarl-v7-fr"
-    assert (config["model"]["init_std"], config["model"]["tie_embeddings"], config["model"]["lr_decay"]) == (0.02, True, "cosine")
+    assert (config["model"]["init_std"], config["model"]["tie_embeddings"], config["model"]["lr_decay"]) == (
+        0.02,
+        True,
+        "cosine",
+    )
     assert config["model"]["scale_embeddings"] is True
 
 
@@ -198,7 +236,9 @@ def test_quick_config_resolves(tmp_path):
 
 
 def test_purity_at_k_on_hand_made_vectors():
-    spec = importlib.util.spec_from_file_location("embedding_quality", REPO / "benchmarks" / "embedding_quality.py")
+    spec = importlib.util.spec_from_file_location(
+        "embedding_quality", REPO / "benchmarks" / "embedding_quality.py"
+    )
     quality = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(quality)
     words = ["<pad>", "lundi", "mardi", "mars", "avril", "table"]

@@ -18,16 +18,24 @@ from minibert.projector import (
     embedding_matrix,
     epoch_folders,
     epochs_to_keep,
+    escape_token,
     mark_newest_run,
     remove_old_epochs,
-    escape_token,
     top_word_ids,
     write_projector_config,
     write_projector_files,
 )
 from minibert.tokenizer import Vocabulary
 
-ODD_WORDS = ["tab\there", "line\nbreak", "cr\rhere", "back\\slash", "form\x0cfeed", "sep\u2028arator", "plain"]
+ODD_WORDS = [
+    "tab\there",
+    "line\nbreak",
+    "cr\rhere",
+    "back\\slash",
+    "form\x0cfeed",
+    "sep\u2028arator",
+    "plain",
+]
 
 
 EMBEDDINGS_KEY = "encoder.token_embedding.weight"  # the input word embeddings in a checkpoint's state_dict
@@ -36,13 +44,19 @@ EMBEDDINGS_KEY = "encoder.token_embedding.weight"  # the input word embeddings i
 def tiny_top_k() -> int:
     """The callback's top_k in configs/tiny.yaml, the config of the tiny_run fixture."""
     config = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text(encoding="utf-8"))
-    return next(c["init_args"]["top_k"] for c in config["trainer"]["callbacks"] if c["class_path"].endswith("EmbeddingProjector"))
+    return next(
+        c["init_args"]["top_k"]
+        for c in config["trainer"]["callbacks"]
+        if c["class_path"].endswith("EmbeddingProjector")
+    )
 
 
 def unescape(field: str) -> str:
     """The reader's side of escape_token, written independently: one escape at a time, left to right."""
     simple = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
-    return re.sub(r"\\(u[0-9a-f]{4}|.)", lambda m: chr(int(m[1][1:], 16)) if len(m[1]) == 5 else simple[m[1]], field)
+    return re.sub(
+        r"\\(u[0-9a-f]{4}|.)", lambda m: chr(int(m[1][1:], 16)) if len(m[1]) == 5 else simple[m[1]], field
+    )
 
 
 def read_vectors(path: Path) -> torch.Tensor:
@@ -115,7 +129,11 @@ def test_files_get_the_permissions_of_any_new_file(tmp_path):
     write_projector_files(tmp_path, torch.ones(1, 2), ["a"])
     (tmp_path / "plain.txt").write_text("a")  # made the ordinary way, through the umask
     mode = (tmp_path / "plain.txt").stat().st_mode & 0o777
-    assert (tmp_path / "vectors.tsv").stat().st_mode & 0o777 == (tmp_path / "metadata.tsv").stat().st_mode & 0o777 == mode
+    assert (
+        (tmp_path / "vectors.tsv").stat().st_mode & 0o777
+        == (tmp_path / "metadata.tsv").stat().st_mode & 0o777
+        == mode
+    )
 
 
 def test_top_word_ids_leave_out_special_tokens():
@@ -135,13 +153,19 @@ def test_output_embeddings_are_the_input_ones_only_when_tied():
 
 
 def parse_config(log_dir: Path) -> ProjectorConfig:
-    return text_format.Parse((log_dir / "projector_config.pbtxt").read_text(encoding="utf-8"), ProjectorConfig())
+    return text_format.Parse(
+        (log_dir / "projector_config.pbtxt").read_text(encoding="utf-8"), ProjectorConfig()
+    )
 
 
 def test_config_lists_complete_epoch_folders_in_order_once(tmp_path):
     for epoch, rows in [(10, 4), (2, 3)]:
-        write_projector_files(tmp_path / "projector" / f"epoch_{epoch}", torch.zeros(rows, 5), ["w"] * rows, [1] * rows)
-    write_projector_files(tmp_path / "projector" / "epoch_3", torch.zeros(2, 5), ["w"] * 2)  # one-column metadata
+        write_projector_files(
+            tmp_path / "projector" / f"epoch_{epoch}", torch.zeros(rows, 5), ["w"] * rows, [1] * rows
+        )
+    write_projector_files(
+        tmp_path / "projector" / "epoch_3", torch.zeros(2, 5), ["w"] * 2
+    )  # one-column metadata
     (tmp_path / "projector" / "epoch_4").mkdir()  # an export that never finished
     (tmp_path / "projector" / "epoch_4" / "vectors.tsv").write_text("1\t2\n")
     (tmp_path / "projector" / "epoch_x").mkdir()
@@ -150,7 +174,11 @@ def test_config_lists_complete_epoch_folders_in_order_once(tmp_path):
     config = parse_config(tmp_path)
     # Newest first, and named to sort first: the projector opens the first name in sorted order.
     names = [e.tensor_name for e in config.embeddings]
-    assert names == ["word_embeddings/(newest) epoch_010", "word_embeddings/epoch_003", "word_embeddings/epoch_002"]
+    assert names == [
+        "word_embeddings/(newest) epoch_010",
+        "word_embeddings/epoch_003",
+        "word_embeddings/epoch_002",
+    ]
     assert sorted(names)[0] == names[0]
     assert [list(e.tensor_shape) for e in config.embeddings] == [[4, 5], [2, 5], [3, 5]]
     for embedding in config.embeddings:  # paths are relative to the config's folder, as TensorBoard wants

@@ -45,7 +45,9 @@ def readme_commands(pages: tuple[Path, ...] = (README, *DOCS)) -> list[list[str]
     """The pages' shell commands as argument lists (continuation lines joined, comments dropped)."""
     text = "\n".join(page.read_text(encoding="utf-8") for page in pages)
     blocks = re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M)
-    lines = "\n".join(blocks).replace("\\\n", " ").replace("$(which lightning)", "LIGHTNING_SCRIPT").splitlines()
+    lines = (
+        "\n".join(blocks).replace("\\\n", " ").replace("$(which lightning)", "LIGHTNING_SCRIPT").splitlines()
+    )
     return [argv for argv in (shlex.split(line, comments=True) for line in lines) if argv]
 
 
@@ -66,7 +68,9 @@ def clone(root: Path) -> Path:
     (repo / "docs").mkdir()
     shutil.copy(TEST_DATA / "heldout.fr.txt", repo / "heldout.fr.txt")  # the README's held-out text file
     (repo / "data").mkdir()
-    shutil.copy(SAMPLE_CORPUS, repo / "data" / "europarl-v7.fr-en.fr")  # where the configs' download puts Europarl
+    shutil.copy(
+        SAMPLE_CORPUS, repo / "data" / "europarl-v7.fr-en.fr"
+    )  # where the configs' download puts Europarl
     shared = root / "shared" / "data"
     (shared / "europarl").mkdir(parents=True)
     shutil.copy(SAMPLE_CORPUS, shared / "europarl" / "europarl30k.fr.txt")
@@ -84,7 +88,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run(argv: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{shlex.join(argv)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"{shlex.join(argv)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    )
     return result
 
 
@@ -98,13 +104,19 @@ def check_pip(argv: list[str], workdir: Path) -> None:
     extras.read(REPO / "setup.cfg")
     match = re.fullmatch(r"\.(?:\[(\w+)\])?", argv[3])
     assert match, f"pip installs {argv[3]!r}, not this package"
-    assert match[1] is None or match[1] in extras["options.extras_require"], f"setup.cfg has no extra {match[1]!r}"
+    assert match[1] is None or match[1] in extras["options.extras_require"], (
+        f"setup.cfg has no extra {match[1]!r}"
+    )
 
 
 def check_pytest(argv: list[str], workdir: Path) -> None:
     """The suite itself: CI runs the README's test command verbatim."""
-    test_command = next(line for line in README.read_text(encoding="utf-8").splitlines() if line.endswith("&& pytest"))
-    assert test_command in CI_SCRIPT.read_text(), f".ci/run does not run the README's test command {test_command!r}"
+    test_command = next(
+        line for line in README.read_text(encoding="utf-8").splitlines() if line.endswith("&& pytest")
+    )
+    assert test_command in CI_SCRIPT.read_text(), (
+        f".ci/run does not run the README's test command {test_command!r}"
+    )
 
 
 def run_lightning(argv: list[str], workdir: Path) -> None:
@@ -115,7 +127,9 @@ def run_lightning(argv: list[str], workdir: Path) -> None:
     if argv[1] == "fit":
         assert (workdir / "checkpoints" / "last.ckpt").is_file()
     if resume:
-        assert list((workdir / "checkpoints").glob("epoch=1-*.ckpt")), "the resumed run did not train its second epoch"
+        assert list((workdir / "checkpoints").glob("epoch=1-*.ckpt")), (
+            "the resumed run did not train its second epoch"
+        )
 
 
 def run_as_written(argv: list[str], workdir: Path) -> None:
@@ -180,7 +194,9 @@ def runner(argv: list[str]) -> tuple[Callable[[list[str], Path], None], bool]:
         return run_tensorboard, True
     if program == "torchrun":
         return run_torchrun, False
-    raise AssertionError(f"no test runs the README command {shlex.join(argv)!r}: teach tests/test_readme.py how")
+    raise AssertionError(
+        f"no test runs the README command {shlex.join(argv)!r}: teach tests/test_readme.py how"
+    )
 
 
 COMMANDS = [step for argv in readme_commands() for step in steps(argv)]

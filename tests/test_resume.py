@@ -34,9 +34,26 @@ class InterruptAtStep(L.Callback):
 def fit(workdir: Path, data_dir: Path, *extra: str) -> None:
     """``lightning fit`` in-process, with a schedule whose state matters (warm-up, then linear decay)."""
     args = [
-        "fit", "--config", str(workdir / "configs" / "tiny.yaml"), "--data.corpus", str(SAMPLE_CORPUS),
-        "--data.data_dir", str(data_dir), "--data.batch_size", "32", "--trainer.max_steps", str(STEPS), "--trainer.max_epochs", "-1",
-        "--model.warmup_steps", "5", "--model.lr_decay", "linear", "--trainer.enable_checkpointing", "true", *extra,
+        "fit",
+        "--config",
+        str(workdir / "configs" / "tiny.yaml"),
+        "--data.corpus",
+        str(SAMPLE_CORPUS),
+        "--data.data_dir",
+        str(data_dir),
+        "--data.batch_size",
+        "32",
+        "--trainer.max_steps",
+        str(STEPS),
+        "--trainer.max_epochs",
+        "-1",
+        "--model.warmup_steps",
+        "5",
+        "--model.lr_decay",
+        "linear",
+        "--trainer.enable_checkpointing",
+        "true",
+        *extra,
     ]
     cwd = Path.cwd()
     os.chdir(workdir)
@@ -61,7 +78,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         shutil.copytree(REPO / "configs", folder / "configs")
     fit(dirs["whole"], data_dir)
     with pytest.raises(SystemExit) as stop:
-        fit(dirs["resumed"], data_dir, "--trainer.callbacks+=test_resume.InterruptAtStep", f"--trainer.callbacks.step={HALF}")
+        fit(
+            dirs["resumed"],
+            data_dir,
+            "--trainer.callbacks+=test_resume.InterruptAtStep",
+            f"--trainer.callbacks.step={HALF}",
+        )
     assert stop.value.code == 128 + signal.SIGINT
     dirs["half_checkpoint"] = dirs["resumed"] / "half.ckpt"
     shutil.copy(dirs["resumed"] / "checkpoints" / "last.ckpt", dirs["half_checkpoint"])
@@ -84,12 +106,18 @@ def test_resumed_run_logs_the_same_losses_into_the_same_folder(runs):
 
 
 def test_resumed_run_ends_with_the_same_weights_and_optimiser_bit_for_bit(runs):
-    whole, resumed = (torch.load(runs[name] / "checkpoints" / "last.ckpt", weights_only=True) for name in ("whole", "resumed"))
+    whole, resumed = (
+        torch.load(runs[name] / "checkpoints" / "last.ckpt", weights_only=True)
+        for name in ("whole", "resumed")
+    )
     assert whole["global_step"] == resumed["global_step"] == STEPS
     assert whole["epoch"] == resumed["epoch"] == 1
     for name, tensor in whole["state_dict"].items():
         assert torch.equal(tensor, resumed["state_dict"][name]), name
-    for (_, a), (_, b) in zip(sorted(whole["optimizer_states"][0]["state"].items()), sorted(resumed["optimizer_states"][0]["state"].items())):
+    for (_, a), (_, b) in zip(
+        sorted(whole["optimizer_states"][0]["state"].items()),
+        sorted(resumed["optimizer_states"][0]["state"].items()),
+    ):
         assert all(torch.equal(a[key], b[key]) for key in a)
     assert whole["lr_schedulers"] == resumed["lr_schedulers"]
 
@@ -110,7 +138,10 @@ def test_sampler_resumed_mid_epoch_yields_the_rest_of_that_epoch():
 
 
 def shards(num_samples: int, num_replicas: int, epoch: int) -> list[list[int]]:
-    samplers = [ResumableSampler(num_samples, seed=0, num_replicas=num_replicas, rank=rank) for rank in range(num_replicas)]
+    samplers = [
+        ResumableSampler(num_samples, seed=0, num_replicas=num_replicas, rank=rank)
+        for rank in range(num_replicas)
+    ]
     for sampler in samplers:
         sampler.set_epoch(epoch)
     return [list(sampler) for sampler in samplers]
@@ -138,6 +169,15 @@ def test_last_checkpoint_holds_the_final_step_and_resumes_from_it(tmp_path):
     last = tmp_path / "checkpoints" / "last.ckpt"
     fit(tmp_path, tmp_path / "data", "--config", str(every_10_steps), "--trainer.max_steps", "23")
     assert torch.load(last, weights_only=True)["global_step"] == 23
-    fit(tmp_path, tmp_path / "data", "--config", str(every_10_steps), "--trainer.max_steps", "25", "--ckpt_path", "last")
+    fit(
+        tmp_path,
+        tmp_path / "data",
+        "--config",
+        str(every_10_steps),
+        "--trainer.max_steps",
+        "25",
+        "--ckpt_path",
+        "last",
+    )
     assert torch.load(last, weights_only=True)["global_step"] == 25
     assert sorted(losses(tmp_path / "lightning_logs" / "version_0")) == list(range(25))

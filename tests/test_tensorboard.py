@@ -37,8 +37,20 @@ class TensorBoard:
     def __init__(self, logdir: Path) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,  # its data server dies with it
+            [
+                sys.executable,
+                "-m",
+                "tensorboard.main",
+                "--logdir",
+                str(logdir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its data server dies with it
         )
 
     def get(self, route: str, **params: str) -> bytes:
@@ -51,7 +63,9 @@ class TensorBoard:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.fail(f"tensorboard exited ({self.process.returncode}): {self.process.stderr.read().decode()}")
+                pytest.fail(
+                    f"tensorboard exited ({self.process.returncode}): {self.process.stderr.read().decode()}"
+                )
             try:
                 if sorted(json.loads(self.get("runs"))) == sorted(expected):
                     return
@@ -103,7 +117,10 @@ def test_tensorboard_shows_one_tensor_per_epoch_with_the_words(tiny_run, tensorb
     server.wait_for_runs(["version_0"])
 
     listed = embeddings(server, "version_0")
-    assert [e["tensorName"] for e in listed] == ["word_embeddings/(newest) epoch_001", "word_embeddings/epoch_000"]
+    assert [e["tensorName"] for e in listed] == [
+        "word_embeddings/(newest) epoch_001",
+        "word_embeddings/epoch_000",
+    ]
     projector = tiny_run / "lightning_logs" / "version_0" / "projector"
     for entry, epoch in zip(listed, ("epoch_1", "epoch_0")):
         assert entry["tensorShape"] == [top_k, matrix.shape[1]]
@@ -120,22 +137,46 @@ def test_resumed_run_keeps_every_earlier_epoch_once(tiny_run, tmp_path, tensorbo
     """A second fit from last.ckpt into the same version folder adds epoch 2 beside epochs 0 and 1."""
     resumed = tmp_path / "resumed"
     shutil.copytree(tiny_run, resumed)
-    epoch_0 = (resumed / "lightning_logs" / "version_0" / "projector" / "epoch_0" / "vectors.tsv").read_bytes()
-    monkeypatch.chdir(resumed)  # in-process: the same command as `lightning fit ...`, without a second start-up
-    main([
-        "fit", "--config", "configs/tiny.yaml", "--ckpt_path", "last", "--trainer.max_epochs", "3",
-        "--trainer.logger.init_args.version", "0",
-    ])
+    epoch_0 = (
+        resumed / "lightning_logs" / "version_0" / "projector" / "epoch_0" / "vectors.tsv"
+    ).read_bytes()
+    monkeypatch.chdir(
+        resumed
+    )  # in-process: the same command as `lightning fit ...`, without a second start-up
+    main(
+        [
+            "fit",
+            "--config",
+            "configs/tiny.yaml",
+            "--ckpt_path",
+            "last",
+            "--trainer.max_epochs",
+            "3",
+            "--trainer.logger.init_args.version",
+            "0",
+        ]
+    )
     server = tensorboard(resumed / "lightning_logs")
     server.wait_for_runs(["version_0"])
     listed = embeddings(server, "version_0")
-    assert [e["tensorName"] for e in listed] == ["word_embeddings/(newest) epoch_002", "word_embeddings/epoch_001", "word_embeddings/epoch_000"]
-    assert (resumed / "lightning_logs" / "version_0" / "projector" / "epoch_0" / "vectors.tsv").read_bytes() == epoch_0
+    assert [e["tensorName"] for e in listed] == [
+        "word_embeddings/(newest) epoch_002",
+        "word_embeddings/epoch_001",
+        "word_embeddings/epoch_000",
+    ]
+    assert (
+        resumed / "lightning_logs" / "version_0" / "projector" / "epoch_0" / "vectors.tsv"
+    ).read_bytes() == epoch_0
     served = tensor(server, "version_0", "word_embeddings/epoch_000", listed[0]["tensorShape"])
-    assert torch.equal(served, read_vectors(resumed / "lightning_logs" / "version_0" / "projector" / "epoch_0" / "vectors.tsv"))
+    assert torch.equal(
+        served,
+        read_vectors(resumed / "lightning_logs" / "version_0" / "projector" / "epoch_0" / "vectors.tsv"),
+    )
 
 
-def test_a_tensorboard_started_before_training_lists_each_new_epoch_without_a_restart(workdir, tensorboard, monkeypatch):
+def test_a_tensorboard_started_before_training_lists_each_new_epoch_without_a_restart(
+    workdir, tensorboard, monkeypatch
+):
     """TensorBoard rereads the projector's list only when its set of runs changes: the newest epoch's folder is a run."""
     logs = workdir / "lightning_logs"
     logs.mkdir()
@@ -143,12 +184,20 @@ def test_a_tensorboard_started_before_training_lists_each_new_epoch_without_a_re
     monkeypatch.chdir(workdir)
     main(["fit", "--config", "configs/tiny.yaml", "--trainer.max_epochs", "1"])
     server.wait_for_runs(["version_0"])
-    assert [e["tensorName"] for e in embeddings(server, "version_0")] == ["word_embeddings/(newest) epoch_000"]
+    assert [e["tensorName"] for e in embeddings(server, "version_0")] == [
+        "word_embeddings/(newest) epoch_000"
+    ]
     # The run goes on (the same version folder) while the server keeps running.
     main(["fit", "--config", "configs/tiny.yaml", "--ckpt_path", "last", "--trainer.max_epochs", "3"])
-    expected = ["word_embeddings/(newest) epoch_002", "word_embeddings/epoch_001", "word_embeddings/epoch_000"]
+    expected = [
+        "word_embeddings/(newest) epoch_002",
+        "word_embeddings/epoch_001",
+        "word_embeddings/epoch_000",
+    ]
     deadline = time.monotonic() + 60
-    while (listed := [e["tensorName"] for e in embeddings(server, "version_0")]) != expected and time.monotonic() < deadline:
+    while (
+        listed := [e["tensorName"] for e in embeddings(server, "version_0")]
+    ) != expected and time.monotonic() < deadline:
         time.sleep(0.5)
     assert listed == expected, "a running TensorBoard did not list the new epochs within a minute"
     newest = tensor(server, "version_0", expected[0], embeddings(server, "version_0")[0]["tensorShape"])

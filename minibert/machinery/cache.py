@@ -71,7 +71,9 @@ def _identity(corpus: Path) -> list[tuple[str, int, int]]:
     return [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
-def build_cache(corpus: Path, settings: CacheSettings, cache_dir: Path, vocab: Vocabulary | None = None) -> None:
+def build_cache(
+    corpus: Path, settings: CacheSettings, cache_dir: Path, vocab: Vocabulary | None = None
+) -> None:
     """Tokenize, split, count and encode ``corpus`` into ``cache_dir``.
 
     ``vocab``, when given (a checkpoint's), encodes the corpus instead of the vocabulary
@@ -83,18 +85,24 @@ def build_cache(corpus: Path, settings: CacheSettings, cache_dir: Path, vocab: V
     on the training sentences only and the provisional ids are remapped in one step.
     """
     provisional: dict[str, int] = {}
-    tokens, offsets = _encode_stream(corpus, settings.max_sentences, lambda t: provisional.setdefault(t, len(provisional)))
+    tokens, offsets = _encode_stream(
+        corpus, settings.max_sentences, lambda t: provisional.setdefault(t, len(provisional))
+    )
     lengths = np.diff(offsets)
     is_val = split_mask(len(lengths), settings.val_fraction, settings.seed)
     # All counts minus the validation ones: no copy of the (large) training part is needed.
     val_tokens = tokens[np.repeat(is_val, lengths)]
-    train_counts = np.bincount(tokens, minlength=len(provisional)) - np.bincount(val_tokens, minlength=len(provisional))
+    train_counts = np.bincount(tokens, minlength=len(provisional)) - np.bincount(
+        val_tokens, minlength=len(provisional)
+    )
     del val_tokens
 
     words = list(provisional)
-    del provisional
+    provisional.clear()  # its words are in the list now: free the dict
     if vocab is None:
-        vocab = Vocabulary.from_counts(dict(zip(words, train_counts.tolist())), settings.vocab_size, settings.min_freq)
+        vocab = Vocabulary.from_counts(
+            dict(zip(words, train_counts.tolist())), settings.vocab_size, settings.min_freq
+        )
     remap = np.fromiter((vocab.stoi.get(w, UNK_ID) for w in words), np.int32, len(words))
     for block in range(0, len(tokens), _BLOCK):  # provisional ids -> vocabulary ids, in place
         tokens[block : block + _BLOCK] = remap[tokens[block : block + _BLOCK]]
@@ -115,10 +123,14 @@ def key_for_test_corpus(test_corpus: Path, vocab: Vocabulary) -> str:
 def build_test_corpus_cache(test_corpus: Path, vocab: Vocabulary, cache_dir: Path) -> None:
     """Encode all of ``test_corpus`` with the training ``vocab`` into one ``test`` split."""
     tokens, offsets = _encode_stream(test_corpus, None, lambda t: vocab.stoi.get(t, UNK_ID))
-    _write_atomically(cache_dir, {"test_tokens": tokens, "test_offsets": offsets}, None, {"test_corpus": str(test_corpus)})
+    _write_atomically(
+        cache_dir, {"test_tokens": tokens, "test_offsets": offsets}, None, {"test_corpus": str(test_corpus)}
+    )
 
 
-def _encode_stream(corpus: Path, max_sentences: int | None, token_id: Callable[[str], int]) -> tuple[np.ndarray, np.ndarray]:
+def _encode_stream(
+    corpus: Path, max_sentences: int | None, token_id: Callable[[str], int]
+) -> tuple[np.ndarray, np.ndarray]:
     """All tokens of ``corpus`` as ids given by ``token_id``, (N,) int32, and sentence offsets, (S + 1,) int64.
 
     The text is tokenized ``_CHUNK`` sentences at a time, so only one chunk of strings
@@ -138,7 +150,9 @@ def _encode_stream(corpus: Path, max_sentences: int | None, token_id: Callable[[
     return np.concatenate(token_chunks), offsets
 
 
-def _write_atomically(cache_dir: Path, arrays: dict[str, np.ndarray], vocab: Vocabulary | None, settings: dict) -> None:
+def _write_atomically(
+    cache_dir: Path, arrays: dict[str, np.ndarray], vocab: Vocabulary | None, settings: dict
+) -> None:
     """Write a cache into a temporary directory, then rename it to ``cache_dir`` if that is still absent.
 
     A reader therefore sees a complete cache or none. When another process (a DDP rank, a
@@ -208,7 +222,9 @@ def _discard(cache_dir: Path, problem: str) -> None:
     except FileNotFoundError:  # another process (a DDP rank) moved it first
         return
     except OSError as error:
-        raise MinibertError(f"the cache {cache_dir} is damaged ({problem}) and cannot be removed ({error.strerror}): delete it and run again") from None
+        raise MinibertError(
+            f"the cache {cache_dir} is damaged ({problem}) and cannot be removed ({error.strerror}): delete it and run again"
+        ) from None
     shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -228,7 +244,9 @@ def load_split(cache_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _select_sentences(tokens: np.ndarray, offsets: np.ndarray, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _select_sentences(
+    tokens: np.ndarray, offsets: np.ndarray, selected: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.diff(offsets)[selected]
     keep = np.repeat(selected, np.diff(offsets))
     new_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)

@@ -42,7 +42,11 @@ def model_arguments(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 def check_argument_names(checkpoint: dict[str, Any], path: str | Path) -> None:
     """Refuse, in one line, an older checkpoint whose model arguments LightningCLI would fail to parse."""
-    old = [f"model.{name} (now model.{RENAMED_ARGS[name]})" for name in checkpoint.get("hyper_parameters", {}) if name in RENAMED_ARGS]
+    old = [
+        f"model.{name} (now model.{RENAMED_ARGS[name]})"
+        for name in checkpoint.get("hyper_parameters", {})
+        if name in RENAMED_ARGS
+    ]
     if old:
         raise MinibertError(
             f"checkpoint {path} was written by an older minibert, with {', '.join(old)}: `fit --ckpt_path last` "
@@ -56,13 +60,17 @@ def check_checkpoint_file(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise MinibertError(f"checkpoint {path} does not exist")
     if path.is_dir():
-        raise MinibertError(f"checkpoint {path} is a directory; give a .ckpt file (checkpoints/last.ckpt, or 'last')")
+        raise MinibertError(
+            f"checkpoint {path} is a directory; give a .ckpt file (checkpoints/last.ckpt, or 'last')"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError):
         # PyTorch's own messages are long and speak of zip archives and mmap: say it plainly.
         size = path.stat().st_size
-        raise MinibertError(f"checkpoint {path} ({size:,} bytes) is damaged: truncated, or not a checkpoint file at all") from None
+        raise MinibertError(
+            f"checkpoint {path} ({size:,} bytes) is damaged: truncated, or not a checkpoint file at all"
+        ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise MinibertError(f"checkpoint {path} holds no model weights: not a checkpoint written by minibert")
     return checkpoint
@@ -72,11 +80,15 @@ def checkpoint_vocabulary(path: str | Path) -> Vocabulary:
     """The vocabulary saved in a checkpoint, or one line saying why there is none."""
     checkpoint = check_checkpoint_file(path)
     if "vocabulary" not in checkpoint:
-        raise MinibertError(f"checkpoint {path} holds no vocabulary: not a checkpoint written by minibert's training")
+        raise MinibertError(
+            f"checkpoint {path} holds no vocabulary: not a checkpoint written by minibert's training"
+        )
     return Vocabulary.from_dict(checkpoint["vocabulary"])
 
 
-def compatibility_problem(checkpoint: dict[str, Any], model_args: dict[str, Any], vocabulary: Vocabulary | None) -> str | None:
+def compatibility_problem(
+    checkpoint: dict[str, Any], model_args: dict[str, Any], vocabulary: Vocabulary | None
+) -> str | None:
     """What differs between a checkpoint and the model and data built now, in words, or None.
 
     Args:
@@ -106,7 +118,9 @@ def compatibility_problem(checkpoint: dict[str, Any], model_args: dict[str, Any]
     return None
 
 
-def check_resumable(path: str | Path, model_args: dict[str, Any], vocabulary: Vocabulary | None) -> dict[str, Any]:
+def check_resumable(
+    path: str | Path, model_args: dict[str, Any], vocabulary: Vocabulary | None
+) -> dict[str, Any]:
     """The checkpoint a run resumes from, read and found to fit the model and data built now, or one line saying why not."""
     checkpoint = check_checkpoint_file(path)
     problem = compatibility_problem(checkpoint, model_args, vocabulary)
@@ -127,7 +141,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     (see :func:`minibert.machinery.files.atomic_write`).
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
         if storage_options is not None or not is_local_path(str(path)):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)

@@ -72,7 +72,9 @@ def record_size(path: Path) -> None:
         with atomic_write(path.parent / RECORD, encoding="utf-8") as file:
             file.write(json.dumps(records, indent=1))
     except OSError as error:
-        raise MinibertError(f"cannot write {path.parent / RECORD} ({error.strerror}); free some space and run again") from None
+        raise MinibertError(
+            f"cannot write {path.parent / RECORD} ({error.strerror}); free some space and run again"
+        ) from None
 
 
 def _records(folder: Path) -> dict[str, int]:
@@ -96,16 +98,24 @@ def download(url: str, target: Path) -> None:
         ) from None
     expected = int(response.headers.get("Content-Length") or 0) or None
     try:
-        with response, atomic_write(target, "wb") as out, tqdm(
-            total=expected, unit="B", unit_scale=True, desc=f"downloading {target.name}", disable=None
-        ) as progress:
+        with (
+            response,
+            atomic_write(target, "wb") as out,
+            tqdm(
+                total=expected, unit="B", unit_scale=True, desc=f"downloading {target.name}", disable=None
+            ) as progress,
+        ):
             while block := response.read(_BLOCK):
                 out.write(block)
                 progress.update(len(block))
             if expected is not None and out.tell() != expected:  # raised inside: the partial file is removed
-                raise MinibertError(f"data.corpus: the download of {url} stopped at {out.tell()} of {expected} bytes; run again to retry")
+                raise MinibertError(
+                    f"data.corpus: the download of {url} stopped at {out.tell()} of {expected} bytes; run again to retry"
+                )
     except (OSError, http.client.HTTPException) as error:
-        raise MinibertError(f"data.corpus: downloading {url} to {target} failed ({error!r}); run again to retry") from None
+        raise MinibertError(
+            f"data.corpus: downloading {url} to {target} failed ({error!r}); run again to retry"
+        ) from None
 
 
 def extract_member(archive: Path, member: str, target: Path) -> None:
@@ -119,6 +129,10 @@ def extract_member(archive: Path, member: str, target: Path) -> None:
                     return
         raise MinibertError(f"{archive}: no member {member} in this archive")
     except (tarfile.TarError, EOFError) as error:
-        raise MinibertError(f"{archive}: cannot extract {member} ({error}); delete it and run again") from None
+        raise MinibertError(
+            f"{archive}: cannot extract {member} ({error}); delete it and run again"
+        ) from None
     except OSError as error:  # a damaged gzip stream (BadGzipFile) or a full disk
-        raise MinibertError(f"{archive}: cannot extract {member} to {target} ({error}); if the disk is full, free some space, else delete the archive; then run again") from None
+        raise MinibertError(
+            f"{archive}: cannot extract {member} to {target} ({error}); if the disk is full, free some space, else delete the archive; then run again"
+        ) from None

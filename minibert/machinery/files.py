@@ -61,7 +61,9 @@ def check_output_folder(folder: str | Path, what: str) -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
-        raise MinibertError(f"{what} {folder}: cannot write in {existing} ({error.strerror}); choose another path") from None
+        raise MinibertError(
+            f"{what} {folder}: cannot write in {existing} ({error.strerror}); choose another path"
+        ) from None
 
 
 def os_error_in(error: BaseException) -> OSError | None:

@@ -50,7 +50,9 @@ def log_step_metrics_now(trainer: L.Trainer) -> None:
     step is logged once, not twice (the step's second checkpoint, ``last.ckpt``, finds it done).
     """
     connector = trainer._logger_connector
-    if "update_train_step_metrics" in vars(connector):  # logged already, for an earlier checkpoint of this step
+    if "update_train_step_metrics" in vars(
+        connector
+    ):  # logged already, for an earlier checkpoint of this step
         return
     connector.update_train_step_metrics()
 
@@ -92,4 +94,6 @@ def ignore_mid_epoch_resume_warning() -> None:
     matches that one message of that one category. ``warnings.filterwarnings`` replaces an equal
     filter rather than adding a second, so calling this on every resume leaves one in place.
     """
-    warnings.filterwarnings("ignore", message=re.escape(MID_EPOCH_RESUME_WARNING), category=PossibleUserWarning)
+    warnings.filterwarnings(
+        "ignore", message=re.escape(MID_EPOCH_RESUME_WARNING), category=PossibleUserWarning
+    )

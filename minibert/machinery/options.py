@@ -46,7 +46,11 @@ def _one_line(message: str) -> str:
         if line.endswith("is not accepted"):  # an unknown init_args key of a class (a logger, a callback)
             return f"{key.group(1)}: {line[0].lower()}{line[1:]}"
     value = next((line.split(":", 1)[1].strip() for line in details if line.startswith("Given value:")), None)
-    return f"{key.group(1)}: {value!r} is not one of the accepted values" if value else f"{key.group(1)}: not a valid value"
+    return (
+        f"{key.group(1)}: {value!r} is not one of the accepted values"
+        if value
+        else f"{key.group(1)}: not a valid value"
+    )
 
 
 def _plain(type_name: str) -> str:
@@ -59,13 +63,19 @@ def trainer_error(error: Exception, command: str | None) -> MinibertError:
     """One of Lightning's checks of the trainer's options (``MisconfigurationException``, ``ValueError``) as one line."""
     message = " ".join(str(error).split())
     names = inspect.signature(Trainer.__init__).parameters
-    option = next((name for name in re.findall(r"`(\w+)", message) if name in names), None)  # Lightning quotes it
-    return MinibertError(f"trainer.{option}: {message}" if option else f"trainer: {message}", hint=help_hint(command))
+    option = next(
+        (name for name in re.findall(r"`(\w+)", message) if name in names), None
+    )  # Lightning quotes it
+    return MinibertError(
+        f"trainer.{option}: {message}" if option else f"trainer: {message}", hint=help_hint(command)
+    )
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are a :class:`MinibertError` (one line and a hint) rather than the usage and exit."""
 
     def error(self, message: str) -> NoReturn:
-        command = self.prog.split()[-1] if " " in self.prog else None  # a subcommand's prog is "minibert export"
+        command = (
+            self.prog.split()[-1] if " " in self.prog else None
+        )  # a subcommand's prog is "minibert export"
         raise MinibertError(message, hint=help_hint(command))

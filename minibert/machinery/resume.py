@@ -28,7 +28,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
-from minibert.machinery.lightning_internals import inside_train_batch_end, log_step_metrics_now, set_version_if_unset
+from minibert.machinery.lightning_internals import (
+    inside_train_batch_end,
+    log_step_metrics_now,
+    set_version_if_unset,
+)
 
 CHECKPOINT_KEY = "minibert_resume"
 
@@ -43,14 +47,18 @@ class ResumeState(L.Callback):
     def __init__(self) -> None:
         self._random_state: dict[str, Any] | None = None
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         random_state = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             random_state["cuda"] = torch.cuda.get_rng_state_all()
         version = trainer.logger.version if trainer.logger is not None else None
         checkpoint[CHECKPOINT_KEY] = {"random_state": random_state, "logger_version": version}
 
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         self._random_state = checkpoint.get(CHECKPOINT_KEY, {}).get("random_state")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -95,7 +103,9 @@ class SaveOnInterrupt(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_handlers()
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         self._restore_handlers()
 
     def _restore_handlers(self) -> None:
@@ -103,8 +113,12 @@ class SaveOnInterrupt(L.Callback):
             signal.signal(number, handler)
         self._previous_handlers = {}
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._stop is None and trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._stop is None and trainer.strategy.reduce_boolean_decision(
+            self._received is not None, all=False
+        ):
             path = save_last(trainer)
             number = self._received or signal.SIGTERM  # another process of a DDP run got it
             self._stop = Interrupted(
@@ -113,7 +127,9 @@ class SaveOnInterrupt(L.Callback):
                 number,
             )
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         # Stopped here rather than just after saving, so that the last step's metrics are logged too.
         if self._stop is not None:
             raise self._stop
@@ -128,7 +144,9 @@ class SaveFinalStep(L.Callback):
     checkpointing turned off (``trainer.enable_checkpointing: false``) saves nothing.
     """
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.checkpoint_callback is not None and 0 < trainer.max_steps <= trainer.global_step:
             save_last(trainer)
 
@@ -156,7 +174,9 @@ class LogsBeforeCheckpoint(L.Callback):
     step, whose loss would then never reach TensorBoard: so that step is logged here first.
     """
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         if trainer.training and inside_train_batch_end(trainer):
             log_step_metrics_now(trainer)
         for logger in trainer.loggers:
@@ -176,8 +196,14 @@ def find_checkpoint(trainer: L.Trainer, ckpt_path: str | None) -> Path | None:
         return None
     if ckpt_path != "last":
         return Path(ckpt_path)
-    folders = {Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath}
-    found = [path for folder in folders for path in folder.glob(f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}*.ckpt")]
+    folders = {
+        Path(cb.dirpath)
+        for cb in trainer.checkpoint_callbacks
+        if isinstance(cb, ModelCheckpoint) and cb.dirpath
+    }
+    found = [
+        path for folder in folders for path in folder.glob(f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}*.ckpt")
+    ]
     return max(found, key=lambda path: path.stat().st_mtime_ns, default=None)
 
 

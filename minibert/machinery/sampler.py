@@ -36,7 +36,9 @@ class ResumableSampler(DistributedSampler):
             by ``shift`` tokens (see :class:`minibert.data.TokenWindows`).
     """
 
-    def __init__(self, num_windows: int, seed: int, num_replicas: int = 1, rank: int = 0, shifts: int = 1) -> None:
+    def __init__(
+        self, num_windows: int, seed: int, num_replicas: int = 1, rank: int = 0, shifts: int = 1
+    ) -> None:
         # DistributedSampler only needs the dataset's length.
         super().__init__(range(num_windows), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.num_windows, self.shifts = num_windows, shifts
