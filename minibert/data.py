@@ -170,39 +170,48 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        _check_options(
-            vocab_size,
-            min_freq,
-            max_sentences,
-            val_fraction,
-            seq_len,
-            windows,
-            mask_prob,
-            val_mask_prob,
-            mask_token_prob,
-            random_token_prob,
-            batch_size,
-            num_workers,
-        )
-        self.corpus, self.data_dir, self.download_url, self.test_corpus = (
-            corpus,
-            Path(data_dir),
-            download_url,
-            test_corpus,
-        )
-        self.vocab_from = vocab_from
+        self.corpus, self.data_dir, self.download_url = corpus, Path(data_dir), download_url
+        self.test_corpus, self.vocab_from = test_corpus, vocab_from
         self.settings = CacheSettings(vocab_size, min_freq, max_sentences, val_fraction, seed)
         self.seq_len, self.windows, self.packing = seq_len, windows, packing
         self.mask_prob, self.val_mask_prob = mask_prob, mask_prob if val_mask_prob is None else val_mask_prob
         self.mask_token_prob, self.random_token_prob = mask_token_prob, random_token_prob
-        self.batch_size, self.num_workers, self.persistent_workers = (
-            batch_size,
-            num_workers,
-            persistent_workers,
-        )
-        self.seed = seed
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.persistent_workers, self.seed = persistent_workers, seed
+        self._check_options()
         self._vocab: Vocabulary | None = None
         self.datasets: dict[str, TokenWindows] = {}
+
+    def _check_options(self) -> None:
+        """Every data option, checked once where it enters: a wrong value stops the command in one line."""
+        settings, special = self.settings, len(SPECIAL_TOKENS)
+        checks = [
+            (
+                settings.vocab_size > special,
+                f"data.vocab_size={settings.vocab_size} must be more than the {special} special tokens "
+                f"({', '.join(SPECIAL_TOKENS)})",
+            ),
+            (settings.min_freq >= 1, f"data.min_freq={settings.min_freq} must be at least 1"),
+            (
+                settings.max_sentences is None or settings.max_sentences >= 1,
+                f"data.max_sentences={settings.max_sentences} must be at least 1 (or null for all)",
+            ),
+            (0 <= settings.val_fraction < 1, f"data.val_fraction={settings.val_fraction} must be in [0, 1)"),
+            (self.seq_len >= 2, f"data.seq_len={self.seq_len} must be at least 2"),
+            (self.windows in WINDOWS, f"data.windows={self.windows!r} must be one of {', '.join(WINDOWS)}"),
+            (self.batch_size >= 1, f"data.batch_size={self.batch_size} must be at least 1"),
+            (self.num_workers >= 0, f"data.num_workers={self.num_workers} must be at least 0"),
+        ]
+        for name in ("mask_prob", "val_mask_prob", "mask_token_prob", "random_token_prob"):
+            p = getattr(self, name)
+            checks.append((0 <= p <= 1, f"data.{name}={p} must be a probability in [0, 1]"))
+        replaced = self.mask_token_prob + self.random_token_prob
+        checks.append(
+            (replaced <= 1, f"data.mask_token_prob + data.random_token_prob = {replaced} must not exceed 1")
+        )
+        for ok, message in checks:
+            if not ok:
+                raise MinibertError(message)
 
     # The cache is built on first use: the model's size depends on the vocabulary, which is
     # linked from here when the command line instantiates both (see cli.py).
@@ -370,54 +379,3 @@ def _existing(path: str, option: str) -> Path:
             f"{option}: {path} does not exist (give a sentence-per-line file, a .gz or a directory of Europarl session files)"
         )
     return Path(path)
-
-
-def _check_options(
-    vocab_size,
-    min_freq,
-    max_sentences,
-    val_fraction,
-    seq_len,
-    windows,
-    mask_prob,
-    val_mask_prob,
-    mask_token_prob,
-    random_token_prob,
-    batch_size,
-    num_workers,
-) -> None:
-    special = len(SPECIAL_TOKENS)
-    checks = [
-        (
-            vocab_size > special,
-            f"data.vocab_size={vocab_size} must be more than the {special} special tokens ({', '.join(SPECIAL_TOKENS)})",
-        ),
-        (min_freq >= 1, f"data.min_freq={min_freq} must be at least 1"),
-        (
-            max_sentences is None or max_sentences >= 1,
-            f"data.max_sentences={max_sentences} must be at least 1 (or null for all)",
-        ),
-        (0 <= val_fraction < 1, f"data.val_fraction={val_fraction} must be in [0, 1)"),
-        (seq_len >= 2, f"data.seq_len={seq_len} must be at least 2"),
-        (windows in WINDOWS, f"data.windows={windows!r} must be one of {', '.join(WINDOWS)}"),
-        (batch_size >= 1, f"data.batch_size={batch_size} must be at least 1"),
-        (num_workers >= 0, f"data.num_workers={num_workers} must be at least 0"),
-    ]
-    probabilities = {
-        "mask_prob": mask_prob,
-        "val_mask_prob": val_mask_prob,
-        "mask_token_prob": mask_token_prob,
-        "random_token_prob": random_token_prob,
-    }
-    for name, p in probabilities.items():
-        if p is not None:  # val_mask_prob: null follows mask_prob
-            checks.append((0 <= p <= 1, f"data.{name}={p} must be a probability in [0, 1]"))
-    checks.append(
-        (
-            mask_token_prob + random_token_prob <= 1,
-            f"data.mask_token_prob + data.random_token_prob = {mask_token_prob + random_token_prob} must not exceed 1",
-        )
-    )
-    for ok, message in checks:
-        if not ok:
-            raise MinibertError(message)
