@@ -84,9 +84,8 @@ def save_figure(figure, path: str | Path) -> None:
     """Write the figure whole or not at all, as a PNG (or the type its file name ends with)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(
-        path, "wb"
-    ) as file:  # a file object: matplotlib takes the type from format, not the name
+    with atomic_write(path, "wb") as file:
+        # A file object: matplotlib takes the type from format, not from the name.
         figure.savefig(file, dpi=100, format=path.suffix.removeprefix(".") or "png")
 
 

@@ -88,12 +88,8 @@ class MiniBertCLI(LightningCLI):
         """The trainer, its options checked by Lightning and its output folders by us, before any work starts."""
         try:
             trainer = super().instantiate_trainer(**kwargs)
-        except (
-            MisconfigurationException,
-            ValueError,
-            RuntimeError,
-        ) as error:  # Lightning's checks of its options
-            raise trainer_error(error, self.subcommand) from None
+        except (MisconfigurationException, ValueError, RuntimeError) as error:
+            raise trainer_error(error, self.subcommand) from None  # Lightning's checks of its options
         for folder, what in output_folders(trainer, self.subcommand):
             check_output_folder(folder, what)
         return trainer

@@ -102,9 +102,7 @@ def window_starts(offsets: np.ndarray, seq_len: int, packing: bool, windows: str
         return np.arange(0, offsets[-1], seq_len)
     # Tiles over each sentence on its own: a sentence of n tokens gives ceil(n / seq_len) windows.
     per_sentence = -(-lengths // seq_len)
-    first = np.repeat(
-        np.cumsum(per_sentence) - per_sentence, per_sentence
-    )  # index of each sentence's first window
+    first = np.repeat(np.cumsum(per_sentence) - per_sentence, per_sentence)  # each one's first window
     return np.repeat(sentence_starts, per_sentence) + seq_len * (np.arange(per_sentence.sum()) - first)
 
 

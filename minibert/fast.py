@@ -34,9 +34,8 @@ class CpuDropout(nn.Dropout):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if (
-            x.device.type != "cpu" or torch.compiler.is_compiling()
-        ):  # compiled code draws its own fast numbers
+        # Elsewhere, and in compiled code (which draws its own fast numbers), PyTorch's is fast.
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
             return super().forward(x)
         n = x.numel()
         # random_() on int64 gives 63 random bits (the sign bit stays 0); masking every

@@ -69,9 +69,8 @@ class AttentionImages(L.Callback):
             return
         seq_len = pl_module.hparams.seq_len
         for number, sentence in enumerate(self.sentences, start=1):
-            cut = " ".join(
-                tokenize(sentence)[:seq_len]
-            )  # tokens joined by spaces tokenize back to the same tokens
+            # Tokens joined by spaces tokenize back to the same tokens.
+            cut = " ".join(tokenize(sentence)[:seq_len])
             labels, weights = attention_maps(pl_module.encoder, pl_module.vocab, cut, seq_len)  # (L, H, T, T)
             figure = draw_attention(weights, labels, f"step {trainer.global_step}: {' '.join(labels)}")
             tensorboard.experiment.add_image(

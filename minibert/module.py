@@ -95,9 +95,8 @@ class MiniBert(L.LightningModule):
     def masked_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Mean cross-entropy over the scored positions, with their logits (N, V) and labels (N,)."""
         logits, labels = self.masked_logits(batch)
-        loss = F.cross_entropy(
-            logits.float(), labels
-        )  # log-softmax and loss in float32 even under bf16 autocast
+        # The log-softmax and the loss in float32, even under bf16 autocast.
+        loss = F.cross_entropy(logits.float(), labels)
         return loss, logits, labels
 
     def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:

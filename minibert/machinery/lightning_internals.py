@@ -50,9 +50,8 @@ def log_step_metrics_now(trainer: L.Trainer) -> None:
     step is logged once, not twice (the step's second checkpoint, ``last.ckpt``, finds it done).
     """
     connector = trainer._logger_connector
-    if "update_train_step_metrics" in vars(
-        connector
-    ):  # logged already, for an earlier checkpoint of this step
+    # Already logged, for an earlier checkpoint of this step:
+    if "update_train_step_metrics" in vars(connector):
         return
     connector.update_train_step_metrics()
 

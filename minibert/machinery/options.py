@@ -63,9 +63,8 @@ def trainer_error(error: Exception, command: str | None) -> MinibertError:
     """One of Lightning's checks of the trainer's options (``MisconfigurationException``, ``ValueError``) as one line."""
     message = " ".join(str(error).split())
     names = inspect.signature(Trainer.__init__).parameters
-    option = next(
-        (name for name in re.findall(r"`(\w+)", message) if name in names), None
-    )  # Lightning quotes it
+    quoted = re.findall(r"`(\w+)", message)  # Lightning quotes the option's name
+    option = next((name for name in quoted if name in names), None)
     return MinibertError(
         f"trainer.{option}: {message}" if option else f"trainer: {message}", hint=help_hint(command)
     )
@@ -75,7 +74,6 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are a :class:`MinibertError` (one line and a hint) rather than the usage and exit."""
 
     def error(self, message: str) -> NoReturn:
-        command = (
-            self.prog.split()[-1] if " " in self.prog else None
-        )  # a subcommand's prog is "minibert export"
+        # A subcommand's prog is "minibert export":
+        command = self.prog.split()[-1] if " " in self.prog else None
         raise MinibertError(message, hint=help_hint(command))
