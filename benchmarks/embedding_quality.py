@@ -9,6 +9,7 @@ default). ``--word2vec`` scores gensim's word2vec trained on the same sentences.
 
     python benchmarks/embedding_quality.py --ckpt_path checkpoints/last.ckpt
     python benchmarks/embedding_quality.py --word2vec      # the yardstick (needs gensim: pip install -e ".[bench]")
+    python benchmarks/embedding_quality.py --word2vec --skip-gram   # word2vec's skip-gram instead of CBOW
 
 The categories file has one group a line, ``name<TAB>word word ...``; lines starting with
 ``#`` are comments.
@@ -49,8 +50,10 @@ def checkpoint_embeddings(ckpt_path: str, source: str) -> tuple[Tensor, list[str
     return embedding_matrix(model.encoder, source).detach(), vocab.itos, vocab.num_specials
 
 
-def word2vec_embeddings(corpus: str, max_sentences: int, seed: int) -> tuple[Tensor, list[str], int]:
-    """CBOW, 128 dimensions, window 5, 5 epochs, every word kept: gensim's usual recipe.
+def word2vec_embeddings(
+    corpus: str, max_sentences: int, seed: int, skip_gram: bool = False
+) -> tuple[Tensor, list[str], int]:
+    """CBOW (or skip-gram), 128 dimensions, window 5, 5 epochs, every word kept: gensim's usual recipe.
 
     gensim seeds each word's vector with Python's string hash, randomised per process
     (and its worker threads race), so two runs differ even with the same ``seed``.
@@ -62,9 +65,9 @@ def word2vec_embeddings(corpus: str, max_sentences: int, seed: int) -> tuple[Ten
     with open(corpus, encoding="utf-8") as file:
         sentences = [tokenize(line) for _, line in zip(range(max_sentences), file)]
     started = time.perf_counter()
-    w2v = Word2Vec(sentences, vector_size=128, window=5, min_count=1, sg=0, epochs=5, seed=seed)
+    w2v = Word2Vec(sentences, vector_size=128, window=5, min_count=1, sg=int(skip_gram), epochs=5, seed=seed)
     print(
-        f"word2vec: {len(sentences)} sentences, {len(w2v.wv)} words, trained in {time.perf_counter() - started:.1f} s"
+        f"word2vec ({'skip-gram' if skip_gram else 'CBOW'}): {len(sentences)} sentences, {len(w2v.wv)} words, trained in {time.perf_counter() - started:.1f} s"
     )
     return torch.from_numpy(w2v.wv.vectors.copy()), list(w2v.wv.index_to_key), 0
 
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--ckpt_path", help="a minibert checkpoint (its vocabulary is inside)")
     what.add_argument("--word2vec", action="store_true", help="train the gensim word2vec yardstick instead")
+    parser.add_argument("--skip-gram", action="store_true", help="word2vec's skip-gram (sg=1), not CBOW")
     parser.add_argument(
         "--source",
         choices=("input", "output"),
@@ -112,7 +116,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     scores = []
     for run in range(args.repeats):
-        vectors, words, excluded = word2vec_embeddings(args.corpus, args.max_sentences, args.seed + run)
+        vectors, words, excluded = word2vec_embeddings(
+            args.corpus, args.max_sentences, args.seed + run, args.skip_gram
+        )
         scores.append(report("word2vec", vectors, words, groups, sections, args.k, excluded))
     if len(scores) > 1:
         for name, values in zip((f"purity@{args.k}", "analogy accuracy"), zip(*scores)):
