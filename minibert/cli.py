@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from minibert import explore
 from minibert.data import EuroparlDataModule
 from minibert.errors import MinibertError
+from minibert.machinery.allocator import KeepFreedMemory
 from minibert.machinery.checkpoint import (
     SHAPE_ARGS,
     check_argument_names,
@@ -148,9 +149,16 @@ def main(args: list[str] | None = None) -> None:
                 MiniBert,
                 EuroparlDataModule,
                 save_config_kwargs={"overwrite": True},
-                # Added to every run, whatever callbacks the config lists: they make resuming exact.
+                # Added to every run, whatever callbacks the config lists: the first four make
+                # resuming exact, the last makes CPU steps faster.
                 trainer_defaults={
-                    "callbacks": [ResumeState(), SaveOnInterrupt(), SaveFinalStep(), LogsBeforeCheckpoint()]
+                    "callbacks": [
+                        ResumeState(),
+                        SaveOnInterrupt(),
+                        SaveFinalStep(),
+                        LogsBeforeCheckpoint(),
+                        KeepFreedMemory(),
+                    ]
                 },
                 args=args,
             )
