@@ -1,14 +1,14 @@
 """CPU training: keep freed memory for the next step instead of giving it back to the kernel.
 
 glibc's ``malloc`` serves every block above a threshold (at most 32 MB, adjusted as it goes)
-with a fresh ``mmap`` and returns it to the kernel on ``free``. A training step over a 40,000-word
+with a fresh ``mmap`` and returns it to the kernel on ``free``. A training step over the
 vocabulary allocates several such blocks: the logits of the scored positions, their
-log-softmax and both gradients (164 MB each at base.yaml's 1,024 scored positions). Every step
-the kernel then hands out and zeroes those pages again, one page fault each 4 KiB. Told to keep
-freed memory (``mallopt``: no ``mmap`` below 1 GiB, no trimming below 1 GiB), ``malloc`` reuses
-the same pages from one step to the next. Measured on 2 CPU cores, base.yaml trains 1.23 times
-faster (docs/benchmarks.md). The numbers computed are the same; the process keeps its peak
-memory instead of returning it between steps.
+log-softmax and both gradients (about 100 MB each: base.yaml scores 1,024 positions a step
+over a vocabulary of 23,562 words). Every step the kernel then hands out and zeroes those
+pages again, one page fault each 4 KiB. Told to keep freed memory (``mallopt``: no ``mmap``
+below 1 GiB, no trimming below 1 GiB), ``malloc`` reuses the same pages from one step to the
+next. Measured on 2 CPU cores, base.yaml trains 1.20 times faster (docs/benchmarks.md), with
+the same numbers; the process keeps its peak memory instead of returning it between steps.
 """
 
 from __future__ import annotations
