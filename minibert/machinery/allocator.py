@@ -14,7 +14,6 @@ the same numbers; the process keeps its peak memory instead of returning it betw
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 import lightning as L
@@ -29,8 +28,7 @@ def keep_freed_memory() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL("libc.so.6").mallopt  # glibc's name; elsewhere an OSError
     except (OSError, AttributeError):
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, KEEP_BELOW)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_BELOW))
