@@ -35,6 +35,7 @@ from minibert.machinery.options import parse_error, trainer_error
 from minibert.machinery.resume import (
     Interrupted,
     LogsBeforeCheckpoint,
+    NextEpochFromItsStart,
     ResumeState,
     SaveFinalStep,
     SaveOnInterrupt,
@@ -149,7 +150,7 @@ def main(args: list[str] | None = None) -> None:
                 MiniBert,
                 EuroparlDataModule,
                 save_config_kwargs={"overwrite": True},
-                # Added to every run, whatever callbacks the config lists: the first four make
+                # Added to every run, whatever callbacks the config lists: the first five make
                 # resuming exact, the last makes CPU steps faster.
                 trainer_defaults={
                     "callbacks": [
@@ -157,6 +158,7 @@ def main(args: list[str] | None = None) -> None:
                         SaveOnInterrupt(),
                         SaveFinalStep(),
                         LogsBeforeCheckpoint(),
+                        NextEpochFromItsStart(),
                         KeepFreedMemory(),
                     ]
                 },

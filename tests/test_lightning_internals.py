@@ -22,12 +22,14 @@ from torch.utils.data import DataLoader
 from minibert.machinery.lightning_internals import (
     MID_EPOCH_RESUME_WARNING,
     batches_trained_in_epoch,
+    between_epochs,
     ignore_mid_epoch_resume_warning,
     inside_train_batch_end,
     is_local_path,
     log_step_metrics_now,
     progress_bar_due,
     set_version_if_unset,
+    start_the_next_epoch_in,
 )
 
 STEPS = 4
@@ -101,6 +103,39 @@ def test_the_batch_counters_tell_a_batch_in_training_from_one_in_on_train_batch_
     for batch_idx in range(STEPS):
         expected += [("start", batch_idx, batch_idx, False), ("end", batch_idx, batch_idx + 1, True)]
     assert seen == expected
+
+
+def test_after_an_epoch_the_counters_are_still_its_own_until_the_next_starts(tmp_path):
+    """Where Lightning saves last.ckpt at the end of a run bounded by epochs: the counters, and their checkpoint keys."""
+    seen = {}
+
+    class AtTheEnd(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.setdefault("during", between_epochs(trainer))
+
+        def on_train_end(self, trainer, pl_module):
+            seen["batches"] = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            seen["after"], seen["trained"] = between_epochs(trainer), batches_trained_in_epoch(trainer)
+            trainer.save_checkpoint(tmp_path / "end.ckpt")
+
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, callbacks=[AtTheEnd()], accelerator="cpu", default_root_dir=tmp_path,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(TinyModel())
+    assert seen == {"during": False, "batches": STEPS, "after": True, "trained": 0}
+    checkpoint = torch.load(tmp_path / "end.ckpt", weights_only=True)
+    loop = checkpoint["loops"]["fit_loop"]
+    assert loop["epoch_loop.batch_progress"]["current"]["processed"] == STEPS
+    start_the_next_epoch_in(checkpoint)
+    assert loop["epoch_loop.batch_progress"]["current"] == dict.fromkeys(
+        ["ready", "started", "processed", "completed"], 0
+    )
+    assert (
+        loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"]["current"]["completed"]
+        == 0
+    )
+    assert loop["epoch_loop.batch_progress"]["total"]["processed"] == STEPS  # the run's totals stay
 
 
 def test_step_metrics_logged_in_on_train_batch_end_are_logged_once_and_at_once():

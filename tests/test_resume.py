@@ -158,14 +158,20 @@ def test_sampler_gives_each_process_its_own_shard_of_every_epoch():
     assert shards(99, 1, 0) != shards(99, 1, 1)  # a new shuffle every epoch
 
 
+def checkpoints_every(folder: Path, steps: int) -> Path:
+    """A config of one checkpoint every ``steps`` steps and none at epoch ends, as in base.yaml."""
+    config = folder / f"every_{steps}_steps.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        f"      init_args: {{dirpath: checkpoints, every_n_train_steps: {steps}, save_last: true}}\n"
+    )
+    return config
+
+
 def test_last_checkpoint_holds_the_final_step_and_resumes_from_it(tmp_path):
     """With one checkpoint every 10 steps (no epoch-end one, as in quick.yaml), step 23 of 23 is saved too, and resumes."""
     shutil.copytree(REPO / "configs", tmp_path / "configs")
-    every_10_steps = tmp_path / "every_10_steps.yaml"
-    every_10_steps.write_text(
-        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-        "      init_args: {dirpath: checkpoints, every_n_train_steps: 10, save_last: true}\n"
-    )
+    every_10_steps = checkpoints_every(tmp_path, 10)
     last = tmp_path / "checkpoints" / "last.ckpt"
     fit(tmp_path, tmp_path / "data", "--config", str(every_10_steps), "--trainer.max_steps", "23")
     assert torch.load(last, weights_only=True)["global_step"] == 23
@@ -181,3 +187,29 @@ def test_last_checkpoint_holds_the_final_step_and_resumes_from_it(tmp_path):
     )
     assert torch.load(last, weights_only=True)["global_step"] == 25
     assert sorted(losses(tmp_path / "lightning_logs" / "version_0")) == list(range(25))
+
+
+def test_a_finished_run_continued_for_another_epoch_trains_it_whole(tmp_path):
+    """last.ckpt written at a run's end is past its last epoch: the next epoch starts at its first batch.
+
+    Lightning's batch count is still the finished epoch's there; taken for the next epoch's,
+    the continued run would skip that many of its batches (with 21 an epoch, all of them).
+    """
+    dirs = {name: tmp_path / name for name in ("whole", "continued")}
+    for folder in dirs.values():
+        shutil.copytree(REPO / "configs", folder / "configs")
+    # No step checkpoint within the run: Lightning saves last.ckpt when training ends, after the epoch's end.
+    never = checkpoints_every(tmp_path, 1000)
+    by_epochs = ("--config", str(never), "--model.lr_decay", "constant", "--trainer.max_steps", "-1")
+    by_epochs += ("--trainer.max_epochs",)  # a constant learning rate: one schedule for both runs
+    fit(dirs["whole"], tmp_path / "data", *by_epochs, "2")
+    fit(dirs["continued"], tmp_path / "data", *by_epochs, "1")
+    fit(dirs["continued"], tmp_path / "data", *by_epochs, "2", "--ckpt_path", "last")
+    whole, continued = (
+        torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True) for folder in dirs.values()
+    )
+    assert (continued["global_step"], whole["global_step"]) == (42, 42)
+    for name, tensor in whole["state_dict"].items():
+        assert torch.equal(tensor, continued["state_dict"][name]), name
+    logged = [losses(folder / "lightning_logs" / "version_0") for folder in dirs.values()]
+    assert logged[0] == logged[1] and sorted(logged[0]) == list(range(42))

@@ -1,7 +1,7 @@
 """Every use of a private part of Lightning, each behind one small function that says why it is needed.
 
 Exact resume, a safe stop and the run's progress bar need a few things Lightning has no public
-call for: its loop's batch counters, its logger connector, a logger's version before first use,
+call for: its loop's batch counters and their place in a checkpoint, its logger connector, a logger's version before first use,
 its test for a local path, its progress bar's refresh rule, and the text of one of its warnings.
 They are used nowhere else, so a Lightning release that changes one breaks one function here,
 and ``tests/test_lightning_internals.py`` says which.
@@ -26,9 +26,43 @@ def batches_trained_in_epoch(trainer: L.Trainer) -> int:
     """How many of the epoch's batches finished their training step, the one being checkpointed included.
 
     Where a resumed run picks up the epoch. Lightning keeps the count in its training loop's
-    progress, which it saves in its own checkpoint but shows through no public property.
+    progress, which it saves in its own checkpoint but shows through no public property. It
+    resets the count only when the next epoch starts: a checkpoint written after an epoch's end
+    (``last.ckpt`` at the end of a run bounded by epochs) still holds the finished epoch's count,
+    so an epoch that has not started counts 0.
     """
+    if between_epochs(trainer):
+        return 0
     return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+def between_epochs(trainer: L.Trainer) -> bool:
+    """Whether the epoch ``trainer.current_epoch`` has not started: the previous one ended (at the end of a run)."""
+    return trainer.fit_loop.epoch_progress.current.started <= trainer.current_epoch
+
+
+def start_the_next_epoch_in(checkpoint: dict) -> None:
+    """Make a checkpoint written between two epochs resume at the first batch of the next one.
+
+    Lightning resets its training loop's counters of the epoch (batches, scheduler and
+    optimiser steps) only when the next epoch starts. In a checkpoint written after an epoch's
+    end and before the next (Lightning's own ``last.ckpt`` at the end of a run bounded by
+    epochs), they still count the finished epoch; a run resumed from it, given more epochs,
+    would take the next one as already trained and run it with no batch. This resets them
+    as the start of an epoch does (``reset_on_run`` of each), in the checkpoint only.
+    """
+    loop = checkpoint["loops"]["fit_loop"]
+    progress = [
+        loop["epoch_loop.batch_progress"],
+        loop["epoch_loop.scheduler_progress"],
+        *loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"].values(),  # step, zero_grad
+    ]
+    for counters in progress:
+        counters["current"] = dict.fromkeys(counters["current"], 0)
+    loop["epoch_loop.batch_progress"]["is_last_batch"] = False
+    loop["epoch_loop.val_loop.batch_progress"]["total"] = dict.fromkeys(
+        loop["epoch_loop.val_loop.batch_progress"]["total"], 0
+    )
 
 
 def inside_train_batch_end(trainer: L.Trainer) -> bool:

@@ -7,7 +7,9 @@ and the data module's state (where the epoch's shuffle had got to, see
 - the random state, which dropout draws from, and the TensorBoard version folder
   (:class:`ResumeState`);
 - a checkpoint when the run is interrupted with Ctrl-C or ``kill`` (:class:`SaveOnInterrupt`),
-  and one after the run's last step (:class:`SaveFinalStep`).
+  and one after the run's last step (:class:`SaveFinalStep`);
+- a checkpoint written between two epochs starts the next one at its first batch
+  (:class:`NextEpochFromItsStart`).
 
 And a checkpoint implies its logs (:class:`LogsBeforeCheckpoint`): a run killed right after one
 resumes from it, so every metric of the steps it holds must already be on disk.
@@ -29,9 +31,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 from minibert.machinery.lightning_internals import (
+    between_epochs,
     inside_train_batch_end,
     log_step_metrics_now,
     set_version_if_unset,
+    start_the_next_epoch_in,
 )
 
 CHECKPOINT_KEY = "minibert_resume"
@@ -164,6 +168,20 @@ def checkpoint_dir(trainer: L.Trainer) -> Path:
     if callback is not None and callback.dirpath is not None:
         return Path(callback.dirpath)
     return Path(trainer.default_root_dir) / "checkpoints"
+
+
+class NextEpochFromItsStart(L.Callback):
+    """A checkpoint written between two epochs resumes at the next epoch's first batch.
+
+    Lightning's own ``last.ckpt`` at the end of a run bounded by epochs is written there; see
+    :func:`~minibert.machinery.lightning_internals.start_the_next_epoch_in` for why it needs this.
+    """
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.state.fn == "fit" and between_epochs(trainer):
+            start_the_next_epoch_in(checkpoint)
 
 
 class LogsBeforeCheckpoint(L.Callback):
