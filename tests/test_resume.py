@@ -213,3 +213,21 @@ def test_a_finished_run_continued_for_another_epoch_trains_it_whole(tmp_path):
         assert torch.equal(tensor, continued["state_dict"][name]), name
     logged = [losses(folder / "lightning_logs" / "version_0") for folder in dirs.values()]
     assert logged[0] == logged[1] and sorted(logged[0]) == list(range(42))
+
+
+def test_a_run_bounded_by_epochs_saves_its_last_step_and_continues_from_it(tmp_path):
+    """Checkpoints every 10 steps, epochs of 21: the run's steps 41 and 42 are in last.ckpt too, and a third epoch follows."""
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    by_epochs = (
+        "--config",
+        str(checkpoints_every(tmp_path, 10)),
+        "--trainer.max_steps",
+        "-1",
+        "--trainer.max_epochs",
+    )
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    fit(tmp_path, tmp_path / "data", *by_epochs, "2")
+    assert torch.load(last, weights_only=True)["global_step"] == 42
+    fit(tmp_path, tmp_path / "data", *by_epochs, "3", "--ckpt_path", "last")
+    assert torch.load(last, weights_only=True)["global_step"] == 63
+    assert sorted(losses(tmp_path / "lightning_logs" / "version_0")) == list(range(63))

@@ -140,18 +140,31 @@ class SaveOnInterrupt(L.Callback):
 
 
 class SaveFinalStep(L.Callback):
-    """Save ``last.ckpt`` after the step that reaches ``trainer.max_steps``.
+    """Save ``last.ckpt`` after the run's last step: the one that reaches ``trainer.max_steps``, or the last epoch's.
 
-    ModelCheckpoint saves every N steps or after a validation; when ``max_steps`` is not one
-    of those steps, the last steps of a run would be trained and then lost (Lightning saves
-    ``last.ckpt`` at the end of training only if it never saved one before). A run with
-    checkpointing turned off (``trainer.enable_checkpointing: false``) saves nothing.
+    ModelCheckpoint saves every N steps or after a validation; when the run's last step is not
+    one of those, the last steps would be trained and then lost (Lightning saves ``last.ckpt``
+    at the end of training only if it never saved one before). A run with checkpointing turned
+    off (``trainer.enable_checkpointing: false``) saves nothing.
     """
+
+    def __init__(self) -> None:
+        self._saved_step = -1  # the global step of the newest checkpoint this run wrote
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._saved_step = trainer.global_step
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if trainer.checkpoint_callback is not None and 0 < trainer.max_steps <= trainer.global_step:
+            save_last(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run bounded by epochs ends here, after its last epoch's end (see NextEpochFromItsStart).
+        if trainer.checkpoint_callback is not None and self._saved_step < trainer.global_step:
             save_last(trainer)
 
 
