@@ -198,10 +198,11 @@ def test_a_finished_run_continued_for_another_epoch_trains_it_whole(tmp_path):
     dirs = {name: tmp_path / name for name in ("whole", "continued")}
     for folder in dirs.values():
         shutil.copytree(REPO / "configs", folder / "configs")
-    # No step checkpoint within the run: Lightning saves last.ckpt when training ends, after the epoch's end.
+    # No step checkpoint within the run: last.ckpt is written when training ends, after the epoch's end.
+    # A constant learning rate: the same schedule for a run of one epoch and one of two.
     never = checkpoints_every(tmp_path, 1000)
     by_epochs = ("--config", str(never), "--model.lr_decay", "constant", "--trainer.max_steps", "-1")
-    by_epochs += ("--trainer.max_epochs",)  # a constant learning rate: one schedule for both runs
+    by_epochs += ("--trainer.max_epochs",)
     fit(dirs["whole"], tmp_path / "data", *by_epochs, "2")
     fit(dirs["continued"], tmp_path / "data", *by_epochs, "1")
     fit(dirs["continued"], tmp_path / "data", *by_epochs, "2", "--ckpt_path", "last")

@@ -1,8 +1,9 @@
 """Every use of a private part of Lightning, each behind one small function that says why it is needed.
 
 Exact resume, a safe stop and the run's progress bar need a few things Lightning has no public
-call for: its loop's batch counters and their place in a checkpoint, its logger connector, a logger's version before first use,
-its test for a local path, its progress bar's refresh rule, and the text of one of its warnings.
+call for: its loop's batch counters and their place in a checkpoint, its logger connector, a
+logger's version before first use, its test for a local path, its progress bar's refresh rule,
+and the text of one of its warnings.
 They are used nowhere else, so a Lightning release that changes one breaks one function here,
 and ``tests/test_lightning_internals.py`` says which.
 """
@@ -46,8 +47,8 @@ def start_the_next_epoch_in(checkpoint: dict) -> None:
 
     Lightning resets its training loop's counters of the epoch (batches, scheduler and
     optimiser steps) only when the next epoch starts. In a checkpoint written after an epoch's
-    end and before the next (Lightning's own ``last.ckpt`` at the end of a run bounded by
-    epochs), they still count the finished epoch; a run resumed from it, given more epochs,
+    end and before the next (``last.ckpt`` at the end of a run bounded by epochs, written by
+    ``SaveFinalStep`` and by Lightning itself), they still count the finished epoch; a run resumed from it, given more epochs,
     would take the next one as already trained and run it with no batch. This resets them
     as the start of an epoch does (``reset_on_run`` of each), in the checkpoint only.
     """

@@ -186,7 +186,7 @@ def checkpoint_dir(trainer: L.Trainer) -> Path:
 class NextEpochFromItsStart(L.Callback):
     """A checkpoint written between two epochs resumes at the next epoch's first batch.
 
-    Lightning's own ``last.ckpt`` at the end of a run bounded by epochs is written there; see
+    ``last.ckpt`` at the end of a run bounded by epochs is written there; see
     :func:`~minibert.machinery.lightning_internals.start_the_next_epoch_in` for why it needs this.
     """
 
