@@ -40,14 +40,14 @@ def record_internals(encoder: Encoder, input_ids: Tensor, padding_mask: Tensor |
     hidden: list[Tensor] = []
     attention: list[Tensor] = []
 
-    def layer_input(layer, args):  # args: (x, keep, rows) as EncoderLayer.forward receives them
+    def layer_input(layer, args):  # args: (x, attend) as EncoderLayer.forward receives them
         if not hidden:
             hidden.append(args[0])
 
     def layer_output(layer, args, output):
         hidden.append(output)
 
-    def attention_input(attn, args):  # args: (the normalised x, keep)
+    def attention_input(attn, args):  # args: (the normalised x, attend)
         q, k, _ = attn.heads(args[0])
         attention.append(attn.weights(q, k, args[1] if len(args) > 1 else None))
 

@@ -1,8 +1,13 @@
 """BERT's masked-language-model corruption, vectorised over a whole batch.
 
-Every random number is a pure function of ``(seed, epoch, sample id, position)``: the
-same sample gets the same mask whichever batch, worker or process it lands in, and a
-resumed run sees exactly the masks of a run that never stopped.
+BERT's rule (:func:`mask_tokens`): choose each ordinary word with probability ``mask_prob``;
+replace a chosen word by ``<mask>`` (80%), by a random word (10%) or keep it (10%); predict
+the chosen words only.
+
+Every random number is a pure function of ``(seed, epoch, sample id, position)``
+(:func:`counter_uniform`, at the end of the file): the same sample gets the same mask
+whichever batch, worker or process it lands in, and a resumed run sees exactly the masks of
+a run that never stopped.
 """
 
 from __future__ import annotations
@@ -13,36 +18,6 @@ import torch
 from torch import Tensor
 
 IGNORE_INDEX = -100  # the label of every position that is not scored (PyTorch's cross_entropy default)
-
-_MASK64 = (1 << 64) - 1
-
-
-def _to_int64(value: int) -> int:
-    """An unsigned 64-bit constant as the signed int64 that holds the same bits."""
-    value &= _MASK64
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-_GOLDEN, _MIX1, _MIX2 = (_to_int64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
-
-
-def counter_uniform(seed: int, epoch: int, sample_ids: Tensor, shape: tuple[int, int]) -> Tensor:
-    """Uniform floats in [0, 1) of shape ``(len(sample_ids), *shape)`` from a counter-based generator.
-
-    splitmix64 hashes a unique 64-bit counter for every (seed, epoch, sample, position, draw);
-    int64 arithmetic wraps around exactly like the unsigned original. The right shifts
-    are masked because torch shifts signed integers arithmetically.
-    """
-    per_sample = shape[0] * shape[1]
-    offsets = torch.arange(per_sample, dtype=torch.int64, device=sample_ids.device)
-    stream = (seed * 1_000_003 + epoch) * _GOLDEN
-    x = (sample_ids.to(torch.int64)[:, None] * per_sample + offsets) + _to_int64(stream)  # (B, T*K)
-    x = x * _GOLDEN
-    x = (x ^ ((x >> 30) & ((1 << 34) - 1))) * _MIX1
-    x = (x ^ ((x >> 27) & ((1 << 37) - 1))) * _MIX2
-    x = x ^ ((x >> 31) & ((1 << 33) - 1))
-    top24 = (x >> 40) & ((1 << 24) - 1)  # 24 random bits: exact in float32
-    return (top24.to(torch.float32) / (1 << 24)).view(len(sample_ids), *shape)
 
 
 @dataclass(frozen=True)
@@ -100,3 +75,36 @@ def mask_tokens(
     corrupted = torch.where(to_mask, config.mask_id, input_ids)
     corrupted = torch.where(to_random, random_ids, corrupted)
     return corrupted, labels
+
+
+# --- where the random numbers come from ------------------------------------------------------
+
+_MASK64 = (1 << 64) - 1
+
+
+def _to_int64(value: int) -> int:
+    """An unsigned 64-bit constant as the signed int64 that holds the same bits."""
+    value &= _MASK64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_GOLDEN, _MIX1, _MIX2 = (_to_int64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def counter_uniform(seed: int, epoch: int, sample_ids: Tensor, shape: tuple[int, int]) -> Tensor:
+    """Uniform floats in [0, 1) of shape ``(len(sample_ids), *shape)`` from a counter-based generator.
+
+    splitmix64 hashes a unique 64-bit counter for every (seed, epoch, sample, position, draw);
+    int64 arithmetic wraps around exactly like the unsigned original. The right shifts
+    are masked because torch shifts signed integers arithmetically.
+    """
+    per_sample = shape[0] * shape[1]
+    offsets = torch.arange(per_sample, dtype=torch.int64, device=sample_ids.device)
+    stream = (seed * 1_000_003 + epoch) * _GOLDEN
+    x = (sample_ids.to(torch.int64)[:, None] * per_sample + offsets) + _to_int64(stream)  # (B, T*K)
+    x = x * _GOLDEN
+    x = (x ^ ((x >> 30) & ((1 << 34) - 1))) * _MIX1
+    x = (x ^ ((x >> 27) & ((1 << 37) - 1))) * _MIX2
+    x = x ^ ((x >> 31) & ((1 << 33) - 1))
+    top24 = (x >> 40) & ((1 << 24) - 1)  # 24 random bits: exact in float32
+    return (top24.to(torch.float32) / (1 << 24)).view(len(sample_ids), *shape)

@@ -1,7 +1,7 @@
 """A BERT-style Transformer encoder, written from scratch in plain PyTorch.
 
 Read it top to bottom, in the order of the blog post: word vectors plus positions, attention,
-the feed-forward, the pre-norm block, the encoder, and the head over the vocabulary. Training
+the feed-forward, the pre-norm block, the encoder, the head over the vocabulary and the loss. Training
 runs the same modules through :mod:`minibert.fast`, which computes the same numbers faster.
 
 Shapes in comments: B = batch, T = sequence length, D = embedding size,
@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from minibert.errors import MinibertError
@@ -84,15 +85,15 @@ def sinusoidal_positions(max_len: int, embed_dim: int) -> Tensor:
 # --- 2. attention ------------------------------------------------------------------------
 
 
-def attention_keep_mask(padding_mask: Tensor) -> Tensor:
-    """Which keys each query may look at, (B, 1, 1, T), from a padding mask (B, T).
+def attention_mask(padding_mask: Tensor) -> Tensor:
+    """Which keys each query may attend to, (B, 1, 1, T) bool, from a padding mask (B, T).
 
     Padding (True in ``padding_mask``) gets no weight. A row of nothing but padding may
-    look everywhere instead, so its softmax stays finite (its output is never scored).
+    attend everywhere instead, so its softmax stays finite (its output is never scored).
     """
-    keep = ~padding_mask
-    keep = keep | ~keep.any(dim=-1, keepdim=True)
-    return keep[:, None, None, :]
+    attend = ~padding_mask
+    attend = attend | ~attend.any(dim=-1, keepdim=True)
+    return attend[:, None, None, :]
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -105,10 +106,10 @@ class MultiHeadSelfAttention(nn.Module):
         self.out_proj = nn.Linear(config.embed_dim, config.embed_dim, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
-        """x: (B, T, D); keep: (B, 1, 1, T) bool or None. Returns (B, T, D)."""
+    def forward(self, x: Tensor, attend: Tensor | None = None) -> Tensor:
+        """x: (B, T, D); attend: (B, 1, 1, T) bool or None. Returns (B, T, D)."""
         q, k, v = self.heads(x)  # 3 x (B, H, T, D/H)
-        weights = self.attn_dropout(self.weights(q, k, keep).to(v.dtype))  # (B, H, T, T)
+        weights = self.attn_dropout(self.weights(q, k, attend).to(v.dtype))  # (B, H, T, T)
         return self.merge_heads(weights @ v)  # (B, H, T, D/H) -> (B, T, D)
 
     def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -118,11 +119,11 @@ class MultiHeadSelfAttention(nn.Module):
         # (B, T, D) -> (B, T, H, D/H) -> (B, H, T, D/H): each head attends on its own slice.
         return tuple(t.view(B, T, self.num_heads, D // self.num_heads).transpose(1, 2) for t in (q, k, v))
 
-    def weights(self, q: Tensor, k: Tensor, keep: Tensor | None = None) -> Tensor:
+    def weights(self, q: Tensor, k: Tensor, attend: Tensor | None = None) -> Tensor:
         """How much each query (row) takes from each key: (B, H, T, T), float32, rows summing to 1."""
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, T)
-        if keep is not None:
-            scores = scores.masked_fill(~keep, float("-inf"))
+        if attend is not None:
+            scores = scores.masked_fill(~attend, float("-inf"))
         # The softmax runs in float32 even under bf16 autocast: its sums need the precision.
         return scores.float().softmax(dim=-1)
 
@@ -167,21 +168,21 @@ class EncoderLayer(nn.Module):
         self.ff = FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
-        """x: (B, T, D); keep: (B, 1, 1, T) bool or None (see :func:`attention_keep_mask`). Returns (B, T, D)."""
-        x = self.attention_block(x, keep)  # each position gathers from the others
+    def forward(self, x: Tensor, attend: Tensor | None = None) -> Tensor:
+        """x: (B, T, D); attend: (B, 1, 1, T) bool or None (see :func:`attention_mask`). Returns (B, T, D)."""
+        x = self.attention_block(x, attend)  # each position gathers from the others
         return self.feed_forward_block(x)  # then each position is transformed on its own
 
-    def attention_block(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+    def attention_block(self, x: Tensor, attend: Tensor | None = None) -> Tensor:
         """(B, T, D) -> (B, T, D)."""
-        return x + self.dropout(self.attn(self.norm1(x), keep))
+        return x + self.dropout(self.attn(self.norm1(x), attend))
 
     def feed_forward_block(self, x: Tensor) -> Tensor:
         """(..., D) -> (..., D): every position alone."""
         return x + self.dropout(self.ff(self.norm2(x)))
 
 
-# --- 5. the encoder, and 6. the head over the vocabulary ---------------------------------
+# --- 5. the encoder, 6. the head over the vocabulary, and 7. the loss ----------------------
 
 
 class Encoder(nn.Module):
@@ -206,19 +207,19 @@ class Encoder(nn.Module):
             self.apply(lambda module: _init_weights(module, config.init_std))
 
     def forward(
-        self, input_ids: Tensor, padding_mask: Tensor | None = None, rows: Tensor | None = None
+        self, input_ids: Tensor, padding_mask: Tensor | None = None, scored: Tensor | None = None
     ) -> Tensor:
         """input_ids: (B, T) ids; padding_mask: (B, T), True at padding. Returns hidden states (B, T, D).
 
-        ``rows``, a (B, T) bool mask, keeps the hidden states of those N positions only, (N, D):
-        training scores about 15% of positions, and applying the head to those alone saves
-        most of a step's arithmetic (the head is :meth:`logits`, separate for that reason).
+        ``scored``, a (B, T) bool mask of the N positions whose words are predicted, keeps their
+        hidden states only, (N, D): the head over the vocabulary is most of a step's arithmetic,
+        and applying it to those rows alone saves most of it (the head is :meth:`logits`).
         """
-        x, keep = self.embed(input_ids, padding_mask)  # (B, T, D), (B, 1, 1, T)
+        x, attend = self.embed(input_ids, padding_mask)  # (B, T, D), (B, 1, 1, T)
         for layer in self.layers:
-            x = layer(x, keep)
+            x = layer(x, attend)
         x = self.final_norm(x)
-        return x if rows is None else x[rows]  # (B, T, D), or (N, D)
+        return x if scored is None else x[scored]  # (B, T, D), or (N, D)
 
     def embed(self, input_ids: Tensor, padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """The first layer's input (B, T, D), and which keys attention may look at (B, 1, 1, T) or None."""
@@ -228,12 +229,26 @@ class Encoder(nn.Module):
                 f"a sequence of {T} tokens is longer than the model's seq_len={self.positions.shape[0]}"
             )
         x = self.token_embedding(input_ids) * self.embed_scale + self.positions[:T]  # (B, T, D)
-        keep = attention_keep_mask(padding_mask) if padding_mask is not None else None
-        return self.dropout(x), keep
+        attend = attention_mask(padding_mask) if padding_mask is not None else None
+        return self.dropout(x), attend
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Scores over the vocabulary: (..., D) -> (..., V)."""
         return self.lm_head(hidden)
+
+    def loss_and_ranks(self, hidden: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """The masked-word loss of N scored positions, and where each right word ranks among the V guesses.
+
+        hidden: (N, D), the scored positions' hidden states; labels: (N,), their original words.
+        Returns the mean cross-entropy (a scalar) and the ranks (N,): how many other words score
+        at least as high as the right one, so 0 means the model's first guess is right (accuracy)
+        and below 5 that it is among its first five (top-5 accuracy).
+        """
+        logits = self.logits(hidden).float()  # (N, V); the softmax's sums need float32, even under bf16
+        loss = F.cross_entropy(logits, labels)
+        right = logits.gather(1, labels[:, None])  # (N, 1), the right word's score
+        ranks = (logits >= right).sum(dim=-1) - 1  # (N,); a tie counts against the right word
+        return loss, ranks
 
 
 def _init_weights(module: nn.Module, std: float) -> None:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 from time import perf_counter
 from typing import Any, Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
@@ -23,11 +21,6 @@ class MiniBert(L.LightningModule):
     """A masked language model over the encoder of :mod:`minibert.model`.
 
     Args:
-        vocab_size: number of token ids; linked from the data module, never written in a config.
-        seq_len: tokens per sample; linked from the data module.
-        embed_dim, num_heads, num_layers, ff_dim, dropout, activation, bias, tie_embeddings,
-            init_std, scale_embeddings: the encoder's shape and initialisation, one field each
-            of :class:`minibert.model.EncoderConfig`.
         fast: train with the speed-ups of :mod:`minibert.fast` (the same numbers, computed
             faster); false runs the plain encoder of :mod:`minibert.model`.
         optimizer: ``adam`` (the reference) or ``adamw`` (decoupled weight decay).
@@ -39,22 +32,14 @@ class MiniBert(L.LightningModule):
             ``min_lr_ratio * lr`` at the trainer's last step.
         min_lr_ratio: where the decay ends, as a share of ``lr``.
         top_k: k of the top-k accuracy metric.
+        encoder: the encoder's shape and initialisation, the fields of
+            :class:`minibert.model.EncoderConfig` (``embed_dim``, ``num_layers``, ...; in a
+            config, ``model.embed_dim`` and so on). Its ``vocab_size`` and ``seq_len`` are
+            linked from the data module, never written in a config.
     """
 
     def __init__(
         self,
-        vocab_size: int,
-        seq_len: int,
-        embed_dim: int = 128,
-        num_heads: int = 8,
-        num_layers: int = 8,
-        ff_dim: int = 512,
-        dropout: float = 0.1,
-        activation: Literal["relu", "gelu"] = "relu",
-        bias: bool = True,
-        tie_embeddings: bool = False,
-        init_std: float | None = 0.02,
-        scale_embeddings: bool = False,
         fast: bool = True,
         optimizer: Literal["adam", "adamw"] = "adam",
         lr: float = 2e-3,
@@ -64,10 +49,11 @@ class MiniBert(L.LightningModule):
         lr_decay: Literal["constant", "linear", "cosine"] = "constant",
         min_lr_ratio: float = 0.0,
         top_k: int = 5,
+        **encoder: Any,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        config = EncoderConfig(**{field.name: self.hparams[field.name] for field in fields(EncoderConfig)})
+        config = EncoderConfig(**encoder)  # the command line reads its fields as model.* options
         self.encoder = FastEncoder(config) if fast else Encoder(config)
         self.vocab: Vocabulary | None = None  # set from the data module, saved in every checkpoint
         self.metrics = torch.nn.ModuleDict(
@@ -79,43 +65,38 @@ class MiniBert(L.LightningModule):
         )
         self._step_started = 0.0
 
+    @property
+    def config(self) -> EncoderConfig:
+        """The encoder's shape: vocab_size, seq_len, embed_dim, num_layers, ..."""
+        return self.encoder.config
+
     # --- the loss, scored only where masked ---------------------------------------------
 
-    def masked_logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Logits and labels of the scored positions only: (N, V) and (N,).
+    def masked_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Mean cross-entropy over the scored positions, and where each right word ranks, (N,).
 
-        The head over the vocabulary is most of the model's arithmetic, and only about
-        15% of positions are scored, so the scored rows are gathered before it (and before
-        the last layer's feed-forward: see :meth:`minibert.fast.FastEncoder.forward`).
+        Only the N scored positions (``labels`` not ``IGNORE_INDEX``) go through the head over
+        the vocabulary, which is most of the model's arithmetic (see :meth:`minibert.model.Encoder.forward`).
         """
         scored = batch["labels"] != IGNORE_INDEX  # (B, T)
-        hidden = self.encoder(batch["input_ids"], batch.get("padding_mask"), rows=scored)  # (N, D)
-        return self.encoder.logits(hidden), batch["labels"][scored]  # (N, V), (N,)
-
-    def masked_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Mean cross-entropy over the scored positions, with their logits (N, V) and labels (N,)."""
-        logits, labels = self.masked_logits(batch)
-        # The log-softmax and the loss in float32, even under bf16 autocast.
-        loss = F.cross_entropy(logits.float(), labels)
-        return loss, logits, labels
+        hidden = self.encoder(batch["input_ids"], batch.get("padding_mask"), scored)  # (N, D)
+        return self.encoder.loss_and_ranks(hidden, batch["labels"][scored])  # scalar, (N,)
 
     def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        loss, logits, labels = self.masked_loss(batch)
-        n = labels.numel()
+        loss, ranks = self.masked_loss(batch)
+        n, k = ranks.numel(), self.hparams.top_k
         with torch.no_grad():
-            top = logits.topk(min(self.hparams.top_k, logits.shape[-1]), dim=-1).indices  # (N, k)
-            hits = top == labels[:, None]
             self.metrics[f"{stage}_loss"](loss.detach(), n)
-            self.metrics[f"{stage}_acc"](hits[:, 0].float().mean(), n)
-            self.metrics[f"{stage}_top{self.hparams.top_k}"](hits.any(dim=-1).float().mean(), n)
+            self.metrics[f"{stage}_acc"]((ranks == 0).float().mean(), n)
+            self.metrics[f"{stage}_top{k}"]((ranks < k).float().mean(), n)
         on_step = stage == "train"
-        for name in ("loss", "acc", f"top{self.hparams.top_k}"):
+        for name in ("loss", "acc", f"top{k}"):
             self.log(
                 f"{stage}/{name}",
                 self.metrics[f"{stage}_{name}"],
                 on_step=on_step,
                 on_epoch=not on_step,
-                prog_bar=name != f"top{self.hparams.top_k}",
+                prog_bar=name != f"top{k}",
                 batch_size=n,
             )
         return loss
@@ -131,8 +112,9 @@ class MiniBert(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """The most likely word at every scored position, beside the true one."""
-        logits, labels = self.masked_logits(batch)
-        return {"predicted": logits.argmax(dim=-1), "labels": labels}
+        scored = batch["labels"] != IGNORE_INDEX  # (B, T)
+        hidden = self.encoder(batch["input_ids"], batch.get("padding_mask"), scored)  # (N, D)
+        return {"predicted": self.encoder.logits(hidden).argmax(dim=-1), "labels": batch["labels"][scored]}
 
     def on_validation_epoch_end(self) -> None:
         self._log_perplexity("val")

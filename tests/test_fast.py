@@ -67,7 +67,7 @@ def test_same_outputs_and_gradients_within_1e_6(layers, mode):
     weights = torch.randn(int(rows.sum()), D, generator=torch.Generator().manual_seed(2))
     outputs = []
     for encoder in (plain, fast):
-        hidden = encoder(ids, padding, rows=rows)  # (N, D)
+        hidden = encoder(ids, padding, scored=rows)  # (N, D)
         (hidden * weights).mean().backward()  # a loss that depends on every output, of order one
         outputs.append((hidden.detach(), {name: p.grad for name, p in encoder.named_parameters()}))
     (plain_out, plain_grads), (fast_out, fast_grads) = outputs

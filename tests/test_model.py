@@ -161,7 +161,7 @@ def test_rows_keep_the_hidden_states_of_those_positions(layers):
     encoder = small_encoder(num_layers=layers)
     ids, padding = batch()
     rows = torch.rand(ids.shape, generator=torch.Generator().manual_seed(1)) < 0.4
-    hidden = encoder(ids, padding, rows=rows)
+    hidden = encoder(ids, padding, scored=rows)
     assert hidden.shape == (int(rows.sum()), D)
     torch.testing.assert_close(hidden, encoder(ids, padding)[rows], atol=0, rtol=0)
 

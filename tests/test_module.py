@@ -87,18 +87,25 @@ def trainer(tmp_path, **options) -> L.Trainer:
 def test_loss_on_scored_rows_equals_full_head_loss(tie):
     model = tiny_model(tie_embeddings=tie).eval()
     batch = BATCHES[1]
-    loss, logits, labels = model.masked_loss(batch)
+    loss, ranks = model.masked_loss(batch)
     full = model.encoder.logits(model.encoder(batch["input_ids"], batch["padding_mask"]))  # (B, T, V)
     expected = F.cross_entropy(full.view(-1, V), batch["labels"].view(-1), ignore_index=IGNORE_INDEX)
     torch.testing.assert_close(loss, expected, atol=1e-6, rtol=0)
-    assert logits.shape == (9, V) and labels.shape == (9,)
+    assert ranks.shape == (9,)
+    # The rank of each right word: how many other words score at least as high.
+    scored = batch["labels"] != IGNORE_INDEX
+    logits, labels = full[scored], batch["labels"][scored]  # (9, V), (9,)
+    order = logits.argsort(dim=-1, descending=True)  # (9, V), best guess first
+    assert ranks.tolist() == (order == labels[:, None]).int().argmax(dim=-1).tolist()
 
 
 def test_loss_and_softmax_stay_float32_under_bf16_autocast():
     model = tiny_model().train()
+    batch = BATCHES[1]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, logits, _ = model.masked_loss(BATCHES[1])
-    assert logits.dtype == torch.bfloat16  # autocast is really on
+        hidden = model.encoder(batch["input_ids"], batch["padding_mask"])
+        assert model.encoder.logits(hidden).dtype == torch.bfloat16  # autocast is really on
+        loss, _ = model.masked_loss(batch)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
