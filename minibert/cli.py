@@ -18,6 +18,7 @@ from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from minibert import explore
 from minibert.data import EuroparlDataModule
@@ -32,6 +33,7 @@ from minibert.machinery.checkpoint import (
 )
 from minibert.machinery.files import check_output_folder
 from minibert.machinery.options import parse_error, trainer_error
+from minibert.machinery.precision import choose_precision
 from minibert.machinery.resume import (
     Interrupted,
     LogsBeforeCheckpoint,
@@ -85,6 +87,17 @@ class MiniBertCLI(LightningCLI):
         self.requested_shape = {
             name: model.get(name) for name in SHAPE_ARGS if model and model.get(name) is not None
         }
+
+    def before_instantiate_classes(self) -> None:
+        """A run whose config names no precision trains in bfloat16 where the hardware computes in it natively."""
+        if self.subcommand != "fit":  # scoring stays in float32, comparable from run to run
+            return
+        trainer = self.config["fit"]["trainer"]
+        if trainer.get("precision") is None:
+            trainer["precision"], why = choose_precision(trainer.get("accelerator") or "auto")
+            rank_zero_info(
+                f"precision: {trainer['precision']}, as {why}; choose with --trainer.precision 32-true or bf16-mixed"
+            )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, its options checked by Lightning and its output folders by us, before any work starts."""

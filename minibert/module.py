@@ -156,12 +156,43 @@ class MiniBert(L.LightningModule):
         optimizer_class = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
         # fused: one kernel updates every parameter, instead of about ten small operations per
         # parameter tensor (on CPU, 4x less time in the optimiser step at the base configuration).
-        optimizer = optimizer_class(groups, lr=hp.lr, betas=tuple(hp.betas), fused=True)
+        # Under float16 the gradients are scaled, and a fused optimiser unscales them only inside
+        # its step: gradient clipping would see them scaled, so Lightning then needs the plain one.
+        fused = self._precision() not in ("16-mixed", "16-true")
+        optimizer = optimizer_class(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused)
         total = self._total_steps()
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, hp.warmup_steps, total, hp.lr_decay, hp.min_lr_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip the gradients as ``trainer.gradient_clip_val`` asks, under ``bf16-mixed`` too.
+
+        Lightning's mixed-precision plugin refuses to clip for a fused optimiser, because under
+        float16 its gradients would still be scaled (see :meth:`configure_optimizers`). bfloat16
+        has float32's range and needs no scaling: its gradients are the true ones, clipped here
+        by PyTorch's own functions, as Lightning clips them in float32.
+        """
+        if not gradient_clip_val or self._precision() in ("16-mixed", "16-true"):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = [p for group in optimizer.param_groups for p in group["params"]]  # Lightning's order
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
+    def _precision(self) -> str:
+        """The trainer's precision (``32-true``, ``bf16-mixed``, ...); ``32-true`` without a trainer (benchmarks)."""
+        try:
+            return str(self.trainer.precision)
+        except RuntimeError:  # "not attached to a Trainer"
+            return "32-true"
 
     def _total_steps(self) -> int:
         """The steps the schedule spans: the trainer's whole run, or 1 when no trainer is attached (benchmarks)."""

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 import yaml
 from conftest import REPO, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader
+
+from minibert.machinery import precision
+from minibert.module import MiniBert
 
 
 def test_tiny_fit_writes_checkpoint_logs_and_projector(tiny_run):
@@ -126,3 +133,69 @@ def test_the_progress_bar_counts_the_whole_run_in_steps(workdir):
         -3:
     ]  # an epoch is 42 steps
     assert "60/60 [" in frames[-1] and "step/s" in frames[-1], frames[-1]
+
+
+# --- precision ----------------------------------------------------------------------------------
+
+
+def test_bf16_mixed_trains_with_gradient_clipping_and_the_fused_optimiser(workdir):
+    """Lightning refuses to clip for a fused optimiser under mixed precision; bfloat16 needs no scaler, so minibert clips."""
+    run_cli(
+        "fit", "--config", "configs/tiny.yaml", "--trainer.precision", "bf16-mixed",
+        "--trainer.gradient_clip_val", "0.01", "--trainer.max_epochs", "1", cwd=workdir,
+    )  # fmt: skip
+    checkpoint = torch.load(workdir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    steps = checkpoint["global_step"]
+    losses = EventAccumulator(str(workdir / "lightning_logs" / "version_0")).Reload().Scalars("train/loss")
+    assert steps > 20 and len(losses) == steps and all(math.isfinite(event.value) for event in losses)
+
+
+def test_clipping_under_bf16_bounds_the_gradient_norm(tmp_path):
+    model = MiniBert(vocab_size=50, seq_len=6, embed_dim=8, num_heads=2, num_layers=1, ff_dim=16, lr=0.0)
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", gradient_clip_val=0.01, max_steps=2,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    norms = []
+
+    class Watch(L.Callback):
+        def on_before_zero_grad(self, trainer, pl_module, optimizer):  # the last step's clipped gradients
+            norms.append(
+                torch.nn.utils.get_total_norm(
+                    [p.grad for p in pl_module.parameters() if p.grad is not None]
+                ).item()
+            )
+
+    trainer.callbacks.append(Watch())
+    ids = torch.randint(3, 50, (4, 6))
+    batch = {"input_ids": ids, "labels": ids, "padding_mask": torch.zeros(4, 6, dtype=torch.bool)}
+    trainer.fit(model, train_dataloaders=DataLoader([batch, batch], batch_size=None))
+    assert norms[-1] == pytest.approx(0.01, rel=1e-3)  # unclipped, it is about 0.6
+
+
+@pytest.mark.parametrize(
+    "accelerator,native,expected",
+    [
+        ("auto", True, "bf16-mixed"),
+        ("cpu", True, "bf16-mixed"),
+        ("cpu", False, "32-true"),
+        ("mps", True, "32-true"),
+    ],
+)
+def test_the_precision_follows_the_hardware(monkeypatch, accelerator, native, expected):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    chosen, why = precision.choose_precision(accelerator)
+    assert chosen == expected and why
+
+
+def test_a_run_says_which_precision_it_chose_and_the_option_overrides_it(workdir, monkeypatch):
+    config = "configs/tiny.yaml"
+    (workdir / config).write_text((workdir / config).read_text().replace("  precision: 32-true", ""))
+    shrink = ("--trainer.max_steps", "2", "--trainer.limit_val_batches", "0")
+    chosen = run_cli("fit", "--config", config, *shrink, cwd=workdir)
+    expected, _ = precision.choose_precision("cpu")
+    assert f"precision: {expected}, as " in chosen.stdout + chosen.stderr
+    saved = yaml.safe_load((workdir / "lightning_logs" / "version_0" / "config.yaml").read_text())
+    assert saved["trainer"]["precision"] == expected  # a resumed run reads the same choice
+    forced = run_cli("fit", "--config", config, *shrink, "--trainer.precision", "32-true", cwd=workdir)
+    assert "precision: " not in forced.stdout + forced.stderr
