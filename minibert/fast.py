@@ -2,11 +2,13 @@
 
 Not part of the lesson: read ``model.py`` first. Training uses :class:`FastEncoder` unless the
 config says ``model.fast: false``; ``tests/test_fast.py`` checks that both compute the same
-outputs and gradients. Three changes, each measured at the base configuration on a CPU:
+outputs and gradients. Four changes, each measured at the base configuration on a CPU:
 
 - :class:`CpuDropout`: cheaper random numbers for dropout on a CPU (about a tenth of a step);
-- :class:`FusedSelfAttention`: PyTorch's fused attention kernel wherever one exists;
-- :meth:`FastEncoder.forward`: the last layer's feed-forward runs on the scored positions only.
+- :class:`FusedSelfAttention`: PyTorch's fused attention kernel on a GPU;
+- :meth:`FastEncoder.forward`: the last layer's feed-forward runs on the scored positions only;
+- :meth:`FastEncoder.loss_and_ranks`: the head and the loss together, a block of rows at a time
+  (:mod:`minibert.fused_loss`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from minibert.fused_loss import linear_cross_entropy
 from minibert.model import Encoder, EncoderConfig, MultiHeadSelfAttention
 
 
@@ -48,18 +51,18 @@ class CpuDropout(nn.Dropout):
 
 
 class FusedSelfAttention(MultiHeadSelfAttention):
-    """The same attention through ``F.scaled_dot_product_attention``: one kernel, no (B, H, T, T) tensor kept.
+    """The same attention through ``F.scaled_dot_product_attention`` on a GPU: one kernel, no (B, H, T, T) tensor kept.
 
-    PyTorch has a fused kernel on GPU, and on CPU when no dropout is applied. CPU attention
-    with dropout would fall back to the explicit steps with PyTorch's slower dropout, so it
-    takes the explicit path of :class:`MultiHeadSelfAttention` with :class:`CpuDropout` instead.
+    On a CPU the explicit steps of :class:`MultiHeadSelfAttention` (with :class:`CpuDropout`)
+    are as fast or faster at these sizes: PyTorch's CPU kernel has no fused path with dropout,
+    and in bfloat16 it took 5 times as long as the explicit steps (docs/benchmarks.md).
     """
 
     def forward(self, x: Tensor, attend: Tensor | None = None) -> Tensor:
-        p = self.attn_dropout.p if self.training else 0.0
-        if p > 0.0 and x.device.type == "cpu":
+        if x.device.type == "cpu":
             return super().forward(x, attend)
         q, k, v = self.heads(x)  # 3 x (B, H, T, D/H)
+        p = self.attn_dropout.p if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=p)  # (B, H, T, D/H)
         return self.merge_heads(y)  # (B, T, D)
 
@@ -106,3 +109,7 @@ class FastEncoder(Encoder):
         last = self.layers[-1]
         x = last.attention_block(x, attend)[scored]  # (B, T, D) -> (N, D)
         return self.final_norm(last.feed_forward_block(x))  # (N, D)
+
+    def loss_and_ranks(self, hidden: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """As :meth:`Encoder.loss_and_ranks`, without writing the whole (N, V) logits (:mod:`minibert.fused_loss`)."""
+        return linear_cross_entropy(hidden, self.lm_head.weight, self.lm_head.bias, labels)

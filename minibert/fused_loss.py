@@ -1,0 +1,165 @@
+"""The head over the vocabulary and the masked-word loss together, a block of rows at a time.
+
+Not part of the lesson: :meth:`minibert.model.Encoder.loss_and_ranks` computes the same numbers
+in three readable lines. It writes the logits of every scored position, an (N, V) block:
+at base.yaml's 1,024 scored positions and 23,562 words, 96 MB in float32, written by the
+head, read and written again by the log-softmax, its backward and the casts around them.
+On a CPU those passes over memory cost more than the head's arithmetic (docs/benchmarks.md).
+
+:func:`linear_cross_entropy` computes the logits of ``block_rows`` rows at a time, and at once
+everything the rows need from them: their loss, the rank of their right word (for the
+accuracy metrics), and the gradient of the loss with respect to the logits, which it turns
+straight into the gradients of the hidden states, the weight and the bias. The backward pass
+then only scales those by the incoming gradient. One block of logits (a few MB) stays in the
+cache while it is used; the whole (N, V) block is never written.
+
+The arithmetic per block (:func:`block_loss`) is a handful of element-wise passes over the
+block's logits; ``torch.compile`` fuses them into one or two loops (3 times faster on a CPU at
+base.yaml's sizes). It is compiled where that pays off (a vocabulary of at least
+``COMPILE_FROM_VOCAB`` words), and run as it is elsewhere or where compiling fails.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+BLOCK_ROWS = 128  # rows of logits computed at once: 12 MB in float32 at 23,562 words
+COMPILE_FROM_VOCAB = 4096  # below this, compiling costs more time than it saves
+IGNORE_INDEX = -100  # a label that is not scored (as in minibert.masking)
+
+
+def block_loss(
+    logits: Tensor, bias: Tensor | None, labels: Tensor, row_weight: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Loss, rank and gradients of one block of rows.
+
+    Args:
+        logits: (n, V) ``hidden @ weight.T`` of the rows, in the compute dtype (bfloat16 under autocast).
+        bias: (V,) the head's bias, or None; added here, in float32.
+        labels: (n,) the right words (any valid id for an ignored row).
+        row_weight: (n,) float32, each row's share of the mean loss: 1/N, or 0 for an ignored row.
+
+    Returns:
+        per-row cross-entropy (n,), float32; per-row rank of the right word (n,): how many other
+        words score at least as high, as in :meth:`minibert.model.Encoder.loss_and_ranks`; the
+        gradient of the weighted loss with respect to the logits, ``(softmax - one_hot) *
+        row_weight``, (n, V) in the logits' dtype; and its sum over the rows, the bias's share
+        of the gradient (V,) in float32 (None without a bias).
+    """
+    dtype, logits = logits.dtype, logits.float()  # the softmax's sums in float32
+    if bias is not None:
+        logits = logits + bias.float()
+    log_norm = logits.logsumexp(dim=-1, keepdim=True)  # (n, 1)
+    right = logits.gather(1, labels[:, None])  # (n, 1)
+    ranks = (logits >= right).sum(dim=-1) - 1  # (n,); a tie counts against the right word
+    one_hot = torch.arange(logits.shape[1], device=logits.device) == labels[:, None]  # (n, V)
+    grad = ((logits - log_norm).exp() - one_hot.float()) * row_weight[:, None]  # (n, V)
+    grad_bias = None if bias is None else grad.sum(dim=0)  # (V,)
+    return (log_norm - right)[:, 0], ranks, grad.to(dtype), grad_bias
+
+
+def block_loss_no_grad(logits: Tensor, bias: Tensor | None, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`block_loss` without the gradients: per-row loss (n,) and rank (n,), for evaluation."""
+    logits = logits.float() if bias is None else logits.float() + bias.float()
+    right = logits.gather(1, labels[:, None])  # (n, 1)
+    return logits.logsumexp(dim=-1) - right[:, 0], (logits >= right).sum(dim=-1) - 1
+
+
+class CompiledOnce:
+    """``function`` compiled by ``torch.compile`` on first use, or run as it is where compiling fails."""
+
+    def __init__(self, function) -> None:
+        self.function, self.compiled, self.failed = function, None, False
+
+    def __call__(self, *args: Tensor):
+        if self.failed:
+            return self.function(*args)
+        try:
+            if self.compiled is None:
+                self.compiled = torch.compile(self.function, dynamic=False)
+            return self.compiled(*args)
+        except Exception as error:  # no C++ compiler, a platform inductor does not support, ...
+            self.failed = True
+            log.warning("the loss runs uncompiled: torch.compile failed (%s)", str(error).splitlines()[0])
+            return self.function(*args)
+
+
+compiled_block_loss = CompiledOnce(block_loss)
+
+
+def linear_cross_entropy(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, block_rows: int = BLOCK_ROWS
+) -> tuple[Tensor, Tensor]:
+    """``F.cross_entropy(hidden @ weight.T + bias, labels)`` and each right word's rank, without the whole logits.
+
+    Args:
+        hidden: (N, D) hidden states of the scored positions.
+        weight: (V, D) the head's weight (the word embeddings when they are tied).
+        bias: (V,) the head's bias, or None.
+        labels: (N,) the right words; ``IGNORE_INDEX`` rows count for nothing.
+        block_rows: rows of logits computed at once.
+
+    Returns:
+        the mean loss over the rows that are not ignored (a scalar, float32), and the ranks (N,).
+        Under autocast the products run in its dtype (bfloat16), the softmax in float32.
+    """
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    with torch.autocast(device, enabled=False):
+        return _LinearCrossEntropy.apply(hidden.to(dtype), weight, bias, labels, block_rows)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """The forward computes the loss and, at the same time, every gradient; the backward scales them."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, block_rows):
+        N, dtype = hidden.shape[0], hidden.dtype
+        w = weight.to(dtype)  # (V, D)
+        scored = labels != IGNORE_INDEX  # (N,)
+        row_weight = scored.float() / scored.sum().clamp(min=1)  # (N,)
+        labels = torch.where(scored, labels, 0)
+        losses = hidden.new_zeros(N, dtype=torch.float32)
+        ranks = torch.zeros(N, dtype=torch.long, device=hidden.device)
+        with_grad = any(ctx.needs_input_grad[:3])
+        if with_grad:
+            grad_hidden = torch.zeros_like(hidden)  # (N, D)
+            grad_weight_t = weight.new_zeros(weight.shape[::-1], dtype=torch.float32)  # (D, V)
+            grad_bias = None if bias is None else torch.zeros_like(bias, dtype=torch.float32)  # (V,)
+        # Every block is full: the last one is moved back to end at row N, and the rows it shares
+        # with the one before keep their results (a row weight of 0 here: no gradient). One shape
+        # of block is one compilation.
+        compile = with_grad and w.shape[0] >= COMPILE_FROM_VOCAB and N >= block_rows
+        for start in range(0, N, block_rows):
+            new = slice(start, min(start + block_rows, N))  # the rows this block adds
+            rows = slice(max(min(start, N - block_rows), 0), new.stop)  # the rows it computes
+            done = new.start - rows.start  # of those, the ones the block before computed
+            h = hidden[rows]  # (n, D)
+            logits = h @ w.T  # (n, V)
+            if not with_grad:
+                losses[new], ranks[new] = (x[done:] for x in block_loss_no_grad(logits, bias, labels[rows]))
+                continue
+            weights = row_weight[rows].clone()
+            weights[:done] = 0
+            loss_fn = compiled_block_loss if compile else block_loss
+            block_losses, block_ranks, grad, block_grad_bias = loss_fn(logits, bias, labels[rows], weights)
+            losses[new], ranks[new] = block_losses[done:], block_ranks[done:]
+            grad_hidden[new] = grad[done:] @ w  # (n, V) @ (V, D) -> (n, D)
+            grad_weight_t += h.T @ grad  # (D, n) @ (n, V) -> (D, V), summed in float32 over the blocks
+            if grad_bias is not None:
+                grad_bias += block_grad_bias
+        if with_grad:
+            ctx.save_for_backward(grad_hidden, grad_weight_t.T, grad_bias)
+        ctx.mark_non_differentiable(ranks)
+        return (losses * row_weight).sum(), ranks
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_ranks):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        scale = lambda grad: None if grad is None else grad * grad_loss.to(grad.dtype)  # noqa: E731
+        return scale(grad_hidden), scale(grad_weight), scale(grad_bias), None, None

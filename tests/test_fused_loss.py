@@ -1,0 +1,104 @@
+"""minibert.fused_loss computes what F.cross_entropy computes on the whole logits: the loss, the ranks, every gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minibert import fused_loss
+from minibert.fused_loss import IGNORE_INDEX, block_loss, linear_cross_entropy
+
+D, V = 8, 37
+
+
+def inputs(n: int, bias: bool = True, ignored: bool = True, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, D, generator=generator).requires_grad_()
+    weight = torch.randn(V, D, generator=generator).requires_grad_()
+    b = torch.randn(V, generator=generator).requires_grad_() if bias else None
+    labels = torch.randint(0, V, (n,), generator=generator)
+    if ignored:
+        labels[::4] = IGNORE_INDEX
+    return hidden, weight, b, labels
+
+
+def reference(hidden, weight, bias, labels):
+    """The loss and ranks from the whole (N, V) logits, as minibert.model computes them."""
+    logits = F.linear(hidden, weight, bias).float()  # (N, V)
+    loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+    right = logits.gather(1, labels.clamp(min=0)[:, None])
+    return loss, (logits >= right).sum(dim=-1) - 1
+
+
+def grads(loss, tensors):
+    return torch.autograd.grad(loss, [t for t in tensors if t is not None])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("n,block_rows", [(3, 4), (8, 4), (11, 4), (11, 16), (1, 1)])
+def test_loss_ranks_and_every_gradient_equal_cross_entropy_on_the_whole_logits(n, block_rows, bias):
+    hidden, weight, b, labels = inputs(n, bias, ignored=n > 1)
+    expected_loss, expected_ranks = reference(hidden, weight, b, labels)
+    loss, ranks = linear_cross_entropy(hidden, weight, b, labels, block_rows)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-6, atol=1e-6)
+    scored = labels != IGNORE_INDEX
+    assert torch.equal(ranks[scored], expected_ranks[scored])
+    for got, want in zip(
+        grads(loss * 3.0, (hidden, weight, b)), grads(expected_loss * 3.0, (hidden, weight, b))
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_ranks_count_ties_against_the_right_word():
+    logits = torch.tensor([[1.0, 3.0, 3.0, 0.0], [5.0, 1.0, 5.0, 2.0], [2.0, 1.0, 0.0, 0.0]])
+    losses, ranks, grad, _ = block_loss(logits, None, torch.tensor([1, 0, 0]), torch.full((3,), 1 / 3))
+    assert ranks.tolist() == [1, 1, 0]  # a tie for first place is not a right first guess
+    torch.testing.assert_close(losses, F.cross_entropy(logits, torch.tensor([1, 0, 0]), reduction="none"))
+    assert grad.shape == logits.shape
+
+
+def test_a_tied_weight_gets_both_gradients():
+    hidden, weight, b, labels = inputs(9)
+    ids = torch.tensor([[1, 2, 3]])
+    loss = linear_cross_entropy(hidden, weight, b, labels, 4)[0] + F.embedding(ids, weight).sum()
+    expected = reference(hidden, weight, b, labels)[0] + F.embedding(ids, weight).sum()
+    torch.testing.assert_close(grads(loss, (weight,))[0], grads(expected, (weight,))[0], rtol=1e-5, atol=1e-6)
+
+
+def test_without_gradients_it_only_scores():
+    hidden, weight, b, labels = inputs(10)
+    with torch.no_grad():
+        loss, ranks = linear_cross_entropy(hidden, weight, b, labels, 4)
+        expected_loss, expected_ranks = reference(hidden, weight, b, labels)
+    torch.testing.assert_close(loss, expected_loss)
+    assert not loss.requires_grad
+    scored = labels != IGNORE_INDEX
+    assert torch.equal(ranks[scored], expected_ranks[scored])
+
+
+def test_under_bf16_autocast_the_products_are_bf16_and_the_loss_float32():
+    hidden, weight, b, labels = inputs(64, ignored=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = linear_cross_entropy(hidden, weight, b, labels, 16)
+        expected, _ = reference(hidden, weight, b, labels)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=2e-2, atol=2e-2)
+    for got, want in zip(grads(loss, (hidden, weight, b)), grads(expected, (hidden, weight, b))):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, rtol=5e-2, atol=5e-3)
+
+
+@pytest.mark.slow
+def test_the_compiled_block_computes_what_the_plain_one_does(monkeypatch):
+    """torch.compile fuses the block's element-wise passes; the numbers stay those of block_loss."""
+    monkeypatch.setattr(fused_loss, "COMPILE_FROM_VOCAB", V)
+    hidden, weight, b, labels = inputs(11)
+    expected_loss, expected_ranks = reference(hidden, weight, b, labels)
+    loss, ranks = linear_cross_entropy(hidden, weight, b, labels, 4)
+    assert fused_loss.compiled_block_loss.compiled is not None and not fused_loss.compiled_block_loss.failed
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-6, atol=1e-6)
+    scored = labels != IGNORE_INDEX
+    assert torch.equal(ranks[scored], expected_ranks[scored])
+    for got, want in zip(grads(loss, (hidden, weight, b)), grads(expected_loss, (hidden, weight, b))):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
