@@ -11,7 +11,8 @@ from test_projector import EMBEDDINGS_KEY
 
 from minibert.cli import main
 from minibert.errors import MinibertError
-from minibert.evaluation import (
+from minibert.explore.commands import load_checkpoint
+from minibert.explore.evaluation import (
     AnalogySection,
     analogy_lines,
     analogy_scores,
@@ -21,7 +22,6 @@ from minibert.evaluation import (
     read_analogies,
     read_groups,
 )
-from minibert.explore import load_checkpoint
 
 
 @pytest.fixture(scope="module")

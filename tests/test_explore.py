@@ -13,7 +13,14 @@ from test_projector import EMBEDDINGS_KEY, read_metadata, read_vectors
 
 from minibert.cli import main
 from minibert.errors import MinibertError
-from minibert.explore import fill_mask, load_checkpoint, nearest_words, pca_2d, picture_words, read_groups
+from minibert.explore.commands import (
+    fill_mask,
+    load_checkpoint,
+    nearest_words,
+    pca_2d,
+    picture_words,
+    read_groups,
+)
 from minibert.tokenizer import Vocabulary, tokenize
 
 

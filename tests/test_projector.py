@@ -12,9 +12,7 @@ from conftest import REPO
 from google.protobuf import text_format
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
-from minibert.machinery import files
-from minibert.model import Encoder, EncoderConfig
-from minibert.projector import (
+from minibert.explore.projector import (
     embedding_matrix,
     epoch_folders,
     epochs_to_keep,
@@ -25,6 +23,8 @@ from minibert.projector import (
     write_projector_config,
     write_projector_files,
 )
+from minibert.machinery import files
+from minibert.model import Encoder, EncoderConfig
 from minibert.tokenizer import Vocabulary
 
 ODD_WORDS = [

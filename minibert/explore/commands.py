@@ -28,17 +28,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from minibert.attention_html import write_attention_page
-from minibert.attention_maps import (
+from minibert.errors import MinibertError
+from minibert.explore.attention import (
     UNKNOWN_MARK,
     attention_maps,
     draw_attention,
     require_matplotlib,
     save_figure,
 )
-from minibert.contexts import context_vectors, find_occurrences, nearest, parse_marked, write_context_files
-from minibert.errors import MinibertError
-from minibert.evaluation import (
+from minibert.explore.attention_page import write_attention_page
+from minibert.explore.contexts import (
+    context_vectors,
+    find_occurrences,
+    nearest,
+    parse_marked,
+    write_context_files,
+)
+from minibert.explore.evaluation import (
     analogy_lines,
     analogy_scores,
     group_of,
@@ -47,14 +53,14 @@ from minibert.evaluation import (
     read_analogies,
     read_groups,
 )
-from minibert.internals import check_layer, encode_words, unknown_tokens
+from minibert.explore.internals import check_layer, encode_words, unknown_tokens
+from minibert.explore.projector import embedding_matrix, top_word_ids, write_projector_files
+from minibert.explore.word2vec import write_word2vec
 from minibert.machinery.checkpoint import check_checkpoint_file, model_arguments
 from minibert.machinery.files import check_output_folder
 from minibert.machinery.options import OneLineParser
 from minibert.module import MiniBert
-from minibert.projector import embedding_matrix, top_word_ids, write_projector_files
 from minibert.tokenizer import MASK, Vocabulary, tokenize
-from minibert.word2vec_format import write_word2vec
 
 COMMANDS = ("export", "neighbors", "fill-mask", "attention", "contexts", "evaluate")
 PNG_NEEDS = "drawing a picture (--png)"

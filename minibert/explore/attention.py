@@ -3,7 +3,7 @@
 The grid has one row a layer and one column a head. In each small map, row i is the token
 that looks (the query) and column j the token it looks at (the key); the colour is the
 attention weight, from 0 (dark) to 1 (bright), the same scale in every map. The weights are
-the encoder's own (:func:`minibert.internals.record_internals`).
+the encoder's own (:func:`minibert.explore.internals.record_internals`).
 
     lightning attention --ckpt_path checkpoints/last.ckpt "la commission a voté le rapport ." --out attention.png
 """
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from minibert.errors import MinibertError
-from minibert.internals import encode_words, record_internals, unknown_tokens
+from minibert.explore.internals import encode_words, record_internals, unknown_tokens
 from minibert.machinery.files import atomic_write
 from minibert.model import Encoder
 from minibert.tokenizer import Vocabulary

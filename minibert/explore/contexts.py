@@ -24,9 +24,9 @@ from torch import Tensor
 
 from minibert.corpus import read_sentences
 from minibert.errors import MinibertError
-from minibert.internals import record_internals
+from minibert.explore.internals import record_internals
+from minibert.explore.projector import write_projector_table, write_run_config
 from minibert.model import Encoder
-from minibert.projector import write_projector_table, write_run_config
 from minibert.tokenizer import Vocabulary, tokenize
 
 CUT = "…"
