@@ -43,8 +43,8 @@ DEFAULT_ANALOGIES = "benchmarks/analogies.fr.txt"
 
 def checkpoint_embeddings(ckpt_path: str, source: str) -> tuple[Tensor, list[str], int]:
     """A checkpoint's (V, D) embeddings, its V words, and how many of them (the first) are special tokens."""
-    from minibert.explore.commands import load_checkpoint
-    from minibert.explore.projector import embedding_matrix
+    from minibert.explore.checkpoint import load_checkpoint
+    from minibert.explore.embeddings import embedding_matrix
 
     model, vocab = load_checkpoint(ckpt_path)
     return embedding_matrix(model.encoder, source).detach(), vocab.itos, vocab.num_specials

@@ -13,7 +13,7 @@ from test_tensorboard import embeddings, tensor, tensorboard  # noqa: F401 (a fi
 from minibert.cli import main
 from minibert.corpus import read_sentences
 from minibert.errors import MinibertError
-from minibert.explore.commands import load_checkpoint
+from minibert.explore.checkpoint import load_checkpoint
 from minibert.explore.contexts import (
     Occurrence,
     context_vectors,

@@ -11,7 +11,7 @@ from test_projector import EMBEDDINGS_KEY
 
 from minibert.cli import main
 from minibert.errors import MinibertError
-from minibert.explore.commands import load_checkpoint
+from minibert.explore.checkpoint import load_checkpoint
 from minibert.explore.evaluation import (
     AnalogySection,
     analogy_lines,

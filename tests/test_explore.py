@@ -13,14 +13,11 @@ from test_projector import EMBEDDINGS_KEY, read_metadata, read_vectors
 
 from minibert.cli import main
 from minibert.errors import MinibertError
-from minibert.explore.commands import (
-    fill_mask,
-    load_checkpoint,
-    nearest_words,
-    pca_2d,
-    picture_words,
-    read_groups,
-)
+from minibert.explore.checkpoint import load_checkpoint
+from minibert.explore.evaluation import read_groups
+from minibert.explore.fill_mask import fill_mask
+from minibert.explore.neighbours import nearest_words
+from minibert.explore.word_map import pca_2d, picture_words
 from minibert.tokenizer import Vocabulary, tokenize
 
 

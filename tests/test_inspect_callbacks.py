@@ -11,7 +11,7 @@ from conftest import REPO, TEST_DATA, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from minibert.cli import main
-from minibert.explore.commands import load_checkpoint
+from minibert.explore.checkpoint import load_checkpoint
 from minibert.explore.evaluation import analogy_scores, group_of, purity_at_k, read_analogies, read_groups
 
 CALLBACKS = [

@@ -12,14 +12,13 @@ from conftest import REPO
 from google.protobuf import text_format
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
+from minibert.explore.embeddings import embedding_matrix, top_word_ids
 from minibert.explore.projector import (
-    embedding_matrix,
     epoch_folders,
     epochs_to_keep,
     escape_token,
     mark_newest_run,
     remove_old_epochs,
-    top_word_ids,
     write_projector_config,
     write_projector_files,
 )

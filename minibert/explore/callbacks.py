@@ -21,7 +21,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from minibert.errors import MinibertError
-from minibert.explore.attention import attention_maps, draw_attention, figure_rgb, require_matplotlib
+from minibert.explore.attention import attention_maps, draw_attention
+from minibert.explore.embeddings import embedding_matrix, top_word_ids
 from minibert.explore.evaluation import (
     AnalogySection,
     analogy_scores,
@@ -30,11 +31,10 @@ from minibert.explore.evaluation import (
     read_analogies,
     read_groups,
 )
+from minibert.explore.figures import figure_rgb, require_matplotlib
 from minibert.explore.projector import (
-    embedding_matrix,
     mark_newest_run,
     remove_old_epochs,
-    top_word_ids,
     write_projector_config,
     write_projector_files,
 )

@@ -16,6 +16,9 @@ vocabulary saved beside them), and the text or files they are given, so they wor
 
 Every input is checked before anything is written: bad input stops the command with one
 line (:class:`MinibertError`) and leaves files already there as they were.
+
+Each ``run_*`` function below takes the parsed options (:mod:`minibert.explore.arguments`),
+checks them, and prints what the modules beside it compute.
 """
 
 from __future__ import annotations
@@ -24,26 +27,13 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-
 from minibert.errors import MinibertError
-from minibert.explore.attention import (
-    UNKNOWN_MARK,
-    attention_maps,
-    draw_attention,
-    require_matplotlib,
-    save_figure,
-)
+from minibert.explore.arguments import build_parser
+from minibert.explore.attention import UNKNOWN_MARK, attention_maps, draw_attention
 from minibert.explore.attention_page import write_attention_page
-from minibert.explore.contexts import (
-    context_vectors,
-    find_occurrences,
-    nearest,
-    parse_marked,
-    write_context_files,
-)
+from minibert.explore.checkpoint import load_checkpoint
+from minibert.explore.contexts import context_vectors, find_occurrences, parse_marked, write_context_files
+from minibert.explore.embeddings import embedding_matrix, top_word_ids
 from minibert.explore.evaluation import (
     analogy_lines,
     analogy_scores,
@@ -53,253 +43,18 @@ from minibert.explore.evaluation import (
     read_analogies,
     read_groups,
 )
-from minibert.explore.internals import check_layer, encode_words, unknown_tokens
-from minibert.explore.projector import embedding_matrix, top_word_ids, write_projector_files
+from minibert.explore.figures import require_matplotlib, save_figure
+from minibert.explore.fill_mask import fill_mask
+from minibert.explore.internals import check_layer, unknown_tokens
+from minibert.explore.neighbours import nearest, nearest_words
+from minibert.explore.projector import write_projector_files
 from minibert.explore.word2vec import write_word2vec
-from minibert.machinery.checkpoint import check_checkpoint_file, model_arguments
+from minibert.explore.word_map import PNG_NEEDS, draw_map, pca_2d, picture_words
 from minibert.machinery.files import check_output_folder
-from minibert.machinery.options import OneLineParser
 from minibert.module import MiniBert
-from minibert.tokenizer import MASK, Vocabulary, tokenize
+from minibert.tokenizer import tokenize
 
 COMMANDS = ("export", "neighbors", "fill-mask", "attention", "contexts", "evaluate")
-PNG_NEEDS = "drawing a picture (--png)"
-
-
-# --- the checkpoint -----------------------------------------------------------------------
-
-
-def load_checkpoint(path: str | Path) -> tuple[MiniBert, Vocabulary]:
-    """The model of a checkpoint, in eval mode on the CPU, and its vocabulary."""
-    checkpoint = check_checkpoint_file(path)
-    missing = [
-        key for key in ("hyper_parameters", "vocabulary") if key not in checkpoint
-    ]  # state_dict: checked already
-    if missing:
-        raise MinibertError(f"checkpoint {path} is not a minibert checkpoint: it has no {', '.join(missing)}")
-    try:
-        model = MiniBert(**model_arguments(checkpoint))
-        model.load_state_dict(checkpoint["state_dict"])
-        vocab = Vocabulary.from_dict(checkpoint["vocabulary"])
-    except (TypeError, ValueError, KeyError, RuntimeError) as error:
-        raise MinibertError(
-            f"checkpoint {path} does not fit this version of minibert: {_first_line(error)}"
-        ) from error
-    if len(vocab) != model.hparams.vocab_size:
-        raise MinibertError(
-            f"checkpoint {path} holds {len(vocab)} words for a model of {model.hparams.vocab_size}"
-        )
-    model.vocab = vocab
-    return model.eval(), vocab
-
-
-def _first_line(error: BaseException) -> str:
-    """The error's type and first sentence: torch's messages go on for many lines."""
-    text = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-# --- neighbours and masked words ----------------------------------------------------------
-
-
-def nearest_words(matrix: Tensor, vocab: Vocabulary, word: str, k: int) -> list[tuple[str, float]]:
-    """The ``k`` ordinary words closest to ``word`` by cosine similarity, with their scores."""
-    query = vocab.require(word)
-    unit = F.normalize(matrix.detach().float(), dim=-1)  # (V, D), rows of length 1
-    scores = unit @ unit[query]  # (V,) cosine similarities
-    scores[: vocab.num_specials] = -torch.inf  # special tokens are not words to show
-    scores[query] = -torch.inf  # nor is the word itself
-    top = scores.topk(min(k, len(vocab) - vocab.num_specials - 1))
-    return [(vocab.itos[i], s) for s, i in zip(top.values.tolist(), top.indices.tolist())]
-
-
-def fill_mask(model: MiniBert, vocab: Vocabulary, text: str, k: int) -> list[list[tuple[str, float]]]:
-    """For each ``<mask>`` of ``text``, the ``k`` most likely words with their probabilities."""
-    if MASK not in tokenize(text):  # "<" and ">" are not punctuation, so "<mask>" stays one token
-        raise MinibertError(f"the text {text!r} has no {MASK} to fill")
-    tokens, input_ids = encode_words(vocab, text, model.hparams.seq_len)  # (1, T)
-    masked = [i for i, token in enumerate(tokens) if token == MASK]
-    with torch.no_grad():
-        hidden = model.encoder(input_ids)  # (1, T, D)
-        probs = model.encoder.logits(hidden[0, masked]).softmax(dim=-1)  # (M, V)
-    top = probs.topk(min(k, len(vocab)))
-    return [
-        [(vocab.itos[i], p) for p, i in zip(values, indices)]
-        for values, indices in zip(top.values.tolist(), top.indices.tolist())
-    ]
-
-
-# --- the picture ---------------------------------------------------------------------------
-
-
-def pca_2d(vectors: Tensor) -> Tensor:
-    """The (N, D) vectors' coordinates on their two main axes of variance, (N, 2)."""
-    centered = vectors.detach().float() - vectors.detach().float().mean(dim=0)  # (N, D)
-    # pca_lowrank is randomised: a fixed seed draws the same map every time. Asking for a
-    # few more axes than the two kept makes those two accurate.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        _, _, axes = torch.pca_lowrank(centered, q=min(6, *centered.shape), center=False)  # (D, q)
-    return centered @ axes[:, :2]  # (N, 2)
-
-
-def draw_map(
-    png: str | Path, coords: Tensor, words: Sequence[str], groups: Sequence[str], title: str
-) -> None:
-    """Save a scatter plot of ``coords`` (N, 2), each point labelled with its word, coloured by group."""
-    figure_class = require_matplotlib(PNG_NEEDS)
-    figure = figure_class(figsize=(10, 8), layout="constrained")
-    axes = figure.add_subplot()  # a bare Figure, not pyplot: no window, no global state
-    for group in dict.fromkeys(groups):  # each group once, in order of first appearance
-        rows = [i for i, g in enumerate(groups) if g == group]
-        points = axes.scatter(coords[rows, 0], coords[rows, 1], s=14, label=group)
-        for i in rows:
-            axes.annotate(
-                words[i],
-                coords[i].tolist(),
-                fontsize=7,
-                color=points.get_facecolor()[0],
-                xytext=(2, 2),
-                textcoords="offset points",
-            )
-    axes.set(title=title, xlabel="first principal axis", ylabel="second principal axis")
-    if len(set(groups)) > 1:
-        axes.legend(fontsize=8, markerscale=1.5)
-    save_figure(figure, png)
-
-
-# --- the commands --------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(description="Look into a trained minibert checkpoint.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    checkpoint = argparse.ArgumentParser(add_help=False)
-    checkpoint.add_argument("--ckpt_path", required=True, type=Path, help="the checkpoint file (.ckpt)")
-    source = argparse.ArgumentParser(add_help=False)
-    source.add_argument(
-        "--source",
-        choices=("input", "output"),
-        default="input",
-        help="input word embeddings, or the output layer's rows (the same matrix when tied)",
-    )
-
-    export = commands.add_parser(
-        "export", parents=[checkpoint, source], help="projector TSVs and a 2-D map of the embeddings"
-    )
-    export.add_argument(
-        "--top_k", type=at_least(0), default=3000, help="most frequent words to export; 0 = every word"
-    )
-    export.add_argument(
-        "--out",
-        type=Path,
-        help="folder for vectors.tsv and metadata.tsv; with --format word2vec, the file to write",
-    )
-    export.add_argument(
-        "--format",
-        choices=("projector", "word2vec"),
-        default="projector",
-        help="projector TSVs, or word2vec's text format (gensim's KeyedVectors.load_word2vec_format)",
-    )
-    export.add_argument("--png", type=Path, help="also draw a 2-D PCA map of chosen words into this PNG file")
-    export.add_argument("--groups", type=Path, help="words to draw, by group: lines 'name<TAB>word word ...'")
-    export.add_argument(
-        "--png_words",
-        type=at_least(2),
-        default=100,
-        help="without --groups, draw this many most frequent words",
-    )
-
-    layer = argparse.ArgumentParser(add_help=False)
-    layer.add_argument(
-        "--layer",
-        type=at_least(0),
-        help="the vectors at this layer's output (0: the input embeddings); default: the last layer",
-    )
-    layer.add_argument(
-        "--max_per_word",
-        type=at_least(1),
-        default=100,
-        help="occurrences of each word read from the corpus, the first ones",
-    )
-
-    neighbors = commands.add_parser(
-        "neighbors",
-        parents=[checkpoint, source, layer],
-        help="nearest words by cosine similarity, or nearest occurrences in context",
-    )
-    neighbors.add_argument("words", nargs="*", metavar="WORD")
-    neighbors.add_argument("--k", type=at_least(1), default=10, help="neighbours to show for each word")
-    neighbors.add_argument(
-        "--in-context",
-        dest="in_context",
-        metavar="TEXT",
-        help='a sentence with one word in brackets, "le [vote] de la commission": its occurrences in --corpus closest in context',
-    )
-    neighbors.add_argument(
-        "--corpus", type=Path, help="with --in-context: the sentences to search, one a line"
-    )
-
-    fill = commands.add_parser(
-        "fill-mask", parents=[checkpoint], help="the most likely words for each <mask> of a text"
-    )
-    fill.add_argument(
-        "text", help='a sentence with one or more <mask>, e.g. "la <mask> européenne a proposé"'
-    )
-    fill.add_argument("--k", type=at_least(1), default=5, help="words to show for each <mask>")
-
-    attention = commands.add_parser(
-        "attention", parents=[checkpoint], help="attention weights of every layer and head for one sentence"
-    )
-    attention.add_argument("text", help='a sentence, e.g. "la commission a voté le rapport ."')
-    attention.add_argument(
-        "--out", type=Path, help="the picture to write (PNG): layers as rows, heads as columns"
-    )
-    attention.add_argument(
-        "--html", type=Path, help="also write a page where pointing at a token shows where it looks"
-    )
-
-    contexts = commands.add_parser(
-        "contexts",
-        parents=[checkpoint, layer],
-        help="a vector for every occurrence of words in a corpus, as projector files",
-    )
-    contexts.add_argument(
-        "--corpus",
-        type=Path,
-        required=True,
-        help="the sentences to read, one a line (or raw Europarl sessions)",
-    )
-    contexts.add_argument("--words", required=True, help="comma-separated words: session,commission,vote")
-    contexts.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="folder for vectors.tsv, metadata.tsv and projector_config.pbtxt",
-    )
-
-    evaluate = commands.add_parser(
-        "evaluate", parents=[checkpoint, source], help="purity@k on word groups, accuracy on word analogies"
-    )
-    evaluate.add_argument("--groups", type=Path, help="word groups: lines 'name<TAB>word word ...'")
-    evaluate.add_argument(
-        "--analogies",
-        type=Path,
-        help="questions in word2vec's format: ': section' lines, then 'a b c d' lines",
-    )
-    evaluate.add_argument("--k", type=at_least(1), default=5, help="neighbours per word for purity@k")
-    return parser
-
-
-def at_least(minimum: int):
-    """An argparse type: an integer no smaller than ``minimum``."""
-
-    def parse(text: str) -> int:
-        if not text.lstrip("-").isdigit() or int(text) < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number of at least {minimum}, got {text!r}")
-        return int(text)
-
-    return parse
 
 
 def main(argv: Sequence[str]) -> None:
@@ -360,23 +115,6 @@ def check_export_paths(out: Path | None, png: Path | None, out_is_file: bool = F
         check_output_folder(png.parent, "export --png")
 
 
-def picture_words(
-    vocab: Vocabulary, groups: dict[str, list[str]] | None, top: int, groups_path: Path | None
-) -> tuple[list[str], list[str]]:
-    """The words to draw and their group names: the groups' words that the model knows, or the ``top`` most frequent."""
-    if groups is None:
-        words = vocab.decode(top_word_ids(vocab, top))
-        return words, ["most frequent words"] * len(words)
-    chosen = [(word, name) for name, words in groups.items() for word in words]
-    left_out = [word for word, _ in chosen if word not in vocab.stoi]
-    if left_out:
-        print(f"not in the vocabulary, left out of the picture: {' '.join(left_out)}")
-    kept = [(word, name) for word, name in chosen if word in vocab.stoi]
-    if len(kept) < 2:
-        raise MinibertError(f"groups file {groups_path}: fewer than 2 of its words are in the vocabulary")
-    return [word for word, _ in kept], [name for _, name in kept]
-
-
 def run_neighbors(args: argparse.Namespace) -> None:
     if args.in_context is not None:
         return run_neighbors_in_context(args)
@@ -392,19 +130,6 @@ def run_neighbors(args: argparse.Namespace) -> None:
             print(f"  {score:7.4f}  {neighbour}")
 
 
-def run_fill_mask(args: argparse.Namespace) -> None:
-    model, vocab = load_checkpoint(args.ckpt_path)
-    predictions = fill_mask(model, vocab, args.text, args.k)
-    unknown = unknown_tokens(vocab, tokenize(args.text))
-    if unknown:
-        print(f"not in the vocabulary, read as <unk>: {' '.join(unknown)}")
-    print(" ".join(tokenize(args.text)))
-    for number, candidates in enumerate(predictions, start=1):
-        print(f"<mask> {number}:")
-        for word, prob in candidates:
-            print(f"  {prob:7.4f}  {word}")
-
-
 def run_neighbors_in_context(args: argparse.Namespace) -> None:
     """The corpus occurrences of the bracketed word whose vectors in context are closest to its own."""
     if args.words or args.corpus is None:
@@ -418,13 +143,27 @@ def run_neighbors_in_context(args: argparse.Namespace) -> None:
     print(
         f"{query.marked()}: the {min(args.k, len(occurrences))} closest of {len(occurrences)} occurrences in {args.corpus}, layer {layer}"
     )
-    for row, score in nearest(vectors[0], vectors[1:], args.k):
+    scores, rows = nearest(vectors[:1], vectors[1:], args.k)  # (1, k) each
+    for score, row in zip(scores[0].tolist(), rows[0].tolist()):
         print(f"  {score:7.4f}  {occurrences[row].marked()}  (sentence {occurrences[row].sentence_no})")
 
 
 def chosen_layer(model: MiniBert, layer: int | None) -> int:
     """``--layer``, checked against the model; the last layer when not given."""
     return check_layer(model.hparams.num_layers if layer is None else layer, model.hparams.num_layers)
+
+
+def run_fill_mask(args: argparse.Namespace) -> None:
+    model, vocab = load_checkpoint(args.ckpt_path)
+    predictions = fill_mask(model, vocab, args.text, args.k)
+    unknown = unknown_tokens(vocab, tokenize(args.text))
+    if unknown:
+        print(f"not in the vocabulary, read as <unk>: {' '.join(unknown)}")
+    print(" ".join(tokenize(args.text)))
+    for number, candidates in enumerate(predictions, start=1):
+        print(f"<mask> {number}:")
+        for word, prob in candidates:
+            print(f"  {prob:7.4f}  {word}")
 
 
 def run_attention(args: argparse.Namespace) -> None:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from minibert.corpus import read_sentences
@@ -173,13 +172,6 @@ def parse_marked(text: str, seq_len: int) -> tuple[str, Occurrence]:
     if len(tokens) > seq_len:
         raise MinibertError(f"the text has {len(tokens)} tokens; this model reads at most {seq_len}")
     return tokens[start], occurrence_at(tokens[start], tokens, start, seq_len)
-
-
-def nearest(query: Tensor, vectors: Tensor, k: int) -> list[tuple[int, float]]:
-    """The ``k`` rows of vectors (N, D) closest to query (D,) by cosine similarity: (row, score), best first."""
-    scores = F.normalize(vectors.float(), dim=-1) @ F.normalize(query.float(), dim=-1)  # (N,)
-    top = scores.topk(min(k, len(scores)))
-    return list(zip(top.indices.tolist(), top.values.tolist()))
 
 
 def write_context_files(

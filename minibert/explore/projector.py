@@ -14,10 +14,9 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from minibert.machinery.files import atomic_write
-from minibert.tokenizer import Vocabulary
 
 CONFIG_NAME = "projector_config.pbtxt"
 TENSOR_NAME = "word_embeddings"
@@ -32,28 +31,9 @@ _ESCAPES = str.maketrans(
 )
 
 
-def top_word_ids(vocab: Vocabulary, top_k: int) -> list[int]:
-    """Ids of the ``top_k`` most frequent ordinary words (all of them when ``top_k`` is 0)."""
-    first = vocab.num_specials
-    last = len(vocab) if top_k == 0 else min(len(vocab), first + top_k)
-    return list(range(first, last))  # the vocabulary is ordered by falling frequency
-
-
 def escape_token(token: str) -> str:
     """Tabs and line breaks inside a token would shift every following row."""
     return token.translate(_ESCAPES)
-
-
-def embedding_matrix(encoder: nn.Module, source: str) -> Tensor:
-    """The (V, D) matrix to export: ``input`` word embeddings, or the ``output`` head's rows.
-
-    With tied embeddings the head's weight *is* the input matrix, so both give the same numbers.
-    """
-    if source == "input":
-        return encoder.token_embedding.weight
-    if source == "output":
-        return encoder.lm_head.weight
-    raise ValueError(f"embedding source must be 'input' or 'output', not {source!r}")
 
 
 def write_projector_files(
