@@ -38,7 +38,7 @@ def nearest(
     if excluded is not None:
         left_out.scatter_(1, excluded, True)
     similarity.masked_fill_(left_out, -torch.inf)
-    candidates = int((~left_out).sum(dim=-1).min()) if len(similarity) else 0
+    candidates = len(vectors) - max(left_out.sum(dim=-1).tolist(), default=0)  # left to every query
     top = similarity.topk(min(k, candidates), dim=-1)
     return top.values, top.indices
 
