@@ -35,7 +35,7 @@ from minibert.explore.figures import figure_rgb, require_matplotlib
 from minibert.explore.projector import (
     mark_newest_run,
     remove_old_epochs,
-    write_projector_config,
+    write_epochs_config,
     write_projector_files,
 )
 from minibert.tokenizer import tokenize
@@ -105,9 +105,9 @@ class EmbeddingProjector(L.Callback):
         folder = root / "projector" / f"epoch_{trainer.current_epoch}"
         ids = top_word_ids(pl_module.vocab, self.top_k)
         vectors = embedding_matrix(pl_module.encoder, self.source)[ids]  # (N, D)
-        counts = [pl_module.vocab.counts[i] for i in ids] if self.with_counts else None
+        counts = {"count": [pl_module.vocab.counts[i] for i in ids]} if self.with_counts else {}
         try:
-            write_projector_files(folder, vectors, pl_module.vocab.decode(ids), counts)
+            write_projector_files(folder, vectors, pl_module.vocab.decode(ids), **counts)
             remove_old_epochs(root, self.max_kept)
             if tensorboard is not None:
                 # The config is rebuilt from the epoch folders on disk rather than with
@@ -115,7 +115,7 @@ class EmbeddingProjector(L.Callback):
                 # and rewrites the whole pbtxt from them, so after a resume (a new writer) the
                 # earlier epochs would vanish from the projector. It would also copy every
                 # matrix a second time into folders of its own.
-                write_projector_config(root)
+                write_epochs_config(root)
                 mark_newest_run(root, folder)
         except OSError as error:
             if not self._failed:

@@ -86,7 +86,7 @@ def run_export(args: argparse.Namespace) -> None:
                 write_word2vec(args.out, matrix[ids], vocab.decode(ids))
             else:
                 write_projector_files(
-                    args.out, matrix[ids], vocab.decode(ids), [vocab.counts[i] for i in ids]
+                    args.out, matrix[ids], vocab.decode(ids), count=[vocab.counts[i] for i in ids]
                 )
         except OSError as error:  # a full disk, say: each file is written whole or not at all
             raise MinibertError(

@@ -24,12 +24,11 @@ from torch import Tensor
 from minibert.corpus import read_sentences
 from minibert.errors import MinibertError
 from minibert.explore.internals import record_internals
-from minibert.explore.projector import write_projector_table, write_run_config
+from minibert.explore.projector import write_projector_files, write_run_config
 from minibert.model import Encoder
 from minibert.tokenizer import Vocabulary, tokenize
 
 CUT = "…"
-METADATA_HEADER = ("word", "sentence", "sentence_no", "position")
 
 
 @dataclass(frozen=True)
@@ -178,6 +177,12 @@ def write_context_files(
     out_dir: str | Path, vectors: Tensor, occurrences: Sequence[Occurrence], tensor_name: str
 ) -> None:
     """Projector files for the occurrences' vectors (N, D), listed for TensorBoard under ``tensor_name``."""
-    rows = [(o.word, o.marked(), o.sentence_no, o.position) for o in occurrences]
-    write_projector_table(out_dir, vectors, METADATA_HEADER, rows)
+    write_projector_files(
+        out_dir,
+        vectors,
+        [o.word for o in occurrences],
+        sentence=[o.marked() for o in occurrences],
+        sentence_no=[o.sentence_no for o in occurrences],
+        position=[o.position for o in occurrences],
+    )
     write_run_config(out_dir, tensor_name)
