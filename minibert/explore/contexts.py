@@ -14,6 +14,7 @@ word: as many before it as after it, the window pushed back inside the sentence 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,12 +116,7 @@ def read_corpus(corpus: str | Path) -> Iterable[str]:
     first = next(sentences, None)
     if first is None:
         raise MinibertError(f"corpus {path} has no sentences (it is empty or holds only blank lines)")
-    return _prepend(first, sentences)
-
-
-def _prepend(first: str, rest: Iterable[str]) -> Iterable[str]:
-    yield first
-    yield from rest
+    return itertools.chain([first], sentences)  # the first sentence, read to see that there is one, put back
 
 
 def context_vectors(
