@@ -1,6 +1,6 @@
 """How good are the learned word embeddings? purity@k on word groups, accuracy on word analogies.
 
-The measures are :mod:`minibert.evaluation`'s, the same as ``lightning evaluate``: purity@k
+The measures are :mod:`minibert.explore.evaluation`'s, the same as ``lightning evaluate``: purity@k
 (for every group word in the vocabulary, the share of its k nearest words by cosine
 similarity over the whole vocabulary, special tokens and the word itself excluded, that
 belong to its own group, averaged over the group words) and 3CosAdd analogy accuracy per
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from minibert.errors import MinibertError
-from minibert.evaluation import (
+from minibert.explore.evaluation import (
     AnalogySection,
     analogy_lines,
     analogy_scores,
@@ -43,8 +43,8 @@ DEFAULT_ANALOGIES = "benchmarks/analogies.fr.txt"
 
 def checkpoint_embeddings(ckpt_path: str, source: str) -> tuple[Tensor, list[str], int]:
     """A checkpoint's (V, D) embeddings, its V words, and how many of them (the first) are special tokens."""
-    from minibert.explore import load_checkpoint
-    from minibert.projector import embedding_matrix
+    from minibert.explore.checkpoint import load_checkpoint
+    from minibert.explore.embeddings import embedding_matrix
 
     model, vocab = load_checkpoint(ckpt_path)
     return embedding_matrix(model.encoder, source).detach(), vocab.itos, vocab.num_specials

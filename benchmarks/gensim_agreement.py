@@ -2,7 +2,7 @@
 
 1. ``lightning export --format word2vec``'s writer: gensim's ``KeyedVectors.load_word2vec_format``
    reads the file back as the same words and exactly the same float32 vectors.
-2. ``lightning evaluate``'s analogies (:func:`minibert.evaluation.analogy_scores`): gensim's
+2. ``lightning evaluate``'s analogies (:func:`minibert.explore.evaluation.analogy_scores`): gensim's
    ``evaluate_word_analogies`` on those vectors counts the same right and covered questions in
    every section.
 
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from embedding_quality import DEFAULT_ANALOGIES, DEFAULT_CORPUS, checkpoint_embeddings, word2vec_embeddings
 
-from minibert.evaluation import analogy_scores, read_analogies
-from minibert.word2vec_format import write_word2vec
+from minibert.explore.evaluation import analogy_scores, read_analogies
+from minibert.explore.word2vec import write_word2vec
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from minibert.callbacks import EmbeddingProjector
+from minibert.explore.callbacks import EmbeddingProjector
 from minibert.module import MiniBert
 from minibert.tokenizer import Vocabulary
 

@@ -20,9 +20,9 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from minibert import explore
 from minibert.data import EuroparlDataModule
 from minibert.errors import MinibertError
+from minibert.explore import commands as inspection
 from minibert.machinery.allocator import KeepFreedMemory
 from minibert.machinery.checkpoint import (
     SHAPE_ARGS,
@@ -156,8 +156,8 @@ def main(args: list[str] | None = None) -> None:
     """Run a command; a problem with the user's input is printed as one line, exit code 2."""
     argv = sys.argv[1:] if args is None else args
     try:
-        if argv and argv[0] in explore.COMMANDS:
-            explore.main(argv)
+        if argv and argv[0] in inspection.COMMANDS:
+            inspection.main(argv)
         else:
             MiniBertCLI(
                 MiniBert,

@@ -11,12 +11,13 @@ import torch
 from conftest import run_cli
 from matplotlib import colormaps
 
-from minibert.attention_html import attention_page
-from minibert.attention_maps import attention_maps, draw_attention, figure_rgb
 from minibert.cli import main
-from minibert.explore import load_checkpoint
+from minibert.explore.attention import attention_maps, draw_attention
+from minibert.explore.attention_page import attention_page
+from minibert.explore.checkpoint import load_checkpoint
+from minibert.explore.figures import figure_rgb
+from minibert.explore.internals import record_internals
 from minibert.fast import FastEncoder
-from minibert.internals import record_internals
 from minibert.model import Encoder, EncoderConfig, MultiHeadSelfAttention
 from minibert.tokenizer import Vocabulary
 

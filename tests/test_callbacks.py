@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from test_projector import parse_config, read_metadata, read_vectors
 from torch.utils.data import DataLoader
 
-from minibert.callbacks import EmbeddingProjector
+from minibert.explore.callbacks import EmbeddingProjector
 from minibert.masking import IGNORE_INDEX
 from minibert.module import MiniBert
 from minibert.tokenizer import Vocabulary

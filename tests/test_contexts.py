@@ -11,7 +11,10 @@ from test_projector import read_metadata, read_vectors
 from test_tensorboard import embeddings, tensor, tensorboard  # noqa: F401 (a fixture)
 
 from minibert.cli import main
-from minibert.contexts import (
+from minibert.corpus import read_sentences
+from minibert.errors import MinibertError
+from minibert.explore.checkpoint import load_checkpoint
+from minibert.explore.contexts import (
     Occurrence,
     context_vectors,
     find_occurrences,
@@ -19,10 +22,7 @@ from minibert.contexts import (
     parse_marked,
     window,
 )
-from minibert.corpus import read_sentences
-from minibert.errors import MinibertError
-from minibert.explore import load_checkpoint
-from minibert.internals import record_internals
+from minibert.explore.internals import record_internals
 from minibert.tokenizer import tokenize
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO
 from test_projector import EMBEDDINGS_KEY
 
 from minibert.cli import main
 from minibert.errors import MinibertError
-from minibert.evaluation import (
+from minibert.explore.checkpoint import load_checkpoint
+from minibert.explore.evaluation import (
     AnalogySection,
     analogy_lines,
     analogy_scores,
@@ -21,7 +24,6 @@ from minibert.evaluation import (
     read_analogies,
     read_groups,
 )
-from minibert.explore import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,24 @@ def test_purity_counts_same_group_neighbours_by_hand():
     # Not excluded, <pad> (0°) would be mercredi's nearest word.
     assert purity_at_k(vectors, words, groups, k=1, excluded=0) == (pytest.approx(2 / 6), 6)
     assert math.isnan(purity_at_k(vectors, words, {"dimanche": "jours"}, k=2)[0])
+
+
+def test_purity_at_k_as_the_embedding_quality_benchmark_computes_it():
+    spec = importlib.util.spec_from_file_location(
+        "embedding_quality", REPO / "benchmarks" / "embedding_quality.py"
+    )
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    words = ["<pad>", "lundi", "mardi", "mars", "avril", "table"]
+    vectors = torch.tensor([[1.0, 0.05], [1.0, 0.1], [1.0, 0.2], [0.0, 1.0], [0.1, 1.0], [0.9, 0.0]])
+    groups = {"lundi": "jours", "mardi": "jours", "mars": "mois", "avril": "mois", "juin": "mois"}
+    # k = 2, <pad> excluded: lundi -> mardi, table (1/2); mardi -> lundi, table (1/2);
+    # mars -> avril, mardi (1/2); avril -> mars, mardi (1/2); juin is not in the vocabulary.
+    assert quality.purity_at_k(vectors, words, groups, k=2, excluded=1) == (pytest.approx(0.5), 4)
+    # k = 1: each word's nearest neighbour is its pair
+    assert quality.purity_at_k(vectors, words, groups, k=1, excluded=1) == (pytest.approx(1.0), 4)
+    # <pad> no longer excluded: it is lundi's nearest (cos 0.999, mardi 0.995)
+    assert quality.purity_at_k(vectors, words, groups, k=1, excluded=0) == (pytest.approx(0.75), 4)
 
 
 # --- analogies -------------------------------------------------------------------------------------
@@ -134,6 +154,17 @@ def test_answers_match_a_word_by_word_reference_on_random_vectors():
     wrong = [(a, b, c, next(w for w in words if w not in (a, b, c, d))) for a, b, c, d in answered]
     (section, _) = analogy_scores(vectors, words, [AnalogySection("s", answered + wrong)], batch_size=7)
     assert (section.correct, section.covered) == (200, 400)
+
+
+def test_read_groups_skips_comments_and_names_bad_lines(tmp_path):
+    path = tmp_path / "groups.tsv"
+    path.write_text("# comment\njours\tlundi mardi\n\nmois\tjanvier\n", encoding="utf-8")
+    assert read_groups(path) == {"jours": ["lundi", "mardi"], "mois": ["janvier"]}
+    path.write_text("jours\tlundi\nmois janvier\n", encoding="utf-8")
+    with pytest.raises(MinibertError, match=f"{path}, line 2: expected 'name<TAB>word word ...'"):
+        read_groups(path)
+    with pytest.raises(MinibertError, match="groups file .*missing.tsv cannot be read"):
+        read_groups(tmp_path / "missing.tsv")
 
 
 def test_read_analogies_in_word2vecs_format(tmp_path):

@@ -13,7 +13,10 @@ from test_projector import EMBEDDINGS_KEY, read_metadata, read_vectors
 
 from minibert.cli import main
 from minibert.errors import MinibertError
-from minibert.explore import fill_mask, load_checkpoint, nearest_words, pca_2d, picture_words, read_groups
+from minibert.explore.checkpoint import load_checkpoint
+from minibert.explore.fill_mask import fill_mask
+from minibert.explore.neighbours import nearest_words
+from minibert.explore.word_map import pca_2d, picture_words
 from minibert.tokenizer import Vocabulary, tokenize
 
 
@@ -212,17 +215,6 @@ def test_pca_2d_matches_the_svd_reference():
     coords = pca_2d(vectors).numpy()
     assert np.allclose(np.abs(coords), np.abs(reference), atol=1e-3)  # each axis up to its sign
     assert torch.equal(pca_2d(vectors), pca_2d(vectors))  # the same map every time
-
-
-def test_read_groups_skips_comments_and_names_bad_lines(tmp_path):
-    path = tmp_path / "groups.tsv"
-    path.write_text("# comment\njours\tlundi mardi\n\nmois\tjanvier\n", encoding="utf-8")
-    assert read_groups(path) == {"jours": ["lundi", "mardi"], "mois": ["janvier"]}
-    path.write_text("jours\tlundi\nmois janvier\n", encoding="utf-8")
-    with pytest.raises(MinibertError, match=f"{path}, line 2: expected 'name<TAB>word word ...'"):
-        read_groups(path)
-    with pytest.raises(MinibertError, match="groups file .*missing.tsv cannot be read"):
-        read_groups(tmp_path / "missing.tsv")
 
 
 def test_picture_words_leave_out_unknown_words(capsys):

@@ -11,13 +11,13 @@ from conftest import REPO, TEST_DATA, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from minibert.cli import main
-from minibert.evaluation import analogy_scores, group_of, purity_at_k, read_analogies, read_groups
-from minibert.explore import load_checkpoint
+from minibert.explore.checkpoint import load_checkpoint
+from minibert.explore.evaluation import analogy_scores, group_of, purity_at_k, read_analogies, read_groups
 
 CALLBACKS = [
-    {"class_path": "minibert.inspect_callbacks.AttentionImages",
+    {"class_path": "minibert.explore.callbacks.AttentionImages",
      "init_args": {"sentences": ["La commission votera trois propositions.", "le parlement a voté" + " , le vote" * 8]}},
-    {"class_path": "minibert.inspect_callbacks.EmbeddingScores",
+    {"class_path": "minibert.explore.callbacks.EmbeddingScores",
      "init_args": {"groups": "tests/data/categories.tsv", "analogies": "questions.txt"}},
 ]  # fmt: skip
 QUESTIONS = ": days-months\nlundi janvier mardi juillet\nmardi juillet lundi janvier\n: unknown\nlundi janvier mardi zorglub\n"
@@ -110,7 +110,7 @@ def test_a_missing_file_stops_the_run_before_the_first_step(tmp_path, monkeypatc
     shutil.copytree(TEST_DATA, tmp_path / "tests" / "data")
     config = inspect_config(
         tmp_path,
-        [{"class_path": "minibert.inspect_callbacks.EmbeddingScores", "init_args": {"groups": "nope.tsv"}}],
+        [{"class_path": "minibert.explore.callbacks.EmbeddingScores", "init_args": {"groups": "nope.tsv"}}],
     )
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_:
@@ -121,3 +121,22 @@ def test_a_missing_file_stops_the_run_before_the_first_step(tmp_path, monkeypatc
         == "error: groups file nope.tsv cannot be read: it does not exist"
     )
     assert not (tmp_path / "checkpoints").exists()  # stopped at setup, before the first step
+
+
+def test_a_config_naming_the_callbacks_modules_of_before_still_trains(tmp_path, monkeypatch):
+    """Configs, and the config.yaml saved in each run, written before minibert/explore/ name the old modules."""
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    shutil.copytree(TEST_DATA, tmp_path / "tests" / "data")
+    old_names = [
+        {"class_path": "minibert.callbacks.EmbeddingProjector", "init_args": {"top_k": 50}},
+        {**CALLBACKS[0], "class_path": "minibert.inspect_callbacks.AttentionImages"},
+        {**CALLBACKS[1], "class_path": "minibert.inspect_callbacks.EmbeddingScores"},
+    ]
+    config = inspect_config(tmp_path, old_names)
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", "configs/tiny.yaml", "--config", str(config)])
+    version = tmp_path / "lightning_logs" / "version_0"
+    assert sorted(p.name for p in (version / "projector").iterdir()) == ["epoch_0", "epoch_1"]
+    tags = events(tmp_path).Tags()
+    assert sorted(tags["images"]) == ["attention/sentence_1", "attention/sentence_2"]
+    assert "embeddings/purity@5" in tags["scalars"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 
 import lightning as L
@@ -237,24 +236,3 @@ def test_quick_config_resolves(tmp_path):
         "cosine",
     )
     assert config["model"]["scale_embeddings"] is True
-
-
-# --- the embedding-quality benchmark ---------------------------------------------------------------
-
-
-def test_purity_at_k_on_hand_made_vectors():
-    spec = importlib.util.spec_from_file_location(
-        "embedding_quality", REPO / "benchmarks" / "embedding_quality.py"
-    )
-    quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quality)
-    words = ["<pad>", "lundi", "mardi", "mars", "avril", "table"]
-    vectors = torch.tensor([[1.0, 0.05], [1.0, 0.1], [1.0, 0.2], [0.0, 1.0], [0.1, 1.0], [0.9, 0.0]])
-    groups = {"lundi": "jours", "mardi": "jours", "mars": "mois", "avril": "mois", "juin": "mois"}
-    # k = 2, <pad> excluded: lundi -> mardi, table (1/2); mardi -> lundi, table (1/2);
-    # mars -> avril, mardi (1/2); avril -> mars, mardi (1/2); juin is not in the vocabulary.
-    assert quality.purity_at_k(vectors, words, groups, k=2, excluded=1) == (pytest.approx(0.5), 4)
-    # k = 1: each word's nearest neighbour is its pair
-    assert quality.purity_at_k(vectors, words, groups, k=1, excluded=1) == (pytest.approx(1.0), 4)
-    # <pad> no longer excluded: it is lundi's nearest (cos 0.999, mardi 0.995)
-    assert quality.purity_at_k(vectors, words, groups, k=1, excluded=0) == (pytest.approx(0.75), 4)

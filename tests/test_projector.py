@@ -12,19 +12,18 @@ from conftest import REPO
 from google.protobuf import text_format
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
-from minibert.machinery import files
-from minibert.model import Encoder, EncoderConfig
-from minibert.projector import (
-    embedding_matrix,
+from minibert.explore.embeddings import embedding_matrix, top_word_ids
+from minibert.explore.projector import (
     epoch_folders,
     epochs_to_keep,
     escape_token,
     mark_newest_run,
     remove_old_epochs,
-    top_word_ids,
-    write_projector_config,
+    write_epochs_config,
     write_projector_files,
 )
+from minibert.machinery import files
+from minibert.model import Encoder, EncoderConfig
 from minibert.tokenizer import Vocabulary
 
 ODD_WORDS = [
@@ -87,13 +86,14 @@ def test_one_column_metadata_has_no_header(tmp_path):
 
 
 def test_metadata_with_counts_has_a_header(tmp_path):
-    write_projector_files(tmp_path, torch.zeros(2, 3), ["la", "commission"], [120, 7])
+    write_projector_files(tmp_path, torch.zeros(2, 3), ["la", "commission"], count=[120, 7])
     assert (tmp_path / "metadata.tsv").read_text(encoding="utf-8") == "word\tcount\nla\t120\ncommission\t7\n"
 
 
 @pytest.mark.parametrize("counts", [None, list(range(len(ODD_WORDS)))])
 def test_tabs_and_line_breaks_inside_words_never_shift_rows(tmp_path, counts):
-    write_projector_files(tmp_path, torch.zeros(len(ODD_WORDS), 2), ODD_WORDS, counts)
+    columns = {} if counts is None else {"count": counts}
+    write_projector_files(tmp_path, torch.zeros(len(ODD_WORDS), 2), ODD_WORDS, **columns)
     text = (tmp_path / "metadata.tsv").read_text(encoding="utf-8")
     assert len(text.splitlines()) == len(ODD_WORDS) + (counts is not None)  # even Python's widest line split
     header, rows = read_metadata(tmp_path / "metadata.tsv")
@@ -161,7 +161,7 @@ def parse_config(log_dir: Path) -> ProjectorConfig:
 def test_config_lists_complete_epoch_folders_in_order_once(tmp_path):
     for epoch, rows in [(10, 4), (2, 3)]:
         write_projector_files(
-            tmp_path / "projector" / f"epoch_{epoch}", torch.zeros(rows, 5), ["w"] * rows, [1] * rows
+            tmp_path / "projector" / f"epoch_{epoch}", torch.zeros(rows, 5), ["w"] * rows, count=[1] * rows
         )
     write_projector_files(
         tmp_path / "projector" / "epoch_3", torch.zeros(2, 5), ["w"] * 2
@@ -169,8 +169,8 @@ def test_config_lists_complete_epoch_folders_in_order_once(tmp_path):
     (tmp_path / "projector" / "epoch_4").mkdir()  # an export that never finished
     (tmp_path / "projector" / "epoch_4" / "vectors.tsv").write_text("1\t2\n")
     (tmp_path / "projector" / "epoch_x").mkdir()
-    write_projector_config(tmp_path)
-    write_projector_config(tmp_path)  # rewriting (a resumed run) lists nothing twice
+    write_epochs_config(tmp_path)
+    write_epochs_config(tmp_path)  # rewriting (a resumed run) lists nothing twice
     config = parse_config(tmp_path)
     # Newest first, and named to sort first: the projector opens the first name in sorted order.
     names = [e.tensor_name for e in config.embeddings]

@@ -24,13 +24,13 @@ import torch
 from conftest import REPO, SAMPLE_CORPUS, TEST_DATA, run_cli, script
 from test_tensorboard import TensorBoard
 
-from minibert import explore
+from minibert.explore.commands import COMMANDS
 
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
 CI_SCRIPT = REPO / ".ci" / "run"
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-EXPLORE_SUBCOMMANDS = explore.COMMANDS
+EXPLORE_SUBCOMMANDS = COMMANDS
 
 SHRINK = (
     "--data.corpus", "tests/data/sample.fr.txt", "--data.vocab_size", "500", "--data.seq_len", "12", "--data.batch_size", "16",

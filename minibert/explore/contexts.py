@@ -14,23 +14,22 @@ word: as many before it as after it, the window pushed back inside the sentence 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from minibert.corpus import read_sentences
 from minibert.errors import MinibertError
-from minibert.internals import record_internals
+from minibert.explore.internals import record_internals
+from minibert.explore.projector import write_projector_files, write_run_config
 from minibert.model import Encoder
-from minibert.projector import write_projector_table, write_run_config
 from minibert.tokenizer import Vocabulary, tokenize
 
 CUT = "…"
-METADATA_HEADER = ("word", "sentence", "sentence_no", "position")
 
 
 @dataclass(frozen=True)
@@ -117,12 +116,7 @@ def read_corpus(corpus: str | Path) -> Iterable[str]:
     first = next(sentences, None)
     if first is None:
         raise MinibertError(f"corpus {path} has no sentences (it is empty or holds only blank lines)")
-    return _prepend(first, sentences)
-
-
-def _prepend(first: str, rest: Iterable[str]) -> Iterable[str]:
-    yield first
-    yield from rest
+    return itertools.chain([first], sentences)  # the first sentence, read to see that there is one, put back
 
 
 def context_vectors(
@@ -175,17 +169,16 @@ def parse_marked(text: str, seq_len: int) -> tuple[str, Occurrence]:
     return tokens[start], occurrence_at(tokens[start], tokens, start, seq_len)
 
 
-def nearest(query: Tensor, vectors: Tensor, k: int) -> list[tuple[int, float]]:
-    """The ``k`` rows of vectors (N, D) closest to query (D,) by cosine similarity: (row, score), best first."""
-    scores = F.normalize(vectors.float(), dim=-1) @ F.normalize(query.float(), dim=-1)  # (N,)
-    top = scores.topk(min(k, len(scores)))
-    return list(zip(top.indices.tolist(), top.values.tolist()))
-
-
 def write_context_files(
     out_dir: str | Path, vectors: Tensor, occurrences: Sequence[Occurrence], tensor_name: str
 ) -> None:
     """Projector files for the occurrences' vectors (N, D), listed for TensorBoard under ``tensor_name``."""
-    rows = [(o.word, o.marked(), o.sentence_no, o.position) for o in occurrences]
-    write_projector_table(out_dir, vectors, METADATA_HEADER, rows)
+    write_projector_files(
+        out_dir,
+        vectors,
+        [o.word for o in occurrences],
+        sentence=[o.marked() for o in occurrences],
+        sentence_no=[o.sentence_no for o in occurrences],
+        position=[o.position for o in occurrences],
+    )
     write_run_config(out_dir, tensor_name)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from torch import Tensor
 
+from minibert.explore.projector import vector_rows
 from minibert.machinery.files import atomic_write
-from minibert.projector import vector_rows
 
 
 def write_word2vec(path: str | Path, vectors: Tensor, words: Sequence[str]) -> None:

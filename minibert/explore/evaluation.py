@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from minibert.errors import MinibertError
+from minibert.explore.neighbours import nearest
 
 # --- the files ----------------------------------------------------------------------------
 
@@ -115,12 +116,8 @@ def purity_at_k(
     found = [w for w in groups if w in index and index[w] >= excluded]
     if not found:
         return float("nan"), 0
-    unit = F.normalize(vectors.detach().float(), dim=-1)  # (V, D)
-    queries = torch.tensor([index[w] for w in found])  # (Q,)
-    similarity = unit[queries] @ unit.T  # (Q, V)
-    similarity[:, :excluded] = -float("inf")
-    similarity[torch.arange(len(found)), queries] = -float("inf")  # a word is not its own neighbour
-    neighbours = similarity.topk(k, dim=-1).indices  # (Q, k)
+    ids = torch.tensor([index[w] for w in found])  # (Q,)
+    _, neighbours = nearest(vectors[ids], vectors, k, excluded, ids[:, None])  # (Q, k), never the word itself
     shares = [
         sum(groups.get(words[j]) == groups[w] for j in row.tolist()) / k for w, row in zip(found, neighbours)
     ]
@@ -153,13 +150,13 @@ def answer_3cosadd(unit: Tensor, questions: Tensor, excluded: int = 0) -> Tensor
     """The answers (Q,) to questions (Q, 3) of word ids a, b, c, over unit-length vectors (V, D).
 
     The answer maximises cos(x, b) - cos(x, a) + cos(x, c) = x . (b - a + c), x neither a, b, c
-    nor one of the first ``excluded`` rows.
+    nor one of the first ``excluded`` rows. For unit-length x that is the word nearest to
+    b - a + c by cosine similarity: the query's own length scales every score alike.
     """
     a, b, c = questions.unbind(dim=-1)  # 3 x (Q,)
-    scores = (unit[b] - unit[a] + unit[c]) @ unit.T  # (Q, D) @ (D, V) -> (Q, V)
-    scores[:, :excluded] = -float("inf")
-    scores.scatter_(1, questions, -float("inf"))  # the question's own words are never the answer
-    return scores.argmax(dim=-1)
+    # The question's own words are never the answer.
+    _, answers = nearest(unit[b] - unit[a] + unit[c], unit, 1, excluded, questions)  # (Q, 1)
+    return answers[:, 0]
 
 
 def analogy_scores(

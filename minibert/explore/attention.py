@@ -3,7 +3,7 @@
 The grid has one row a layer and one column a head. In each small map, row i is the token
 that looks (the query) and column j the token it looks at (the key); the colour is the
 attention weight, from 0 (dark) to 1 (bright), the same scale in every map. The weights are
-the encoder's own (:func:`minibert.internals.record_internals`).
+the encoder's own (:func:`minibert.explore.internals.record_internals`).
 
     lightning attention --ckpt_path checkpoints/last.ckpt "la commission a voté le rapport ." --out attention.png
 """
@@ -11,15 +11,12 @@ the encoder's own (:func:`minibert.internals.record_internals`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from minibert.errors import MinibertError
-from minibert.internals import encode_words, record_internals, unknown_tokens
-from minibert.machinery.files import atomic_write
+from minibert.explore.figures import require_matplotlib
+from minibert.explore.internals import encode_words, record_internals, unknown_tokens
 from minibert.model import Encoder
 from minibert.tokenizer import Vocabulary
 
@@ -69,30 +66,3 @@ def draw_attention(weights: Tensor, labels: Sequence[str], title: str):
     figure.colorbar(image, ax=grid, shrink=0.6, label="attention weight")
     figure.suptitle(f"{title}\nrow: the token that looks; column: where it looks", fontsize=10)
     return figure
-
-
-def figure_rgb(figure) -> np.ndarray:
-    """The figure drawn into an (height, width, 3) uint8 array, as TensorBoard's Images tab takes it."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def save_figure(figure, path: str | Path) -> None:
-    """Write the figure whole or not at all, as a PNG (or the type its file name ends with)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "wb") as file:
-        # A file object: matplotlib takes the type from format, not from the name.
-        figure.savefig(file, dpi=100, format=path.suffix.removeprefix(".") or "png")
-
-
-def require_matplotlib(what: str = "drawing a picture") -> type:
-    """matplotlib's Figure class, or a clear message: it is an optional extra."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as error:
-        raise MinibertError(f'{what} needs matplotlib: pip install -e ".[plot]"') from error
-    return Figure

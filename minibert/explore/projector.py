@@ -14,10 +14,9 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from minibert.machinery.files import atomic_write
-from minibert.tokenizer import Vocabulary
 
 CONFIG_NAME = "projector_config.pbtxt"
 TENSOR_NAME = "word_embeddings"
@@ -32,46 +31,32 @@ _ESCAPES = str.maketrans(
 )
 
 
-def top_word_ids(vocab: Vocabulary, top_k: int) -> list[int]:
-    """Ids of the ``top_k`` most frequent ordinary words (all of them when ``top_k`` is 0)."""
-    first = vocab.num_specials
-    last = len(vocab) if top_k == 0 else min(len(vocab), first + top_k)
-    return list(range(first, last))  # the vocabulary is ordered by falling frequency
-
-
 def escape_token(token: str) -> str:
     """Tabs and line breaks inside a token would shift every following row."""
     return token.translate(_ESCAPES)
 
 
-def embedding_matrix(encoder: nn.Module, source: str) -> Tensor:
-    """The (V, D) matrix to export: ``input`` word embeddings, or the ``output`` head's rows.
-
-    With tied embeddings the head's weight *is* the input matrix, so both give the same numbers.
-    """
-    if source == "input":
-        return encoder.token_embedding.weight
-    if source == "output":
-        return encoder.lm_head.weight
-    raise ValueError(f"embedding source must be 'input' or 'output', not {source!r}")
-
-
 def write_projector_files(
-    out_dir: str | Path, vectors: Tensor, words: Sequence[str], counts: Sequence[int] | None = None
+    out_dir: str | Path, vectors: Tensor, words: Sequence[str], **columns: Sequence[object]
 ) -> None:
-    """Write ``vectors.tsv`` (N, D) and ``metadata.tsv`` (N words, plus counts) into ``out_dir``."""
-    if len(words) != vectors.shape[0] or (counts is not None and len(counts) != len(words)):
-        raise ValueError(
-            f"{vectors.shape[0]} vectors, {len(words)} words and {len(counts or words)} counts must match"
-        )
+    """Write ``vectors.tsv`` (N, D) and ``metadata.tsv`` into ``out_dir``: the N words, and any more ``columns``.
+
+    ``write_projector_files(folder, vectors, words, count=counts)`` gives metadata of two
+    columns under a header line ``word<TAB>count``; the words alone have no header.
+    """
+    table = {"word": words, **columns}
+    for name, values in table.items():
+        if len(values) != vectors.shape[0]:
+            raise ValueError(f"{vectors.shape[0]} vectors and {len(values)} values of {name!r} must match")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(out_dir / "vectors.tsv", vector_rows(vectors))
-    if counts is None:
-        metadata = "".join(escape_token(w) + "\n" for w in words)
-    else:
-        metadata = "word\tcount\n" + "".join(f"{escape_token(w)}\t{c}\n" for w, c in zip(words, counts))
-    _write_atomic(out_dir / "metadata.tsv", metadata)
+    header = [tuple(table)] if columns else []  # the projector's rule: several columns have a header
+    lines = [
+        "\t".join(escape_token(str(value)) for value in row) + "\n"
+        for row in [*header, *zip(*table.values())]
+    ]
+    _write_atomic(out_dir / "metadata.tsv", "".join(lines))
 
 
 def vector_rows(vectors: Tensor, separator: str = "\t", prefixes: Sequence[str] | None = None) -> str:
@@ -84,17 +69,25 @@ def vector_rows(vectors: Tensor, separator: str = "\t", prefixes: Sequence[str] 
     return "".join(prefix + separator + row_format % tuple(row) for prefix, row in zip(prefixes, rows))
 
 
-def write_projector_table(
-    out_dir: str | Path, vectors: Tensor, header: Sequence[str], rows: Sequence[Sequence[object]]
-) -> None:
-    """Write ``vectors.tsv`` (N, D) and a ``metadata.tsv`` of several columns: ``header``, then one row a vector."""
-    if len(rows) != vectors.shape[0] or any(len(row) != len(header) for row in rows):
-        raise ValueError(f"{vectors.shape[0]} vectors need as many metadata rows of {len(header)} columns")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / "vectors.tsv", vector_rows(vectors))
-    lines = ["\t".join(escape_token(str(value)) for value in row) + "\n" for row in [header, *rows]]
-    _write_atomic(out_dir / "metadata.tsv", "".join(lines))
+def write_config(run_dir: Path, tensors: Sequence[tuple[str, Path]]) -> None:
+    """(Re)write ``run_dir/projector_config.pbtxt``: one entry a (tensor name, folder of vectors.tsv and metadata.tsv).
+
+    TensorBoard reads the paths relative to the run's folder, and the shape to lay out the tensor.
+    """
+    entries = []
+    for tensor_name, folder in tensors:
+        num_rows, dim = _tsv_shape(folder)
+        # Path(".") for files in the run's own folder: it vanishes from the paths joined to it.
+        files = folder.relative_to(run_dir)
+        entries.append(
+            "embeddings {\n"
+            f'  tensor_name: "{tensor_name}"\n'
+            f'  tensor_path: "{(files / "vectors.tsv").as_posix()}"\n'
+            f'  metadata_path: "{(files / "metadata.tsv").as_posix()}"\n'
+            f"  tensor_shape: {num_rows}\n  tensor_shape: {dim}\n"
+            "}\n"
+        )
+    _write_atomic(run_dir / CONFIG_NAME, "".join(entries))
 
 
 def write_run_config(folder: str | Path, tensor_name: str) -> None:
@@ -107,15 +100,9 @@ def write_run_config(folder: str | Path, tensor_name: str) -> None:
     training callbacks that rewrite the pbtxt of their own runs.
     """
     folder = Path(folder)
-    num_rows, dim = _tsv_shape(folder)
-    _write_atomic(
-        folder / CONFIG_NAME,
-        "embeddings {\n"
-        f'  tensor_name: "{tensor_name}"\n  tensor_path: "vectors.tsv"\n  metadata_path: "metadata.tsv"\n'
-        f"  tensor_shape: {num_rows}\n  tensor_shape: {dim}\n"
-        "}\n",
-    )
+    write_config(folder, [(tensor_name, folder)])
     if not any(folder.glob(f"{EVENTS_PREFIX}*")):
+        num_rows, dim = _tsv_shape(folder)
         make_run(
             folder, f"{num_rows} vectors of {dim} dimensions: see the Projector tab, tensor {tensor_name}"
         )
@@ -136,7 +123,7 @@ def epoch_of(folder: Path) -> int:
     return int(EPOCH_FOLDER.fullmatch(folder.name).group(1))
 
 
-def write_projector_config(log_dir: str | Path) -> None:
+def write_epochs_config(log_dir: str | Path) -> None:
     """(Re)write ``log_dir/projector_config.pbtxt`` with one tensor per epoch folder on disk, newest first.
 
     It is rebuilt from the folders each time, so a resumed run keeps the entries of
@@ -146,22 +133,12 @@ def write_projector_config(log_dir: str | Path) -> None:
     numbers: TensorBoard caches each tensor by its name.
     """
     log_dir = Path(log_dir)
-    entries = []
     folders = epoch_folders(log_dir)[::-1]  # newest first
+    tensors = []
     for folder in folders:
-        rel = folder.relative_to(log_dir).as_posix()
-        epoch = epoch_of(folder)
         label = "(newest) " if folder == folders[0] else ""
-        num_rows, dim = _tsv_shape(folder)
-        entries.append(
-            "embeddings {\n"
-            f'  tensor_name: "{TENSOR_NAME}/{label}epoch_{epoch:03d}"\n'
-            f'  tensor_path: "{rel}/vectors.tsv"\n'
-            f'  metadata_path: "{rel}/metadata.tsv"\n'
-            f"  tensor_shape: {num_rows}\n  tensor_shape: {dim}\n"
-            "}\n"
-        )
-    _write_atomic(log_dir / CONFIG_NAME, "".join(entries))
+        tensors.append((f"{TENSOR_NAME}/{label}epoch_{epoch_of(folder):03d}", folder))
+    write_config(log_dir, tensors)
 
 
 def epochs_to_keep(epochs: Sequence[int], max_kept: int) -> list[int]:

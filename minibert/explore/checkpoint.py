@@ -1,0 +1,45 @@
+"""A trained checkpoint, read for looking inside: the model, in eval mode on the CPU, and its vocabulary.
+
+Everything the inspection commands need is inside the ``.ckpt``: the weights, the
+hyper-parameters that rebuild the model, and the vocabulary that the data module saved
+beside them. So they work on any checkpoint without the training corpus.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from minibert.errors import MinibertError
+from minibert.machinery.checkpoint import check_checkpoint_file, model_arguments
+from minibert.module import MiniBert
+from minibert.tokenizer import Vocabulary
+
+
+def load_checkpoint(path: str | Path) -> tuple[MiniBert, Vocabulary]:
+    """The model of a checkpoint, in eval mode on the CPU, and its vocabulary."""
+    checkpoint = check_checkpoint_file(path)
+    missing = [
+        key for key in ("hyper_parameters", "vocabulary") if key not in checkpoint
+    ]  # state_dict: checked already
+    if missing:
+        raise MinibertError(f"checkpoint {path} is not a minibert checkpoint: it has no {', '.join(missing)}")
+    try:
+        model = MiniBert(**model_arguments(checkpoint))
+        model.load_state_dict(checkpoint["state_dict"])
+        vocab = Vocabulary.from_dict(checkpoint["vocabulary"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as error:
+        raise MinibertError(
+            f"checkpoint {path} does not fit this version of minibert: {_first_line(error)}"
+        ) from error
+    if len(vocab) != model.hparams.vocab_size:
+        raise MinibertError(
+            f"checkpoint {path} holds {len(vocab)} words for a model of {model.hparams.vocab_size}"
+        )
+    model.vocab = vocab
+    return model.eval(), vocab
+
+
+def _first_line(error: BaseException) -> str:
+    """The error's type and first sentence: torch's messages go on for many lines."""
+    text = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
