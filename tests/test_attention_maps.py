@@ -165,7 +165,7 @@ def test_attention_command_draws_the_checkpoints_maps(tiny_run, tmp_path):
         cwd=tmp_path,
     )
     model, vocab = load_checkpoint(checkpoint)
-    labels, weights = attention_maps(model.encoder, vocab, text, model.hparams.seq_len)
+    labels, weights = attention_maps(model.encoder, vocab, text, model.config.seq_len)
     assert result.stdout.splitlines() == [
         "not in the vocabulary, read as <unk> (marked *): voté*",  # the fixture corpus never uses it
         f"wrote {out}: 2 layers x 2 heads, 5 tokens",
@@ -183,7 +183,7 @@ def test_attention_bad_input_is_one_line_and_writes_nothing(tiny_run, tmp_path, 
     checkpoint = str(tiny_run / "checkpoints" / "last.ckpt")
     out = tmp_path / "attention.png"
     out.write_bytes(b"earlier picture")
-    seq_len = load_checkpoint(checkpoint)[0].hparams.seq_len
+    seq_len = load_checkpoint(checkpoint)[0].config.seq_len
     for argv, message in [
         (
             [checkpoint, "la" + " commission" * seq_len, "--out", str(out)],

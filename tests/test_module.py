@@ -205,7 +205,7 @@ def test_checkpoint_loads_with_weights_only_and_predicts_alone(tiny_run):
     assert "vocabulary" in checkpoint
 
     model = MiniBert.load_from_checkpoint(path, map_location="cpu").eval()
-    assert isinstance(model.vocab, Vocabulary) and len(model.vocab) == model.hparams.vocab_size
+    assert isinstance(model.vocab, Vocabulary) and len(model.vocab) == model.config.vocab_size
     ids = torch.tensor([model.vocab.encode("le parlement européen a adopté la résolution".split())])
     labels = torch.full_like(ids, IGNORE_INDEX)
     labels[0, 2], ids[0, 2] = ids[0, 2].item(), MASK_ID

@@ -169,7 +169,7 @@ class AttentionImages(L.Callback):
                 rank_zero_info("AttentionImages: no TensorBoard logger, so no attention maps are drawn")
             self._said = True
             return
-        seq_len = pl_module.hparams.seq_len
+        seq_len = pl_module.config.seq_len
         for number, sentence in enumerate(self.sentences, start=1):
             # Tokens joined by spaces tokenize back to the same tokens.
             cut = " ".join(tokenize(sentence)[:seq_len])

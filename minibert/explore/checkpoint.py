@@ -31,9 +31,9 @@ def load_checkpoint(path: str | Path) -> tuple[MiniBert, Vocabulary]:
         raise MinibertError(
             f"checkpoint {path} does not fit this version of minibert: {_first_line(error)}"
         ) from error
-    if len(vocab) != model.hparams.vocab_size:
+    if len(vocab) != model.config.vocab_size:
         raise MinibertError(
-            f"checkpoint {path} holds {len(vocab)} words for a model of {model.hparams.vocab_size}"
+            f"checkpoint {path} holds {len(vocab)} words for a model of {model.config.vocab_size}"
         )
     model.vocab = vocab
     return model.eval(), vocab

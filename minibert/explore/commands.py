@@ -135,7 +135,7 @@ def run_neighbors_in_context(args: argparse.Namespace) -> None:
     if args.words or args.corpus is None:
         raise MinibertError("neighbors --in-context TEXT needs --corpus FILE and no other word")
     model, vocab = load_checkpoint(args.ckpt_path)
-    seq_len, layer = model.hparams.seq_len, chosen_layer(model, args.layer)
+    seq_len, layer = model.config.seq_len, chosen_layer(model, args.layer)
     word, query = parse_marked(args.in_context, seq_len)
     vocab.require(word)
     occurrences = find_occurrences(args.corpus, [word], seq_len, args.max_per_word)
@@ -150,7 +150,7 @@ def run_neighbors_in_context(args: argparse.Namespace) -> None:
 
 def chosen_layer(model: MiniBert, layer: int | None) -> int:
     """``--layer``, checked against the model; the last layer when not given."""
-    return check_layer(model.hparams.num_layers if layer is None else layer, model.hparams.num_layers)
+    return check_layer(model.config.num_layers if layer is None else layer, model.config.num_layers)
 
 
 def run_fill_mask(args: argparse.Namespace) -> None:
@@ -172,7 +172,7 @@ def run_attention(args: argparse.Namespace) -> None:
     if args.out:
         require_matplotlib("drawing attention maps (--out)")
     model, vocab = load_checkpoint(args.ckpt_path)
-    labels, weights = attention_maps(model.encoder, vocab, args.text, model.hparams.seq_len)  # (L, H, T, T)
+    labels, weights = attention_maps(model.encoder, vocab, args.text, model.config.seq_len)  # (L, H, T, T)
     unknown = [label for label in labels if label.endswith(UNKNOWN_MARK)]
     if unknown:
         print(f"not in the vocabulary, read as <unk> (marked {UNKNOWN_MARK}): {' '.join(unknown)}")
@@ -197,7 +197,7 @@ def run_contexts(args: argparse.Namespace) -> None:
     for word in words:
         vocab.require(word)
     layer = chosen_layer(model, args.layer)
-    occurrences = find_occurrences(args.corpus, words, model.hparams.seq_len, args.max_per_word)
+    occurrences = find_occurrences(args.corpus, words, model.config.seq_len, args.max_per_word)
     vectors = context_vectors(model.encoder, vocab, occurrences, layer)  # (N, D)
     write_context_files(args.out, vectors, occurrences, f"contexts/layer_{layer}")
     counts = ", ".join(f"{word} {sum(o.word == word for o in occurrences)}" for word in words)

@@ -18,7 +18,7 @@ def fill_mask(model: MiniBert, vocab: Vocabulary, text: str, k: int) -> list[lis
     """For each ``<mask>`` of ``text``, the ``k`` most likely words with their probabilities."""
     if MASK not in tokenize(text):  # "<" and ">" are not punctuation, so "<mask>" stays one token
         raise MinibertError(f"the text {text!r} has no {MASK} to fill")
-    tokens, input_ids = encode_words(vocab, text, model.hparams.seq_len)  # (1, T)
+    tokens, input_ids = encode_words(vocab, text, model.config.seq_len)  # (1, T)
     masked = [i for i, token in enumerate(tokens) if token == MASK]
     with torch.no_grad():
         hidden = model.encoder(input_ids)  # (1, T, D)
