@@ -8,10 +8,11 @@ the same figures::
 
 The data file has one row per scored checkpoint: ``run`` (the label of its curve and of its
 table's columns in docs/experiments.md, such as ``base``), ``config``, ``precision``,
-``machine`` and ``code`` (where the figures come from), ``step``, and the scores
-``val_accuracy`` (15% of the held-out words masked), ``perplexity`` and ``purity_at_5`` (the dev
-groups). A row without a step is a yardstick (word2vec): a level of purity@5, drawn as a
-dashed line. A new run (a bf16 base.yaml on a GPU, say) is new rows under a new ``run`` label,
+``machine`` and ``code`` (where the figures come from), ``step``, and the scores, empty where
+not measured: ``val_accuracy`` and ``val_top5`` (15% of the held-out words masked),
+``perplexity``, ``purity_at_5`` (the dev groups) and ``analogies`` (3CosAdd accuracy on
+``benchmarks/analogies.fr.txt``). The picture shows ``val_accuracy`` and ``purity_at_5``. A row
+without a step is a yardstick (word2vec): its purity@5 is drawn as a level. A new run (a bf16 base.yaml on a GPU, say) is new rows under a new ``run`` label,
 and its table in docs/experiments.md.
 
 Needs matplotlib (``pip install -e ".[plot]"``).
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 DATA = Path(__file__).with_name("evidence.csv")
-SCORES = ("val_accuracy", "perplexity", "purity_at_5")
+SCORES = ("val_accuracy", "val_top5", "perplexity", "purity_at_5", "analogies")
 FIELDS = ("run", "config", "precision", "machine", "code", "step", *SCORES)
 PANELS = (("val_accuracy", "validation accuracy (15% masked)"), ("purity_at_5", "purity@5, dev groups"))
 STEP_TICKS = (200, 500, 1000, 2000, 5000, 10000, 30000)
