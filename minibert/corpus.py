@@ -8,7 +8,9 @@ by :func:`split_sentences`.
 
 from __future__ import annotations
 
+import codecs
 import gzip
+import itertools
 import logging
 import re
 import zlib
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from minibert.errors import MinibertError
+from minibert.tokenizer import compose
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +94,19 @@ def read_sentences(source: str | Path) -> Iterator[str]:
     """Yield the sentences of ``source`` in order, skipping empty lines.
 
     ``source`` is a sentence-per-line text file (plain or ``.gz``), a raw Europarl
-    session file (recognised by a first line that is a tag), or a directory of session
-    files (``*.txt``, read in file-name order, like the release's ``txt/fr/`` folder).
+    session file (recognised by a first line that is a session tag), or a directory of
+    session files (``*.txt``, read in file-name order, like the release's ``txt/fr/`` folder).
+    Lines may end with ``\\n``, ``\\r\\n`` or ``\\r`` alone (old Mac files); a UTF-8 byte-order
+    mark is dropped, and the text is composed (NFC, :func:`minibert.tokenizer.compose`).
 
     >>> from minibert.corpus import read_sentences
     >>> sentences = list(read_sentences("tests/data/sample.fr.txt"))  # doctest: +SKIP
 
     Raises:
         MinibertError: the path is missing, a directory holds no session file, a tag line
-            is broken, or a ``.gz`` is truncated. Bytes that are not UTF-8 are replaced
-            and reported in one warning (count of lines, first line number).
+            is broken, the file is UTF-16 or one huge line, or a ``.gz`` is truncated. Bytes
+            that are not UTF-8 are replaced and reported in one warning (count of lines,
+            first line number).
     """
     path = Path(source)
     if not path.exists():
@@ -111,18 +117,31 @@ def read_sentences(source: str | Path) -> Iterator[str]:
         yield from _read_session_dir(path)
         return
     lines = _read_lines(path)
-    first = next(lines, None)
+    first = next(((n, line) for n, line in lines if line.strip()), None)
     if first is None:
         return
-    if first.lstrip().startswith("<"):
-        yield from _session_sentences(path, _chain(first, lines))
-    else:
-        yield from (line.strip() for line in _chain(first, lines) if line.strip())
+    if _TAG_START_RE.match(first[1].lstrip()):
+        yield from _session_sentences(path, itertools.chain([first], lines))
+        return
+    second = next(((n, line) for n, line in lines if line.strip()), None)
+    if second is None and len(first[1]) > LONGEST_SENTENCE:
+        # Its line breaks were lost, or are of a kind not read here: as one sentence, the
+        # corpus would fail later with advice that cannot help (raise val_fraction).
+        raise MinibertError(
+            f"{path} is one line of {len(first[1]):,} characters, not one sentence a line: "
+            "put each sentence on a line of its own (or give raw Europarl session files)"
+        )
+    for _, line in itertools.chain([first], [second] if second else [], lines):
+        if line.strip():
+            yield line.strip()
 
 
-def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
-    yield first
-    yield from rest
+# A file of one line longer than this is not one sentence a line: Europarl's longest sentence,
+# in its first 500,000 lines, has 1,495 characters.
+LONGEST_SENTENCE = 5_000
+# A line that starts like a session tag makes a file a session file (a broken tag is then
+# reported); a sentence may start with "<" too ("<mask> ...", "< 5 %").
+_TAG_START_RE = re.compile(r"<(CHAPTER|SPEAKER|P)\b")
 
 
 def _read_session_dir(directory: Path) -> Iterator[str]:
@@ -133,8 +152,8 @@ def _read_session_dir(directory: Path) -> Iterator[str]:
         yield from _session_sentences(file, _read_lines(file))
 
 
-def _session_sentences(path: Path, lines: Iterator[str]) -> Iterator[str]:
-    for number, line in enumerate(lines, start=1):
+def _session_sentences(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[str]:
+    for number, line in lines:
         line = line.strip()
         if not line:
             continue
@@ -148,28 +167,37 @@ def _session_sentences(path: Path, lines: Iterator[str]) -> Iterator[str]:
         yield from split_sentences(line)
 
 
-def _read_lines(path: Path) -> Iterator[str]:
-    """Lines of a text file as str, with line endings removed.
+def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file as composed str, with line endings and a byte-order mark removed.
 
     Bytes that are not UTF-8 are replaced (and counted, with the first line number, in a
-    warning) rather than stopping a long run; a binary or truncated file is an error.
+    warning) rather than stopping a long run; a binary, UTF-16 or truncated file is an error.
     """
     opener = gzip.open if path.suffix == ".gz" else open
-    bad_lines, first_bad = 0, 0
+    number, bad_lines, first_bad = 0, 0, 0
     try:
         with opener(path, "rb") as file:
-            for number, raw in enumerate(file, start=1):
+            for raw in file:
+                if number == 0 and raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                    raise MinibertError(
+                        f"{path} is UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8"
+                    )
                 if b"\x00" in raw:
                     raise MinibertError(
-                        f"{path}:{number}: this looks like a binary file, not text (a NUL byte)"
+                        f"{path}:{number + 1}: this looks like a binary file, not text (a NUL byte)"
                     )
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    line = raw.decode("utf-8", errors="replace")
-                    bad_lines += 1
-                    first_bad = first_bad or number
-                yield line.rstrip("\r\n")
+                # \r alone ends a line too: files from old Macs have no \n at all.
+                for piece in raw.rstrip(b"\r\n").split(b"\r"):
+                    number += 1
+                    try:
+                        line = piece.decode("utf-8")
+                    except UnicodeDecodeError:
+                        line = piece.decode("utf-8", errors="replace")
+                        bad_lines += 1
+                        first_bad = first_bad or number
+                    # A byte-order mark (U+FEFF) starts files saved by Windows' Notepad, and
+                    # lines where such files were joined: it is no part of the first word.
+                    yield number, compose(line.removeprefix("\ufeff"))
     except (EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise MinibertError(f"{path}: the gzip file is truncated or damaged ({error})") from None
     except OSError as error:

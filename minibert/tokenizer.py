@@ -3,12 +3,16 @@
 The tokenizer is the reference one: lower-case, put spaces around each punctuation
 character of ``,?;.:/*!+-()[]{}"'&``, split on white space. Punctuation marks stay
 as tokens of their own, so ``l'Union`` becomes ``["l", "'", "union"]``.
+
+Before that, text is put in Unicode's composed form (NFC, :func:`compose`): an accented
+letter is one character however it was typed or saved.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -24,13 +28,31 @@ SPECIAL_TOKENS = (PAD, UNK, MASK)
 PAD_ID, UNK_ID, MASK_ID = 0, 1, 2
 
 
+def compose(text: str) -> str:
+    """``text`` in Unicode's composed form (NFC): ``é`` as one character, U+00E9.
+
+    The same ``é`` can also be written decomposed (NFD), ``e`` then a combining accent
+    U+0301, as macOS and some editors save files. Both look alike but are different
+    strings: a corpus saved decomposed would give a vocabulary in which ``été`` typed on a
+    keyboard is not found, and a corpus mixing both would hold every such word twice.
+    So every text is composed where it enters: the corpus, the words and sentences of
+    the command line, the groups and analogy files.
+    """
+    return unicodedata.normalize("NFC", text)
+
+
+def normalize(text: str) -> str:
+    """Text as the vocabulary writes it: composed and lower-case (``neighbors Été`` looks up ``été``)."""
+    return compose(text).lower()
+
+
 def tokenize_lines(text: str) -> list[list[str]]:
     """Tokenize many sentences at once, one per line of ``text``.
 
-    Lower-casing and the punctuation regex run once over the whole text, which is
-    much faster than calling :func:`tokenize` sentence by sentence.
+    Composing, lower-casing and the punctuation regex run once over the whole text,
+    which is much faster than calling :func:`tokenize` sentence by sentence.
     """
-    spaced = _PUNCTUATION_RE.sub(r" \1 ", text.lower())
+    spaced = _PUNCTUATION_RE.sub(r" \1 ", normalize(text))
     return [line.split() for line in spaced.split("\n")]
 
 
@@ -40,7 +62,7 @@ def tokenize(text: str) -> list[str]:
     >>> tokenize("L'Union a voté à 1.5 % (M. Evans).")
     ['l', "'", 'union', 'a', 'voté', 'à', '1', '.', '5', '%', '(', 'm', '.', 'evans', ')', '.']
     """
-    return _PUNCTUATION_RE.sub(r" \1 ", text.lower()).split()
+    return _PUNCTUATION_RE.sub(r" \1 ", normalize(text)).split()
 
 
 class Vocabulary:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import http.server
 import io
 import logging
+import re
 import socket
 import tarfile
 import threading
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -86,6 +89,72 @@ def test_line_file_plain_and_gz_skip_empty_lines(tmp_path):
     )
 
 
+# --- text as it arrives: decomposed accents, byte-order marks, other line ends --------------
+
+SENTENCES = "L'été sera chaud.\nÉté comme hiver, le Parlement siège.\n"
+
+
+def write(path: Path, text: str, form: str = "NFC", prefix: bytes = b"", newline: str = "\n") -> Path:
+    """``text`` saved as UTF-8 in Unicode form ``form`` (NFD: as macOS saves it), after ``prefix``, lines ending with ``newline``."""
+    path.write_bytes(prefix + unicodedata.normalize(form, text).replace("\n", newline).encode("utf-8"))
+    return path
+
+
+@pytest.mark.parametrize("form", ["NFC", "NFD"])
+@pytest.mark.parametrize("prefix", [b"", codecs.BOM_UTF8])
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+@pytest.mark.parametrize("suffix", [".txt", ".txt.gz"])
+def test_every_way_of_saving_a_file_reads_the_same_sentences(tmp_path, form, prefix, newline, suffix):
+    path = write(tmp_path / "saved.txt", SENTENCES, form, prefix, newline)
+    if suffix == ".txt.gz":
+        path = path.with_suffix(suffix)
+        path.write_bytes(gzip.compress((tmp_path / "saved.txt").read_bytes()))
+    assert list(read_sentences(path)) == SENTENCES.splitlines()  # composed: "é" is one character
+
+
+@pytest.mark.parametrize("form", ["NFC", "NFD"])
+@pytest.mark.parametrize("prefix", [b"", codecs.BOM_UTF8])
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_session_files_are_recognised_however_saved(tmp_path, form, prefix, newline):
+    session = (SESSIONS / "ep-01-02-04.txt").read_text(encoding="utf-8")
+    path = write(tmp_path / "ep-01-02-04.txt", session, form, prefix, newline)
+    assert list(read_sentences(path)) == EXPECTED_SESSION_SENTENCES[-3:]  # no tag line became a sentence
+    assert list(read_sentences(tmp_path)) == EXPECTED_SESSION_SENTENCES[-3:]  # in a directory too
+
+
+def test_a_byte_order_mark_where_files_were_joined_is_no_part_of_a_word(tmp_path):
+    first, second = codecs.BOM_UTF8 + b"Un.\n", codecs.BOM_UTF8 + "Été.\n".encode()
+    (tmp_path / "joined.txt").write_bytes(first + second)  # cat a.txt b.txt
+    assert list(read_sentences(tmp_path / "joined.txt")) == ["Un.", "Été."]
+
+
+def test_a_sentence_file_may_start_with_a_bracket(tmp_path):
+    text = "<mask> est le mot caché.\n< 5 % des voix.\n<Pour> mémoire.\n"
+    (tmp_path / "lines.txt").write_text(text, encoding="utf-8")
+    assert list(read_sentences(tmp_path / "lines.txt")) == text.splitlines()
+
+
+def test_a_first_tag_line_that_is_broken_is_still_reported(tmp_path):
+    session = tmp_path / "ep-01-01-01.txt"
+    session.write_text("<CHAPTER ID=1\nTitre\n", encoding="utf-8")
+    with pytest.raises(MinibertError, match=f"{session}:1: broken session tag line"):
+        list(read_sentences(session))
+
+
+def test_a_decomposed_or_mixed_corpus_gives_one_composed_word(tmp_path):
+    """A corpus saved in NFD, or half in each form, gives the vocabulary a keyboard types."""
+    lines = ["L'été est là, l'été passe."] * 30
+    mixed = "\n".join(unicodedata.normalize(("NFC", "NFD")[i % 2], line) for i, line in enumerate(lines))
+    for name, text in [("nfd.txt", unicodedata.normalize("NFD", "\n".join(lines))), ("mixed.txt", mixed)]:
+        (tmp_path / name).write_text(text + "\n", encoding="utf-8")
+        data = EuroparlDataModule(
+            corpus=str(tmp_path / name), data_dir=str(tmp_path / "data"), val_fraction=0.0
+        )
+        words = data.vocab.itos[data.vocab.num_specials :]
+        assert sorted(words) == sorted(["l", "'", "été", "est", "là", ",", "passe", "."])
+        assert all(unicodedata.is_normalized("NFC", word) for word in words)
+
+
 # --- bad input: one clear line naming the file (and line) ------------------------------
 
 
@@ -127,6 +196,26 @@ def test_truncated_gz(tmp_path):
     corpus = tmp_path / "cut.txt.gz"
     corpus.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(MinibertError, match=f"{corpus}: the gzip file is truncated or damaged"):
+        list(read_sentences(corpus))
+
+
+def test_a_file_of_one_huge_line_says_so(tmp_path):
+    """Line breaks lost (or of a kind not read): one clear line, from the reader and from the data module."""
+    corpus = tmp_path / "one_line.txt"
+    corpus.write_text("La séance est ouverte. " * 1000, encoding="utf-8")
+    expected = f"{corpus} is one line of 23,000 characters, not one sentence a line: put each sentence on a line of its own"
+    with pytest.raises(MinibertError, match=re.escape(expected)):
+        list(read_sentences(corpus))
+    with pytest.raises(MinibertError, match=re.escape(expected)):
+        EuroparlDataModule(corpus=str(corpus), data_dir=str(tmp_path / "data")).setup("fit")
+    (tmp_path / "short.txt").write_text("Une seule phrase.", encoding="utf-8")
+    assert list(read_sentences(tmp_path / "short.txt")) == ["Une seule phrase."]  # one sentence is no error
+
+
+def test_utf16_text_is_named(tmp_path):
+    corpus = tmp_path / "notepad.txt"
+    corpus.write_text("Été.\n", encoding="utf-16")
+    with pytest.raises(MinibertError, match=f"{corpus} is UTF-16 text .*; save it as UTF-8"):
         list(read_sentences(corpus))
 
 

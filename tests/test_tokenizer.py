@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import lightning as L
 import pytest
 import torch
@@ -17,6 +19,7 @@ from minibert.tokenizer import (
     SPECIAL_TOKENS,
     UNK_ID,
     Vocabulary,
+    normalize,
     tokenize,
     tokenize_lines,
 )
@@ -121,3 +124,12 @@ def test_vocabulary_travels_inside_a_checkpoint(tmp_path):
     rebuilt = Vocabulary.from_dict(checkpoint["vocabulary"])
     assert rebuilt.itos == data.vocab.itos and rebuilt.counts == data.vocab.counts
     assert len(rebuilt) == 80 and rebuilt.encode(["monsieur"]) == data.vocab.encode(["monsieur"]) != [UNK_ID]
+
+
+def test_decomposed_text_gives_the_composed_tokens_a_keyboard_types():
+    """ "é" saved as "e" + a combining accent (NFD, macOS) is the same token as "é" typed."""
+    typed = "L'Été à Genève"
+    decomposed = unicodedata.normalize("NFD", typed)
+    assert decomposed != typed and tokenize(decomposed) == tokenize(typed) == ["l", "'", "été", "à", "genève"]
+    assert tokenize_lines(decomposed + "\n" + typed) == [tokenize(typed)] * 2
+    assert normalize("ÉTÉ") == normalize(unicodedata.normalize("NFD", "Été")) == "été"

@@ -32,7 +32,9 @@ from minibert.errors import MinibertError
 from minibert.machinery.files import atomic_write
 from minibert.tokenizer import PUNCTUATION, UNK_ID, Vocabulary, tokenize_lines
 
-CACHE_FORMAT = 2  # bump when the cache layout or the tokenizer changes (2: the record holds the files' sizes)
+# Bump when the cache layout, the corpus reader or the tokenizer changes (2: the record holds the
+# files' sizes; 3: text composed to NFC, \r line ends and byte-order marks read as such).
+CACHE_FORMAT = 3
 RECORD = "settings.json"  # what the cache was built from, and the size of each of its other files
 SPLITS = ("train", "val")
 _CHUNK = 2_000  # sentences tokenized at once: fast, and bounded in memory
