@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
 import importlib.util
 import math
+import types
+import unicodedata
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from test_projector import EMBEDDINGS_KEY
 
 from minibert.cli import main
 from minibert.errors import MinibertError
+from minibert.explore.callbacks import AttentionImages, EmbeddingScores
 from minibert.explore.checkpoint import load_checkpoint
 from minibert.explore.evaluation import (
     AnalogySection,
@@ -290,3 +294,91 @@ def test_bad_input_is_one_line(checkpoint, tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             main([argv[0], "--ckpt_path", str(checkpoint), *argv[1:]])
         assert exit_.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
+
+
+def test_files_saved_decomposed_with_a_byte_order_mark_or_old_mac_line_ends_read_alike(tmp_path):
+    groups = "# jours\nJours\tLundi été\nmois\tjanvier août\n"
+    questions = ": s\nÉté août hiver janvier\n"
+    for form in ("NFC", "NFD"):
+        for prefix, newline in [(b"", "\n"), (codecs.BOM_UTF8, "\r\n"), (codecs.BOM_UTF8, "\r")]:
+            for name, text in [("groups.tsv", groups), ("questions.txt", questions)]:
+                saved = unicodedata.normalize(form, text).replace("\n", newline).encode("utf-8")
+                (tmp_path / name).write_bytes(prefix + saved)
+            assert read_groups(tmp_path / "groups.tsv") == {
+                "Jours": ["lundi", "été"],
+                "mois": ["janvier", "août"],
+            }
+            (section,) = read_analogies(tmp_path / "questions.txt")
+            assert section.questions == [("été", "août", "hiver", "janvier")]
+
+
+def test_files_that_score_nothing_are_an_error_not_nan(checkpoint, tmp_path, capsys):
+    """No group word in the vocabulary, or no covered question: one line and a hint, exit 2, never "nan"."""
+    (tmp_path / "unknown.tsv").write_text("inconnus\tzorglub blabla\n", encoding="utf-8")
+    (tmp_path / "uncovered.txt").write_text(": s\nzorglub la blabla le\n", encoding="utf-8")
+    (tmp_path / "groups.tsv").write_text("jours\tlundi mardi\n", encoding="utf-8")
+    vocab = f"({len(load_checkpoint(checkpoint)[1]):,} words, lower-case)"
+    groups = f"none of the 2 words of {tmp_path / 'unknown.tsv'} is in the vocabulary"
+    questions = (
+        f"none of the 1 questions of {tmp_path / 'uncovered.txt'} has its four words in the vocabulary"
+    )
+    hint = "check the file's words, or evaluate a checkpoint trained on more text (configs/quick.yaml)"
+    for files, message in [
+        (["--groups", "unknown.tsv"], groups),
+        (["--analogies", "uncovered.txt"], questions),
+        (["--groups", "unknown.tsv", "--analogies", "uncovered.txt"], f"{groups}; {questions}"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            main(
+                [
+                    "evaluate",
+                    "--ckpt_path",
+                    str(checkpoint),
+                    *(str(tmp_path / f) if "." in f else f for f in files),
+                ]
+            )
+        captured = capsys.readouterr()
+        assert exit_.value.code == 2 and captured.out == ""
+        assert captured.err.splitlines() == [f"error: {message} {vocab}: nothing to score", hint]
+    # One file scores, the other cannot: the score, and why there is no other.
+    main(
+        [
+            "evaluate",
+            "--ckpt_path",
+            str(checkpoint),
+            "--groups",
+            str(tmp_path / "groups.tsv"),
+            "--analogies",
+            str(tmp_path / "uncovered.txt"),
+        ]
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("purity@5 = ") and "nan" not in lines[1]
+    assert lines[2:] == [f"no score: {questions} {vocab}"]
+
+
+def test_the_training_callbacks_read_their_inputs_as_the_commands_do(checkpoint, tmp_path):
+    """Files and sentences saved decomposed give the same scores and words; a file that scores nothing is said once."""
+    model, vocab = load_checkpoint(checkpoint)
+    groups, questions = "dates\tfévrier décembre séance\n", ": s\nséance débat février décembre\n"
+    callbacks = []
+    for form in ("NFC", "NFD"):
+        (tmp_path / f"{form}.tsv").write_text(unicodedata.normalize(form, groups), encoding="utf-8")
+        (tmp_path / f"{form}.txt").write_text(unicodedata.normalize(form, questions), encoding="utf-8")
+        callbacks.append(EmbeddingScores(str(tmp_path / f"{form}.tsv"), str(tmp_path / f"{form}.txt"), k=2))
+        callbacks[-1].setup(None, model, "fit")
+    composed, decomposed = (callback.scores(model) for callback in callbacks)
+    assert composed == decomposed and composed["embeddings/analogy_coverage"] == 1.0
+    sentence = AttentionImages([unicodedata.normalize("NFD", "La séance a débattu en février.")]).sentences[0]
+    assert sentence == "La séance a débattu en février." and "séance" in vocab.stoi
+
+    (tmp_path / "unknown.tsv").write_text("inconnus\tzorglub\n", encoding="utf-8")
+    unscored = EmbeddingScores(str(tmp_path / "unknown.tsv"))
+    unscored.setup(None, model, "fit")
+    trainer = types.SimpleNamespace(sanity_checking=False)
+    with pytest.warns(
+        UserWarning, match=f"no word of {tmp_path / 'unknown.tsv'} is in the vocabulary"
+    ) as said:
+        for _ in range(3):  # three validations, one warning
+            unscored.on_validation_epoch_end(trainer, model)
+    assert len(said) == 1

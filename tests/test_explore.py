@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import time
+import unicodedata
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_cli
+from conftest import TEST_DATA, run_cli
 from test_projector import EMBEDDINGS_KEY, read_metadata, read_vectors
 
 from minibert.cli import main
@@ -248,3 +252,14 @@ def test_missing_matplotlib_is_a_clear_message_before_any_work(checkpoint, tmp_p
         == 'error: drawing a picture (--png) needs matplotlib: pip install -e ".[plot]"\n'
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_words_typed_decomposed_or_capitalised_are_found(checkpoint, capsys):
+    """As the corpus's words are: composed (NFC) and lower-case."""
+    main(["neighbors", "--ckpt_path", str(checkpoint), "séance", "--k", "2"])
+    typed = capsys.readouterr().out
+    assert typed.startswith("séance:\n")
+    for variant in (unicodedata.normalize("NFD", "séance"), "Séance", unicodedata.normalize("NFD", "SÉANCE")):
+        main(["neighbors", "--ckpt_path", str(checkpoint), variant, "--k", "2"])
+        assert capsys.readouterr().out == typed
+

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from minibert.machinery.options import OneLineParser
+from minibert.tokenizer import normalize
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,7 +120,8 @@ def export_options(export: argparse.ArgumentParser) -> None:
 
 
 def neighbors_options(neighbors: argparse.ArgumentParser) -> None:
-    neighbors.add_argument("words", nargs="*", metavar="WORD")
+    # As the vocabulary writes words: "Été", or "été" typed decomposed (macOS), is looked up as "été".
+    neighbors.add_argument("words", nargs="*", metavar="WORD", type=normalize)
     neighbors.add_argument("--k", type=at_least(1), default=10, help="neighbours to show for each word")
     neighbors.add_argument(
         "--in-context",

@@ -38,7 +38,7 @@ from minibert.explore.projector import (
     write_epochs_config,
     write_projector_files,
 )
-from minibert.tokenizer import tokenize
+from minibert.tokenizer import compose, tokenize
 
 
 class EmbeddingProjector(L.Callback):
@@ -151,10 +151,13 @@ class AttentionImages(L.Callback):
     """
 
     def __init__(self, sentences: list[str] | None = None) -> None:
-        sentences = list(DEFAULT_SENTENCES if sentences is None else sentences)
+        # Composed (NFC) as the vocabulary is: a config saved decomposed reads the same words.
+        sentences = [
+            compose(sentence) for sentence in (DEFAULT_SENTENCES if sentences is None else sentences)
+        ]
         if not sentences or not all(tokenize(sentence) for sentence in sentences):
             raise ValueError("AttentionImages needs sentences with at least one word each")
-        self.sentences = list(sentences)
+        self.sentences = sentences
         self._said = False  # a missing logger or matplotlib is reported once
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -218,6 +221,7 @@ class EmbeddingScores(L.Callback):
         self.groups_file, self.analogies_file, self.k, self.source = groups, analogies, k, source
         self.groups: dict[str, str] | None = None
         self.sections: list[AnalogySection] | None = None
+        self._said_unscored: set[str] = set()  # each file that scores nothing is reported once
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.groups_file and self.groups is None:
@@ -232,6 +236,20 @@ class EmbeddingScores(L.Callback):
             if not math.isnan(value):  # no group word, or no covered question: nothing to draw
                 # Every rank computes the same value from the same weights; sync_dist says so.
                 pl_module.log(name, value, sync_dist=True)
+            elif name in (f"embeddings/purity@{self.k}", "embeddings/analogies"):
+                self._say_unscored(name, len(pl_module.vocab))
+
+    def _say_unscored(self, name: str, vocab_size: int) -> None:
+        """Once: why a curve the config asked for stays empty (a NaN is no point to draw)."""
+        if name in self._said_unscored:
+            return
+        self._said_unscored.add(name)
+        file = self.groups_file if "purity" in name else self.analogies_file
+        what = "word" if "purity" in name else "question (all four words)"
+        rank_zero_warn(
+            f"EmbeddingScores: no {what} of {file} is in the vocabulary ({vocab_size:,} words, lower-case), "
+            f"so {name} stays empty; check the file's words"
+        )
 
     def scores(self, pl_module: L.LightningModule) -> dict[str, float]:
         """The figures to log, by TensorBoard tag."""

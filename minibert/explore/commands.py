@@ -52,7 +52,7 @@ from minibert.explore.word2vec import write_word2vec
 from minibert.explore.word_map import PNG_NEEDS, draw_map, pca_2d, picture_words
 from minibert.machinery.files import check_output_folder
 from minibert.module import MiniBert
-from minibert.tokenizer import tokenize
+from minibert.tokenizer import normalize, tokenize
 
 COMMANDS = ("export", "neighbors", "fill-mask", "attention", "contexts", "evaluate")
 
@@ -188,7 +188,7 @@ def run_attention(args: argparse.Namespace) -> None:
 
 
 def run_contexts(args: argparse.Namespace) -> None:
-    words = [word.strip().lower() for word in args.words.split(",") if word.strip()]
+    words = [normalize(word.strip()) for word in args.words.split(",") if word.strip()]
     if not words:
         raise MinibertError("--words needs at least one word: --words session,commission,vote")
     if args.out.exists() and not args.out.is_dir():
@@ -213,10 +213,26 @@ def run_evaluate(args: argparse.Namespace) -> None:
     sections = read_analogies(args.analogies) if args.analogies else None
     model, vocab = load_checkpoint(args.ckpt_path)
     matrix = embedding_matrix(model.encoder, args.source)  # (V, D)
-    print(f"{args.ckpt_path}, {args.source} embeddings:")
+    lines, unscored = [f"{args.ckpt_path}, {args.source} embeddings:"], []
     if groups is not None:
         purity, found = purity_at_k(matrix, vocab.itos, groups, args.k, vocab.num_specials)
-        print(purity_line(purity, found, groups, len(vocab), args.k))
+        if found:
+            lines.append(purity_line(purity, found, groups, len(vocab), args.k))
+        else:  # a purity of no word is no number (NaN): say why there is none
+            unscored.append(f"none of the {len(groups)} words of {args.groups} is in the vocabulary")
     if sections is not None:
-        print(f"analogies of {args.analogies} (3CosAdd, the question's words excluded):")
-        print("\n".join(analogy_lines(analogy_scores(matrix, vocab.itos, sections, vocab.num_specials))))
+        scores = analogy_scores(matrix, vocab.itos, sections, vocab.num_specials)
+        if scores[-1].covered:
+            lines.append(f"analogies of {args.analogies} (3CosAdd, the question's words excluded):")
+            lines += analogy_lines(scores)
+        else:
+            unscored.append(
+                f"none of the {scores[-1].total} questions of {args.analogies} has its four words in the vocabulary"
+            )
+    words = f"{len(vocab):,} words, lower-case"
+    if len(unscored) == (groups is not None) + (sections is not None):  # nothing at all to show
+        raise MinibertError(
+            f"{'; '.join(unscored)} ({words}): nothing to score",
+            hint="check the file's words, or evaluate a checkpoint trained on more text (configs/quick.yaml)",
+        )
+    print("\n".join(lines + [f"no score: {reason} ({words})" for reason in unscored]))

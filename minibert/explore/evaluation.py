@@ -8,7 +8,9 @@
   ``KeyedVectors.evaluate_word_analogies``: the answer is the word x closest to b - a + c
   after normalising every vector (3CosAdd: the largest cos(x, b) - cos(x, a) + cos(x, c)), the
   three question words excluded. A question with a word outside the vocabulary is not
-  covered: it is counted apart, never as wrong. Words are lower-cased, as the tokenizer does.
+  covered: it is counted apart, never as wrong.
+
+In both files, words are lower-cased and composed (NFC), as the tokenizer writes them.
 
     lightning evaluate --ckpt_path checkpoints/last.ckpt --groups GROUPS.tsv --analogies QUESTIONS.txt
 """
@@ -26,15 +28,20 @@ from torch import Tensor
 
 from minibert.errors import MinibertError
 from minibert.explore.neighbours import nearest
+from minibert.tokenizer import compose, normalize
 
 # --- the files ----------------------------------------------------------------------------
 
 
 def read_lines(path: str | Path, what: str) -> list[str]:
-    """The lines of a text file, or a one-line error naming it."""
+    """The lines of a UTF-8 text file, composed (NFC) as the vocabulary is, or a one-line error naming it.
+
+    A byte-order mark is dropped (it would stick to the first word) and every line end is one:
+    ``\\n``, ``\\r\\n`` or ``\\r``.
+    """
     path = Path(path)
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        return compose(path.read_text(encoding="utf-8-sig")).splitlines()
     except (OSError, UnicodeDecodeError) as error:
         reason = (
             "it does not exist"
@@ -45,7 +52,7 @@ def read_lines(path: str | Path, what: str) -> list[str]:
 
 
 def read_groups(path: str | Path) -> dict[str, list[str]]:
-    """Word groups from a file of lines ``name<TAB>word word ...`` (``#`` lines are comments)."""
+    """Word groups from a file of lines ``name<TAB>word word ...`` (``#`` lines are comments), words lower-cased."""
     groups: dict[str, list[str]] = {}
     for number, line in enumerate(read_lines(path, "groups"), start=1):
         if not line.strip() or line.startswith("#"):
@@ -53,7 +60,7 @@ def read_groups(path: str | Path) -> dict[str, list[str]]:
         name, tab, words = line.partition("\t")
         if not tab or not name.strip() or not words.split():
             raise MinibertError(f"{path}, line {number}: expected 'name<TAB>word word ...', got {line!r}")
-        groups.setdefault(name.strip(), []).extend(words.split())
+        groups.setdefault(name.strip(), []).extend(normalize(word) for word in words.split())
     if not groups:
         raise MinibertError(f"groups file {path} has no group")
     return groups
@@ -76,7 +83,7 @@ def read_analogies(path: str | Path) -> list[AnalogySection]:
         if line.startswith(":"):
             sections.append(AnalogySection(line[1:].strip(), []))
             continue
-        words = line.lower().split()
+        words = normalize(line).split()
         if len(words) != 4:
             raise MinibertError(
                 f"{path}, line {number}: expected four words 'a b c d' (a is to b as c is to d), got {line!r}"
