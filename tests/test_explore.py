@@ -263,3 +263,39 @@ def test_words_typed_decomposed_or_capitalised_are_found(checkpoint, capsys):
         main(["neighbors", "--ckpt_path", str(checkpoint), variant, "--k", "2"])
         assert capsys.readouterr().out == typed
 
+
+def test_ckpt_path_last_is_the_newest_last_checkpoint_as_for_fit(tiny_run, tmp_path, monkeypatch, capsys):
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    shutil.copy(tiny_run / "checkpoints" / "last.ckpt", checkpoints / "last.ckpt")
+    monkeypatch.chdir(tmp_path)
+    for command in (
+        ["neighbors", "la"],
+        ["fill-mask", "la <mask> ."],
+        ["evaluate", "--groups", str(TEST_DATA / "categories.tsv")],
+    ):
+        main([command[0], "--ckpt_path", "last", *command[1:]])
+        by_path = capsys.readouterr().out
+        main([command[0], "--ckpt_path", str(checkpoints / "last.ckpt"), *command[1:]])
+        assert (
+            capsys.readouterr().out.replace(str(checkpoints / "last.ckpt"), "checkpoints/last.ckpt")
+            == by_path
+        )
+    # A second last.ckpt of the folder (Lightning's last-v1.ckpt), written later, is the newest.
+    newer = checkpoints / "last-v1.ckpt"
+    shutil.copy(checkpoints / "last.ckpt", newer)
+    os.utime(newer, ns=(time.time_ns() + 10**9,) * 2)
+    main(["evaluate", "--ckpt_path", "last", "--groups", str(TEST_DATA / "categories.tsv")])
+    assert capsys.readouterr().out.startswith("checkpoints/last-v1.ckpt, input embeddings:")
+    # What the error for a folder suggests works; 'last' where no run trained says where it looked.
+    with pytest.raises(SystemExit):
+        main(["neighbors", "--ckpt_path", "checkpoints", "la"])
+    suggested = capsys.readouterr().err.split("such as ")[1].strip()
+    main(["neighbors", "--ckpt_path", suggested, "la"])
+    monkeypatch.chdir(tmp_path / "checkpoints")
+    with pytest.raises(SystemExit) as exit_:
+        main(["neighbors", "--ckpt_path", "last", "la"])
+    assert exit_.value.code == 2 and capsys.readouterr().err.splitlines() == [
+        f"error: --ckpt_path last: there is no last*.ckpt in {checkpoints / 'checkpoints'}: "
+        "run the command where `fit` ran, or give the checkpoint's path"
+    ]

@@ -60,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
 def shared_options() -> tuple[argparse.ArgumentParser, ...]:
     """Options that several commands take: the checkpoint, which embeddings, which layer."""
     checkpoint = argparse.ArgumentParser(add_help=False)
-    checkpoint.add_argument("--ckpt_path", required=True, type=Path, help="the checkpoint file (.ckpt)")
+    checkpoint.add_argument(
+        "--ckpt_path",
+        required=True,
+        type=Path,
+        help="the checkpoint file (.ckpt), or 'last': the newest checkpoints/last*.ckpt",
+    )
     source = argparse.ArgumentParser(add_help=False)
     source.add_argument(
         "--source",

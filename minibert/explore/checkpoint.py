@@ -14,6 +14,36 @@ from minibert.machinery.checkpoint import check_checkpoint_file, model_arguments
 from minibert.module import MiniBert
 from minibert.tokenizer import Vocabulary
 
+# Where the configs' ModelCheckpoint callbacks write (``dirpath: checkpoints``).
+CHECKPOINT_FOLDER = Path("checkpoints")
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """``--ckpt_path``: a file, or ``last``, the newest ``last*.ckpt`` in ``checkpoints/``, as ``fit --ckpt_path last`` finds it.
+
+    A folder is refused (:func:`load_checkpoint`), naming the ``last*.ckpt`` inside it if it holds one.
+    """
+    path = Path(path)
+    if str(path) == "last":
+        found = newest_last(CHECKPOINT_FOLDER)
+        if found is None:
+            raise MinibertError(
+                f"--ckpt_path last: there is no last*.ckpt in {CHECKPOINT_FOLDER.resolve()}: "
+                "run the command where `fit` ran, or give the checkpoint's path"
+            )
+        return found
+    if path.is_dir() and newest_last(path):
+        raise MinibertError(
+            f"checkpoint {path} is a directory; give a .ckpt file, such as {newest_last(path)}"
+        )
+    return path
+
+
+def newest_last(folder: Path) -> Path | None:
+    """The newest ``last*.ckpt`` of a folder: Lightning names a second ``last.ckpt`` there ``last-v1.ckpt``."""
+    found = list(folder.glob("last*.ckpt")) if folder.is_dir() else []
+    return max(found, key=lambda file: file.stat().st_mtime_ns, default=None)
+
 
 def load_checkpoint(path: str | Path) -> tuple[MiniBert, Vocabulary]:
     """The model of a checkpoint, in eval mode on the CPU, and its vocabulary."""

@@ -14,6 +14,7 @@ vocabulary saved beside them), and the text or files they are given, so they wor
     lightning contexts --ckpt_path checkpoints/last.ckpt --corpus FILE --words session,vote --out contexts/
     lightning evaluate --ckpt_path checkpoints/last.ckpt --groups GROUPS.tsv --analogies QUESTIONS.txt
 
+``--ckpt_path last`` reads the newest ``checkpoints/last*.ckpt``, as ``fit --ckpt_path last`` does.
 Every input is checked before anything is written: bad input stops the command with one
 line (:class:`MinibertError`) and leaves files already there as they were.
 
@@ -31,7 +32,7 @@ from minibert.errors import MinibertError
 from minibert.explore.arguments import build_parser
 from minibert.explore.attention import UNKNOWN_MARK, attention_maps, draw_attention
 from minibert.explore.attention_page import write_attention_page
-from minibert.explore.checkpoint import load_checkpoint
+from minibert.explore.checkpoint import load_checkpoint, resolve_checkpoint
 from minibert.explore.contexts import context_vectors, find_occurrences, parse_marked, write_context_files
 from minibert.explore.embeddings import embedding_matrix, top_word_ids
 from minibert.explore.evaluation import (
@@ -60,6 +61,7 @@ COMMANDS = ("export", "neighbors", "fill-mask", "attention", "contexts", "evalua
 def main(argv: Sequence[str]) -> None:
     """Run one of :data:`COMMANDS`; bad input raises :class:`MinibertError`."""
     args = build_parser().parse_args(argv)
+    args.ckpt_path = resolve_checkpoint(args.ckpt_path)  # 'last' works here as for fit
     runners = {
         "export": run_export, "neighbors": run_neighbors, "fill-mask": run_fill_mask,
         "attention": run_attention, "contexts": run_contexts, "evaluate": run_evaluate,
