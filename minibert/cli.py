@@ -21,7 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from minibert.data import EuroparlDataModule
-from minibert.errors import MinibertError
+from minibert.errors import MinibertError, escape_what_cannot_be_printed, stop_quietly_on_closed_pipe
 from minibert.explore import commands as inspection
 from minibert.machinery.allocator import KeepFreedMemory
 from minibert.machinery.checkpoint import (
@@ -153,8 +153,13 @@ def check_config_files(args: Any) -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run a command; a problem with the user's input is printed as one line, exit code 2."""
+    """Run a command; a problem with the user's input is printed as one line, exit code 2.
+
+    Every command prints what the terminal cannot encode as escapes, and stops quietly
+    (exit code 141) when the reader of its output has gone: see :mod:`minibert.errors`.
+    """
     argv = sys.argv[1:] if args is None else args
+    escape_what_cannot_be_printed()
     try:
         if argv and argv[0] in inspection.COMMANDS:
             inspection.main(argv)
@@ -177,6 +182,9 @@ def main(args: list[str] | None = None) -> None:
                 },
                 args=args,
             )
+        sys.stdout.flush()  # a reader gone (| head -1) is found here, not when Python exits
+    except BrokenPipeError:
+        stop_quietly_on_closed_pipe()
     except MinibertError as error:
         print(f"error: {error}", file=sys.stderr)
         if error.hint:

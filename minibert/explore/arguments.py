@@ -7,11 +7,12 @@ what each command then does is in :mod:`minibert.explore.commands`.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from minibert.machinery.options import OneLineParser
-from minibert.tokenizer import normalize
+from minibert.tokenizer import compose, normalize
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +100,24 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def text(argument: str) -> str:
+    """An argparse type: a word or sentence of the command line, composed (NFC) as the corpus is.
+
+    Python decodes arguments with the locale's encoding: in a C locale, with Python's UTF-8
+    mode turned off, that is ASCII, and an "é" typed in a UTF-8 terminal arrives as two
+    escapes (surrogates), which are read back here as the UTF-8 they were. (Paths are left
+    as they are: Python opens them with the very bytes given.)
+    """
+    if any("\udc80" <= character <= "\udcff" for character in argument):
+        argument = os.fsencode(argument).decode("utf-8", errors="surrogateescape")
+    return compose(argument)
+
+
+def word(argument: str) -> str:
+    """An argparse type: a word as the vocabulary writes it, so "Été" or a decomposed "été" is found."""
+    return normalize(text(argument))
+
+
 def export_options(export: argparse.ArgumentParser) -> None:
     export.add_argument(
         "--top_k", type=at_least(0), default=3000, help="most frequent words to export; 0 = every word"
@@ -125,12 +144,12 @@ def export_options(export: argparse.ArgumentParser) -> None:
 
 
 def neighbors_options(neighbors: argparse.ArgumentParser) -> None:
-    # As the vocabulary writes words: "Été", or "été" typed decomposed (macOS), is looked up as "été".
-    neighbors.add_argument("words", nargs="*", metavar="WORD", type=normalize)
+    neighbors.add_argument("words", nargs="*", metavar="WORD", type=word)
     neighbors.add_argument("--k", type=at_least(1), default=10, help="neighbours to show for each word")
     neighbors.add_argument(
         "--in-context",
         dest="in_context",
+        type=text,
         metavar="TEXT",
         help='a sentence with one word in brackets, "le [vote] de la commission": its occurrences in --corpus closest in context',
     )
@@ -141,13 +160,15 @@ def neighbors_options(neighbors: argparse.ArgumentParser) -> None:
 
 def fill_mask_options(fill: argparse.ArgumentParser) -> None:
     fill.add_argument(
-        "text", help='a sentence with one or more <mask>, e.g. "la <mask> européenne a proposé"'
+        "text",
+        type=text,
+        help='a sentence with one or more <mask>, e.g. "la <mask> européenne a proposé"',
     )
     fill.add_argument("--k", type=at_least(1), default=5, help="words to show for each <mask>")
 
 
 def attention_options(attention: argparse.ArgumentParser) -> None:
-    attention.add_argument("text", help='a sentence, e.g. "la commission a voté le rapport ."')
+    attention.add_argument("text", type=text, help='a sentence, e.g. "la commission a voté le rapport ."')
     attention.add_argument(
         "--out", type=Path, help="the picture to write (PNG): layers as rows, heads as columns"
     )
@@ -163,7 +184,9 @@ def contexts_options(contexts: argparse.ArgumentParser) -> None:
         required=True,
         help="the sentences to read, one a line (or raw Europarl sessions)",
     )
-    contexts.add_argument("--words", required=True, help="comma-separated words: session,commission,vote")
+    contexts.add_argument(
+        "--words", required=True, type=text, help="comma-separated words: session,commission,vote"
+    )
     contexts.add_argument(
         "--out",
         type=Path,
