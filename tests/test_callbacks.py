@@ -99,8 +99,8 @@ def test_one_folder_per_epoch_listed_for_tensorboard(tmp_path):
     )
     config = parse_config(version)
     assert [e.tensor_name for e in config.embeddings] == [
-        "word_embeddings/(newest) epoch_001",
-        "word_embeddings/epoch_000",
+        "word_embeddings/9998 epoch 1",
+        "word_embeddings/9999 epoch 0",
     ]
     assert trainer.global_step == 2 * BATCHES_PER_EPOCH
 
@@ -115,9 +115,9 @@ def test_a_long_run_keeps_at_most_max_kept_epochs_and_always_the_newest(tmp_path
     version = tmp_path / "lightning_logs" / "version_0"
     assert folders(version) == ["epoch_0", "epoch_4", "epoch_5"]
     assert [e.tensor_name for e in parse_config(version).embeddings] == [
-        "word_embeddings/(newest) epoch_005",
-        "word_embeddings/epoch_004",
-        "word_embeddings/epoch_000",
+        "word_embeddings/9994 epoch 5",
+        "word_embeddings/9995 epoch 4",
+        "word_embeddings/9999 epoch 0",
     ]
 
 

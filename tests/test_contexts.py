@@ -178,8 +178,8 @@ def test_tensorboard_lists_contexts_written_inside_a_log_folder(tiny_run, tmp_pa
     metadata = server.get("metadata", run="version_0/contexts", name="contexts/layer_2").decode().split("\n")
     assert metadata[0] == "word\tsentence\tsentence_no\tposition" and metadata[1].startswith("parlement\t")
     assert [e["tensorName"] for e in embeddings(server, "version_0")] == [  # the run's own, untouched
-        "word_embeddings/(newest) epoch_001",
-        "word_embeddings/epoch_000",
+        "word_embeddings/9998 epoch 1",
+        "word_embeddings/9999 epoch 0",
     ]
 
 

@@ -15,6 +15,7 @@ from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 from minibert.explore.embeddings import embedding_matrix, top_word_ids
 from minibert.explore.projector import (
     epoch_folders,
+    epoch_tensor_name,
     epochs_to_keep,
     escape_token,
     mark_newest_run,
@@ -175,15 +176,61 @@ def test_config_lists_complete_epoch_folders_in_order_once(tmp_path):
     # Newest first, and named to sort first: the projector opens the first name in sorted order.
     names = [e.tensor_name for e in config.embeddings]
     assert names == [
-        "word_embeddings/(newest) epoch_010",
-        "word_embeddings/epoch_003",
-        "word_embeddings/epoch_002",
+        "word_embeddings/9989 epoch 10",
+        "word_embeddings/9996 epoch 3",
+        "word_embeddings/9997 epoch 2",
     ]
     assert sorted(names)[0] == names[0]
     assert [list(e.tensor_shape) for e in config.embeddings] == [[4, 5], [2, 5], [3, 5]]
     for embedding in config.embeddings:  # paths are relative to the config's folder, as TensorBoard wants
         assert (tmp_path / embedding.tensor_path).is_file() and (tmp_path / embedding.metadata_path).is_file()
     assert epoch_folders(tmp_path) == [tmp_path / "projector" / f"epoch_{e}" for e in (2, 3, 10)]
+
+
+def frontend_order(embeddings: list[dict]) -> list[str]:
+    """The tensor names as TensorBoard's projector page lists them, the one it opens first.
+
+    Its data panel (tensorboard/plugins/projector/tf_projector_plugin/projector_binary.js)
+    keeps the 2-D tensors of more than one row and column, then sorts them: those with
+    metadata first, then those whose name does not hold "/Adagrad" (optimiser slots), then
+    the larger (more rows) first, then by name (JavaScript's string order). It opens the first.
+    """
+    shapes = {e["tensorName"]: e.get("tensorShape", []) for e in embeddings}
+    names = [n for n, shape in shapes.items() if len(shape) == 2 and shape[0] > 1 and shape[1] > 1]
+    has_metadata = {e["tensorName"]: bool(e.get("metadataPath")) for e in embeddings}
+    return sorted(
+        names,
+        key=lambda n: (not has_metadata[n], "/Adagrad" in n, -shapes[n][0], n.encode("utf-16-be")),
+    )
+
+
+def test_epoch_names_list_the_newest_first_show_the_epoch_and_never_change():
+    names = [epoch_tensor_name(epoch) for epoch in range(1000)]
+    assert names[2] == "word_embeddings/9997 epoch 2" == epoch_tensor_name(2)  # the same every time
+    assert len(set(names)) == len(names)
+    shape = [3000, 256]
+    listed = [{"tensorName": n, "tensorShape": shape, "metadataPath": "m.tsv"} for n in names]
+    assert frontend_order(listed) == names[::-1]  # newest first, whatever order the config gives
+    for epoch, name in enumerate(names):
+        # The closed drop-down shows about 30 characters; the page puts the name in its URLs unquoted.
+        assert f"epoch {epoch}" in name[:30] and re.fullmatch(r"[a-z_/0-9 ]+", name)
+
+
+def test_the_config_never_lists_a_folder_about_to_be_deleted(tmp_path):
+    for epoch in range(6):
+        write_projector_files(tmp_path / "projector" / f"epoch_{epoch}", torch.zeros(2, 3), ["a", "b"])
+    write_epochs_config(tmp_path, max_kept=3)
+    listed = [e.tensor_name for e in parse_config(tmp_path).embeddings]
+    assert (
+        listed
+        == [epoch_tensor_name(e) for e in (5, 4, 0)]
+        == [epoch_tensor_name(e) for e in epochs_to_keep(range(6), 3)][::-1]
+    )
+    remove_old_epochs(tmp_path, 3)
+    assert [e.tensor_path for e in parse_config(tmp_path).embeddings] == [
+        f"projector/epoch_{e}/vectors.tsv" for e in (5, 4, 0)
+    ]
+    assert [f.name for f in epoch_folders(tmp_path)] == ["epoch_0", "epoch_4", "epoch_5"]
 
 
 def test_tiny_run_files_are_the_checkpoint_embeddings(tiny_run):

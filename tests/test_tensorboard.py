@@ -9,7 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -18,9 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_projector import EMBEDDINGS_KEY, read_vectors, tiny_top_k
+from test_projector import EMBEDDINGS_KEY, frontend_order, read_vectors, tiny_top_k
 
 from minibert.cli import main
+from minibert.explore.projector import epoch_tensor_name
+
+pytestmark = pytest.mark.slow  # every test starts a TensorBoard server
 
 STARTUP_TIMEOUT = 90  # seconds: TensorBoard's imports are slow on a busy machine
 
@@ -49,9 +55,11 @@ class TensorBoard:
                 str(self.port),
             ],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            # A file, not a pipe: a pipe that nobody reads would stop the server once full.
+            stderr=(log := tempfile.TemporaryFile()),
             start_new_session=True,  # its data server dies with it
         )
+        self.log = log
 
     def get(self, route: str, **params: str) -> bytes:
         url = f"http://127.0.0.1:{self.port}/data/plugin/projector/{route}?{urllib.parse.urlencode(params)}"
@@ -63,9 +71,8 @@ class TensorBoard:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.fail(
-                    f"tensorboard exited ({self.process.returncode}): {self.process.stderr.read().decode()}"
-                )
+                self.log.seek(0)
+                pytest.fail(f"tensorboard exited ({self.process.returncode}): {self.log.read().decode()}")
             try:
                 if sorted(json.loads(self.get("runs"))) == sorted(expected):
                     return
@@ -82,7 +89,7 @@ class TensorBoard:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        self.process.stderr.close()
+        self.log.close()
 
 
 @pytest.fixture
@@ -118,8 +125,8 @@ def test_tensorboard_shows_one_tensor_per_epoch_with_the_words(tiny_run, tensorb
 
     listed = embeddings(server, "version_0")
     assert [e["tensorName"] for e in listed] == [
-        "word_embeddings/(newest) epoch_001",
-        "word_embeddings/epoch_000",
+        "word_embeddings/9998 epoch 1",
+        "word_embeddings/9999 epoch 0",
     ]
     projector = tiny_run / "lightning_logs" / "version_0" / "projector"
     for entry, epoch in zip(listed, ("epoch_1", "epoch_0")):
@@ -160,45 +167,104 @@ def test_resumed_run_keeps_every_earlier_epoch_once(tiny_run, tmp_path, tensorbo
     server.wait_for_runs(["version_0"])
     listed = embeddings(server, "version_0")
     assert [e["tensorName"] for e in listed] == [
-        "word_embeddings/(newest) epoch_002",
-        "word_embeddings/epoch_001",
-        "word_embeddings/epoch_000",
+        "word_embeddings/9997 epoch 2",
+        "word_embeddings/9998 epoch 1",
+        "word_embeddings/9999 epoch 0",
     ]
     assert (
         resumed / "lightning_logs" / "version_0" / "projector" / "epoch_0" / "vectors.tsv"
     ).read_bytes() == epoch_0
-    served = tensor(server, "version_0", "word_embeddings/epoch_000", listed[0]["tensorShape"])
+    served = tensor(server, "version_0", "word_embeddings/9999 epoch 0", listed[0]["tensorShape"])
     assert torch.equal(
         served,
         read_vectors(resumed / "lightning_logs" / "version_0" / "projector" / "epoch_0" / "vectors.tsv"),
     )
 
 
-def test_a_tensorboard_started_before_training_lists_each_new_epoch_without_a_restart(
+class ProjectorPage:
+    """TensorBoard's projector page, by the requests it makes, in its order (projector_binary.js).
+
+    When it loads: the runs, once; the first run's config (its list of tensors), kept for the
+    page's life; then the tensor it opens (:func:`frontend_order`'s first) and its metadata.
+    Choosing another tensor in the drop-down asks for that tensor and its metadata, by name,
+    from the list read at load. The page writes each query into its URL as it is, unquoted:
+    the browser only percent-encodes what a URL cannot hold (a space becomes %20).
+    """
+
+    def __init__(self, server: TensorBoard) -> None:
+        self.server = server
+        self.run = json.loads(self.request("runs"))[0]
+        self.config = json.loads(self.request(f"info?run={self.run}"))
+        self.names = frontend_order(self.config["embeddings"])
+        self.opened, (self.vectors, self.words) = self.names[0], self.choose(self.names[0])
+
+    def choose(self, name: str) -> tuple[torch.Tensor, list[str]]:
+        """The vectors (N, D) and words that the page shows for the tensor ``name``."""
+        (rows, dim) = next(e["tensorShape"] for e in self.config["embeddings"] if e["tensorName"] == name)
+        data = self.request(f"tensor?run={self.run}&name={name}&num_rows=100000")
+        metadata = self.request(f"metadata?run={self.run}&name={name}&num_rows=100000").decode()
+        vectors = torch.from_numpy(np.frombuffer(data, dtype=np.float32).reshape(rows, dim).copy())
+        return vectors, [line.split("\t")[0] for line in metadata.split("\n")[1:-1]]
+
+    def request(self, route: str) -> bytes:
+        url = f"http://127.0.0.1:{self.server.port}/data/plugin/projector/{route}"
+        try:
+            with urllib.request.urlopen(urllib.parse.quote(url, safe=":/?&=()"), timeout=30) as response:
+                return response.read()
+        except urllib.error.HTTPError as error:  # what the page would show as "Error fetching ..."
+            raise AssertionError(f"{route}: HTTP {error.code} {error.read().decode()}") from None
+
+
+def test_an_open_page_keeps_working_across_epochs_and_a_new_page_opens_the_newest(
     workdir, tensorboard, monkeypatch
 ):
-    """TensorBoard rereads the projector's list only when its set of runs changes: the newest epoch's folder is a run."""
+    """A page loaded before an epoch ends opens every epoch it lists after it; one loaded after opens the new one.
+
+    TensorBoard rereads the projector's list only when its set of runs changes: the newest
+    epoch's folder is a run. Pages are loaded again and again while epochs are written, as a
+    user reloading at any moment would: none may fail.
+    """
     logs = workdir / "lightning_logs"
     logs.mkdir()
     server = tensorboard(logs)  # before any training, as people start it
     monkeypatch.chdir(workdir)
     main(["fit", "--config", "configs/tiny.yaml", "--trainer.max_epochs", "1"])
     server.wait_for_runs(["version_0"])
-    assert [e["tensorName"] for e in embeddings(server, "version_0")] == [
-        "word_embeddings/(newest) epoch_000"
-    ]
-    # The run goes on (the same version folder) while the server keeps running.
-    main(["fit", "--config", "configs/tiny.yaml", "--ckpt_path", "last", "--trainer.max_epochs", "3"])
-    expected = [
-        "word_embeddings/(newest) epoch_002",
-        "word_embeddings/epoch_001",
-        "word_embeddings/epoch_000",
-    ]
-    deadline = time.monotonic() + 60
-    while (
-        listed := [e["tensorName"] for e in embeddings(server, "version_0")]
-    ) != expected and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert listed == expected, "a running TensorBoard did not list the new epochs within a minute"
-    newest = tensor(server, "version_0", expected[0], embeddings(server, "version_0")[0]["tensorShape"])
-    assert torch.equal(newest, read_vectors(logs / "version_0" / "projector" / "epoch_2" / "vectors.tsv"))
+    epoch_file = logs / "version_0" / "projector" / "epoch_{}" / "vectors.tsv"
+    before = ProjectorPage(server)
+    assert before.names == [epoch_tensor_name(0)]
+    epoch_0 = read_vectors(Path(str(epoch_file).format(0)))
+    assert torch.equal(before.vectors, epoch_0)
+
+    stop, failures = threading.Event(), []
+
+    def reload_again_and_again() -> None:
+        while not stop.is_set():
+            try:
+                ProjectorPage(server)
+            except Exception as error:  # noqa: BLE001 - any failure is the test's
+                failures.append(error)
+            stop.wait(0.2)  # a few loads a second: training must go on beside them
+
+    reloads = threading.Thread(target=reload_again_and_again)
+    reloads.start()
+    try:  # the run goes on (the same version folder) while the server keeps running
+        main(["fit", "--config", "configs/tiny.yaml", "--ckpt_path", "last", "--trainer.max_epochs", "3"])
+        expected = [epoch_tensor_name(epoch) for epoch in (2, 1, 0)]
+        deadline = time.monotonic() + 60
+        while (after := ProjectorPage(server)).names != expected and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        reloads.join()
+    assert not failures, failures[0]
+    assert after.names == expected, "a running TensorBoard did not list the new epochs within a minute"
+    assert after.opened == epoch_tensor_name(2)  # the newest opens first
+    assert torch.equal(after.vectors, read_vectors(Path(str(epoch_file).format(2))))
+    assert after.words == before.words  # the same top words, labelled
+    # The page loaded at epoch 0 lists what it listed then, and each of its names still opens that epoch.
+    assert before.names == [epoch_tensor_name(0)]
+    for name in before.names:
+        assert torch.equal(before.choose(name)[0], epoch_0)
+    for epoch, name in zip((2, 1, 0), after.names):
+        assert torch.equal(after.choose(name)[0], read_vectors(Path(str(epoch_file).format(epoch))))

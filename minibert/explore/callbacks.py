@@ -49,8 +49,10 @@ class EmbeddingProjector(L.Callback):
     ``default_root_dir`` without a logger. With a TensorBoard logger,
     ``<log_dir>/projector_config.pbtxt`` lists the epochs, newest first, so that
     ``tensorboard --logdir lightning_logs`` shows one tensor per epoch in its Projector tab,
-    and a TensorBoard already running lists each new epoch within seconds
-    (see :func:`minibert.explore.projector.mark_newest_run`).
+    named ``word_embeddings/9997 epoch 2`` so that the newest opens first
+    (:func:`minibert.explore.projector.epoch_tensor_name`). A TensorBoard already running
+    lists each new epoch within seconds (see :func:`minibert.explore.projector.mark_newest_run`);
+    a projector page already open reads its list only when it loads: reload it.
 
     Args:
         top_k: how many of the most frequent words to export (special tokens never are);
@@ -108,15 +110,15 @@ class EmbeddingProjector(L.Callback):
         counts = {"count": [pl_module.vocab.counts[i] for i in ids]} if self.with_counts else {}
         try:
             write_projector_files(folder, vectors, pl_module.vocab.decode(ids), **counts)
-            remove_old_epochs(root, self.max_kept)
             if tensorboard is not None:
                 # The config is rebuilt from the epoch folders on disk rather than with
                 # SummaryWriter.add_embedding: that one keeps its entries in the writer object
                 # and rewrites the whole pbtxt from them, so after a resume (a new writer) the
                 # earlier epochs would vanish from the projector. It would also copy every
                 # matrix a second time into folders of its own.
-                write_epochs_config(root)
+                write_epochs_config(root, self.max_kept)
                 mark_newest_run(root, folder)
+            remove_old_epochs(root, self.max_kept)  # once the config no longer lists them
         except OSError as error:
             if not self._failed:
                 rank_zero_warn(

@@ -123,22 +123,36 @@ def epoch_of(folder: Path) -> int:
     return int(EPOCH_FOLDER.fullmatch(folder.name).group(1))
 
 
-def write_epochs_config(log_dir: str | Path) -> None:
-    """(Re)write ``log_dir/projector_config.pbtxt`` with one tensor per epoch folder on disk, newest first.
+# TensorBoard's projector page lists a run's tensors by name and opens the first (after
+# preferring tensors with metadata, then larger ones: every epoch's are alike in both). Each
+# epoch's name starts with NEWEST_FIRST minus the epoch, so the newest sorts first.
+NEWEST_FIRST = 9999
+
+
+def epoch_tensor_name(epoch: int) -> str:
+    """The tensor name of an epoch's embeddings: ``word_embeddings/9997 epoch 2``, the newest first in name order.
+
+    A page reads the names once, when it loads, and asks for a tensor by name from then on:
+    a name is never given to another epoch or taken back while its folder is kept, so a
+    page loaded earlier can still open every epoch it lists. (TensorBoard also keeps the
+    last tensor served by its name.) The epoch comes early in the name, where the closed
+    drop-down, which shows about 30 characters, can show it.
+    """
+    return f"{TENSOR_NAME}/{max(NEWEST_FIRST - epoch, 0):04d} epoch {epoch}"
+
+
+def write_epochs_config(log_dir: str | Path, max_kept: int = 0) -> None:
+    """(Re)write ``log_dir/projector_config.pbtxt`` with one tensor per epoch folder kept, newest first.
 
     It is rebuilt from the folders each time, so a resumed run keeps the entries of
-    earlier epochs and never lists one twice. The projector sorts tensors by name and opens
-    the first: the newest is named ``word_embeddings/(newest) epoch_NNN``, which sorts
-    before the others' ``word_embeddings/epoch_NNN``. A name is never reused for other
-    numbers: TensorBoard caches each tensor by its name.
+    earlier epochs and never lists one twice. Folders that :func:`remove_old_epochs` is
+    about to delete (``max_kept``) are left out already, so that the list never names a
+    folder that is gone.
     """
     log_dir = Path(log_dir)
-    folders = epoch_folders(log_dir)[::-1]  # newest first
-    tensors = []
-    for folder in folders:
-        label = "(newest) " if folder == folders[0] else ""
-        tensors.append((f"{TENSOR_NAME}/{label}epoch_{epoch_of(folder):03d}", folder))
-    write_config(log_dir, tensors)
+    folders = {epoch_of(folder): folder for folder in epoch_folders(log_dir)}
+    kept = sorted(epochs_to_keep(list(folders), max_kept), reverse=True)  # newest first
+    write_config(log_dir, [(epoch_tensor_name(epoch), folders[epoch]) for epoch in kept])
 
 
 def epochs_to_keep(epochs: Sequence[int], max_kept: int) -> list[int]:
@@ -171,7 +185,9 @@ def mark_newest_run(log_dir: str | Path, folder: Path) -> None:
     TensorBoard's projector rereads its config only when the set of runs changes (a run is a
     folder holding an event file), never when the file itself changes. Each epoch's folder
     therefore becomes a run, with a file of no events, and the previous one stops being one,
-    so the list of runs changes with every epoch and there is one such run at a time.
+    so the list of runs changes with every epoch and there is one such run at a time. The
+    server lists the new epoch at its next reload (every 5 s by default); a projector page
+    already open in a browser keeps the list it read when it loaded, until it is reloaded.
     """
     for old in Path(log_dir).glob(f"projector/epoch_*/{EVENTS_PREFIX}*"):
         if old.parent != folder:
