@@ -15,6 +15,7 @@ vocabulary saved beside them), and the text or files they are given, so they wor
     lightning evaluate --ckpt_path checkpoints/last.ckpt --groups GROUPS.tsv --analogies QUESTIONS.txt
 
 ``--ckpt_path last`` reads the newest ``checkpoints/last*.ckpt``, as ``fit --ckpt_path last`` does.
+
 Every input is checked before anything is written: bad input stops the command with one
 line (:class:`MinibertError`) and leaves files already there as they were.
 

@@ -134,9 +134,10 @@ def epoch_tensor_name(epoch: int) -> str:
 
     A page reads the names once, when it loads, and asks for a tensor by name from then on:
     a name is never given to another epoch or taken back while its folder is kept, so a
-    page loaded earlier can still open every epoch it lists. (TensorBoard also keeps the
-    last tensor served by its name.) The epoch comes early in the name, where the closed
-    drop-down, which shows about 30 characters, can show it.
+    page loaded earlier can still open every epoch it lists. (TensorBoard also caches the
+    last tensor it served under its name: a name given to other numbers could serve the old
+    ones.) The epoch comes early in the name, where the closed drop-down, which shows about
+    30 characters, can show it.
     """
     return f"{TENSOR_NAME}/{max(NEWEST_FIRST - epoch, 0):04d} epoch {epoch}"
 
