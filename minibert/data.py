@@ -44,7 +44,7 @@ from minibert.machinery.cache import (
 )
 from minibert.machinery.checkpoint import checkpoint_vocabulary
 from minibert.machinery.download import EUROPARL_V7_FR, EUROPARL_V7_URL, fetch_europarl_fr
-from minibert.machinery.sampler import ResumableEpochs
+from minibert.machinery.sampler import ResumableLoader, ResumableSampler
 from minibert.masking import MaskingConfig, mask_tokens
 from minibert.tokenizer import (
     MASK_ID,
@@ -287,10 +287,11 @@ def window_starts(offsets: np.ndarray, seq_len: int, packing: bool, windows: str
     return np.repeat(sentence_starts, per_sentence) + seq_len * (np.arange(per_sentence.sum()) - first)
 
 
-class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
+class EuroparlDataModule(L.LightningDataModule):
     """Europarl French for masked-word prediction.
 
-    A resumed run picks its epoch up after the batches already trained (:class:`ResumableEpochs`).
+    A resumed run picks its epoch up after the batches already trained: the training loader's
+    state, which Lightning saves in every checkpoint (:class:`~minibert.machinery.sampler.ResumableLoader`).
 
     Args:
         corpus: a sentence-per-line text file (plain or ``.gz``), a raw Europarl session
@@ -362,6 +363,7 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
         self.cache_dir: Path | None = None  # the corpus's encoded arrays, once found or built
         self.test_cache_dir: Path | None = None  # the test corpus's
         self.datasets: dict[str, TokenWindows] = {}
+        self._position_from_old_checkpoint: dict[str, int] = {}  # see load_state_dict
 
     def _check_options(self) -> None:
         """Every data option, checked once where it enters: a wrong value stops the command in one line."""
@@ -483,10 +485,19 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
         # Held-out text is always tiled, from its first token: every token scored once, whatever the training windows.
         return TokenWindows(tokens, offsets, self.seq_len, self.packing, "tile")
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
         # A fresh shuffle every epoch; each process trains on its own shard of it.
-        train = self.datasets["train"]
-        return self._loader("train", self.training_sampler(train.num_windows, train.shifts))
+        train, trainer = self.datasets["train"], self.trainer
+        num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(train.num_windows, self.seed, num_replicas, rank, shifts=train.shifts)
+        loader = self._loader("train", sampler, ResumableLoader)
+        if self._position_from_old_checkpoint:
+            loader.load_state_dict(self._position_from_old_checkpoint)
+        return loader
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Resume from a checkpoint of an older minibert, which saved the epoch's position here rather than in the loader."""
+        self._position_from_old_checkpoint = state_dict
 
     def val_dataloader(self) -> DataLoader:
         # Under DDP, Lightning would shard validation with a DistributedSampler, which pads
@@ -506,10 +517,10 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", sampler=None)
 
-    def _loader(self, split: str, sampler: Sampler | None) -> DataLoader:
+    def _loader(self, split: str, sampler: Sampler | None, kind: type[DataLoader] = DataLoader) -> DataLoader:
         # Pinned host memory only speeds up copies to a GPU; on a CPU run it is wasted.
         on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        return DataLoader(
+        return kind(
             self.datasets[split],
             batch_size=self.batch_size,
             sampler=sampler,
