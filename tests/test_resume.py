@@ -211,6 +211,20 @@ def test_the_loader_counts_the_batches_it_hands_out_across_resumes():
     assert len(list(first)) == 10 and first.state_dict() == {"epoch": 1, "batches_done": 10}
 
 
+def test_the_loader_draws_the_epoch_s_order_when_the_first_batch_is_asked_for():
+    """Lightning makes an epoch's iterator before it calls set_epoch and, on resume, load_state_dict.
+
+    A DataLoader with workers would draw the order as its iterator is made: a run resumed in a
+    later epoch would train on the first epoch's order.
+    """
+    loader = ResumableLoader(range(40), batch_size=10, sampler=ResumableSampler(40, seed=1), num_workers=2)
+    batches = iter(loader)
+    loader.sampler.set_epoch(3)
+    loader.load_state_dict({"epoch": 3, "batches_done": 1})
+    expected = list(loader.sampler)  # epoch 3's order, after its first batch
+    assert [i for batch in batches for i in batch.tolist()] == expected and len(expected) == 30
+
+
 def shards(num_samples: int, num_replicas: int, epoch: int) -> list[list[int]]:
     samplers = [
         ResumableSampler(num_samples, seed=0, num_replicas=num_replicas, rank=rank)
