@@ -1,7 +1,27 @@
-"""The LightningDataModule: from a Europarl corpus on disk to masked batches."""
+"""The LightningDataModule: from a corpus on disk to masked batches, every step of the way in this file.
+
+The path from text to what the model sees, in the order of this file:
+
+1. read: the corpus's sentences stream in (:mod:`minibert.corpus`) and are cut into words
+   (:mod:`minibert.tokenizer`); each word gets a provisional id, in order of first appearance;
+2. split: a fixed share of the sentences, chosen by the seed, is held out for validation;
+3. count: the words of the training sentences, which make the vocabulary
+   (:meth:`minibert.tokenizer.Vocabulary.from_counts`);
+4. encode: every provisional id becomes its word's id in the vocabulary;
+5. store: the arrays of both splits are written once into ``data_dir/cache/`` and memory-mapped
+   from then on (:mod:`minibert.machinery.cache`, which only keeps them);
+6. cut: samples of ``seq_len`` tokens (:class:`TokenWindows`);
+7. mask: BERT's corruption of each batch, on its device (:mod:`minibert.masking`).
+
+Steps 1 to 4 stream: memory holds one int32 per token and one entry per distinct word, never all
+the sentences as strings.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Literal
 
@@ -12,23 +32,184 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from minibert.corpus import read_sentences
 from minibert.errors import MinibertError
 from minibert.machinery.cache import (
-    CacheSettings,
-    build_cache,
-    build_test_corpus_cache,
+    VOCAB_FILE,
     cache_key,
     ensure_cache,
     key_for_test_corpus,
     load_split,
+    write_cache,
 )
 from minibert.machinery.checkpoint import checkpoint_vocabulary
 from minibert.machinery.download import EUROPARL_V7_FR, EUROPARL_V7_URL, fetch_europarl_fr
-from minibert.machinery.sampler import ResumableEpochs
+from minibert.machinery.sampler import ResumableLoader, ResumableSampler
 from minibert.masking import MaskingConfig, mask_tokens
-from minibert.tokenizer import MASK_ID, PAD_ID, SPECIAL_TOKENS, Vocabulary
+from minibert.tokenizer import (
+    MASK_ID,
+    PAD_ID,
+    PUNCTUATION,
+    SPECIAL_TOKENS,
+    UNK_ID,
+    Vocabulary,
+    tokenize_lines,
+)
 
 WINDOWS = ("tile", "sentence")
+SPLITS = ("train", "val")
+_CHUNK = 2_000  # sentences tokenized at once: fast, and bounded in memory
+_BLOCK = 1 << 20  # tokens re-encoded at once
+
+
+@dataclass(frozen=True)
+class EncodingSettings:
+    """Every option besides the corpus that changes its encoded arrays (and so the name of their cache)."""
+
+    vocab_size: int
+    min_freq: int
+    max_sentences: int | None
+    val_fraction: float
+    seed: int
+
+
+# --- 1. read -------------------------------------------------------------------------------------
+
+
+def read_token_ids(
+    corpus: Path, max_sentences: int | None, token_id: Callable[[str], int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every token of ``corpus`` as the id ``token_id`` gives it, (N,) int32, and where each sentence starts, (S + 1,) int64.
+
+    The text is tokenized ``_CHUNK`` sentences at a time, so only one chunk of strings is alive
+    at once. Sentence ``s`` is ``tokens[offsets[s] : offsets[s + 1]]``.
+    """
+    token_chunks: list[np.ndarray] = []
+    length_chunks: list[np.ndarray] = []
+    for sentences in _chunks(islice(read_sentences(corpus), max_sentences), _CHUNK):
+        tokenized = tokenize_lines("\n".join(sentences))  # one list of words per sentence
+        length_chunks.append(np.fromiter(map(len, tokenized), np.int64, len(tokenized)))
+        flat = [token for sentence in tokenized for token in sentence]
+        token_chunks.append(np.fromiter(map(token_id, flat), np.int32, len(flat)))
+    if not length_chunks:
+        raise MinibertError(f"corpus {corpus} has no sentences (it is empty or holds only blank lines)")
+    offsets = np.zeros(sum(map(len, length_chunks)) + 1, dtype=np.int64)  # (S + 1,)
+    np.cumsum(np.concatenate(length_chunks), out=offsets[1:])
+    return np.concatenate(token_chunks), offsets
+
+
+def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+# --- 2. split ------------------------------------------------------------------------------------
+
+
+def split_mask(num_sentences: int, val_fraction: float, seed: int) -> np.ndarray:
+    """Which sentences are validation sentences, (S,) bool: a fixed share, chosen by ``seed``.
+
+    The split is by sentence, before any window is cut: no validation sentence is ever trained on.
+    """
+    is_val = np.zeros(num_sentences, dtype=bool)
+    num_val = round(num_sentences * val_fraction)
+    is_val[np.random.default_rng(seed).permutation(num_sentences)[:num_val]] = True
+    return is_val
+
+
+# --- 3. count ------------------------------------------------------------------------------------
+
+
+def count_training_words(
+    tokens: np.ndarray, offsets: np.ndarray, is_val: np.ndarray, num_words: int
+) -> np.ndarray:
+    """How often each word occurs in the training sentences, (W,) int64, indexed by provisional id.
+
+    All counts minus the validation ones: no copy of the (large) training part is needed.
+    """
+    val_tokens = tokens[np.repeat(is_val, np.diff(offsets))]  # (N_val,)
+    return np.bincount(tokens, minlength=num_words) - np.bincount(val_tokens, minlength=num_words)
+
+
+# --- 4. encode -----------------------------------------------------------------------------------
+
+
+def encode(tokens: np.ndarray, words: list[str], vocab: Vocabulary) -> np.ndarray:
+    """Turn provisional ids into vocabulary ids, in place, (N,) int32; a word outside the vocabulary becomes ``<unk>``.
+
+    ``words[i]`` is the word of provisional id ``i``. One lookup per distinct word, then one
+    vectorised step per block of tokens: no second array of N tokens is made.
+    """
+    remap = np.fromiter((vocab.stoi.get(w, UNK_ID) for w in words), np.int32, len(words))  # (W,)
+    for block in range(0, len(tokens), _BLOCK):
+        tokens[block : block + _BLOCK] = remap[tokens[block : block + _BLOCK]]
+    return tokens
+
+
+def select_sentences(
+    tokens: np.ndarray, offsets: np.ndarray, selected: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens of the ``selected`` sentences, (N',) int32, and their offsets, (S' + 1,) int64."""
+    lengths = np.diff(offsets)[selected]  # (S',)
+    keep = np.repeat(selected, np.diff(offsets))  # (N,) bool: the tokens of the selected sentences
+    new_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    return tokens[keep], new_offsets
+
+
+def encode_corpus(
+    corpus: Path, settings: EncodingSettings, vocab: Vocabulary | None = None
+) -> tuple[dict[str, np.ndarray], Vocabulary]:
+    """Steps 1 to 4: the token and offset arrays of both splits (``train_tokens``, ``val_offsets``, ...), and the vocabulary.
+
+    Args:
+        corpus: a sentence-per-line file (plain or ``.gz``), a raw session file or a folder of them.
+        settings: the options that shape the arrays.
+        vocab: a vocabulary to encode with (a checkpoint's), instead of the one counted on
+            the training split.
+    """
+    # Provisional ids in order of first appearance, while the text streams by: the vocabulary
+    # can only be counted once the split is known, and the split once every sentence is read.
+    provisional: dict[str, int] = {}
+    tokens, offsets = read_token_ids(
+        corpus, settings.max_sentences, lambda word: provisional.setdefault(word, len(provisional))
+    )  # (N,), (S + 1,)
+    is_val = split_mask(len(offsets) - 1, settings.val_fraction, settings.seed)  # (S,)
+    train_counts = count_training_words(tokens, offsets, is_val, len(provisional))  # (W,)
+    words = list(provisional)
+    provisional.clear()  # its words are in the list now: free the dict
+    if vocab is None:
+        vocab = Vocabulary.from_counts(
+            dict(zip(words, train_counts.tolist())), settings.vocab_size, settings.min_freq
+        )
+    encode(tokens, words, vocab)
+    arrays = {}
+    for split, selected in zip(SPLITS, (~is_val, is_val)):
+        arrays[f"{split}_tokens"], arrays[f"{split}_offsets"] = select_sentences(tokens, offsets, selected)
+    return arrays, vocab
+
+
+# --- 5. store ------------------------------------------------------------------------------------
+
+
+def build_cache(
+    corpus: Path, settings: EncodingSettings, cache_dir: Path, vocab: Vocabulary | None = None
+) -> None:
+    """Encode ``corpus`` (:func:`encode_corpus`) and store its arrays and vocabulary in ``cache_dir``, whole or not at all."""
+    arrays, vocab = encode_corpus(corpus, settings, vocab)
+    write_cache(cache_dir, arrays, {"corpus": str(corpus), **asdict(settings)}, vocab)
+
+
+def build_test_corpus_cache(test_corpus: Path, vocab: Vocabulary, cache_dir: Path) -> None:
+    """Encode all of ``test_corpus`` with the training ``vocab`` into one ``test`` split, stored in ``cache_dir``."""
+    tokens, offsets = read_token_ids(test_corpus, None, lambda word: vocab.stoi.get(word, UNK_ID))
+    write_cache(
+        cache_dir, {"test_tokens": tokens, "test_offsets": offsets}, {"test_corpus": str(test_corpus)}
+    )
+
+
+# --- 6. cut --------------------------------------------------------------------------------------
 
 
 class TokenWindows(Dataset):
@@ -106,10 +287,11 @@ def window_starts(offsets: np.ndarray, seq_len: int, packing: bool, windows: str
     return np.repeat(sentence_starts, per_sentence) + seq_len * (np.arange(per_sentence.sum()) - first)
 
 
-class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
+class EuroparlDataModule(L.LightningDataModule):
     """Europarl French for masked-word prediction.
 
-    A resumed run picks its epoch up after the batches already trained (:class:`ResumableEpochs`).
+    A resumed run picks its epoch up after the batches already trained: the training loader's
+    state, which Lightning saves in every checkpoint (:class:`~minibert.machinery.sampler.ResumableLoader`).
 
     Args:
         corpus: a sentence-per-line text file (plain or ``.gz``), a raw Europarl session
@@ -170,15 +352,18 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
         super().__init__()
         self.corpus, self.data_dir, self.download_url = corpus, Path(data_dir), download_url
         self.test_corpus, self.vocab_from = test_corpus, vocab_from
-        self.settings = CacheSettings(vocab_size, min_freq, max_sentences, val_fraction, seed)
+        self.settings = EncodingSettings(vocab_size, min_freq, max_sentences, val_fraction, seed)
         self.seq_len, self.windows, self.packing = seq_len, windows, packing
         self.mask_prob, self.val_mask_prob = mask_prob, mask_prob if val_mask_prob is None else val_mask_prob
         self.mask_token_prob, self.random_token_prob = mask_token_prob, random_token_prob
         self.batch_size, self.num_workers = batch_size, num_workers
         self.persistent_workers, self.seed = persistent_workers, seed
         self._check_options()
-        self._vocab: Vocabulary | None = None
+        self.vocab: Vocabulary | None = None  # set by load_vocabulary
+        self.cache_dir: Path | None = None  # the corpus's encoded arrays, once found or built
+        self.test_cache_dir: Path | None = None  # the test corpus's
         self.datasets: dict[str, TokenWindows] = {}
+        self._position_from_old_checkpoint: dict[str, int] = {}  # see load_state_dict
 
     def _check_options(self) -> None:
         """Every data option, checked once where it enters: a wrong value stops the command in one line."""
@@ -211,83 +396,75 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
             if not ok:
                 raise MinibertError(message)
 
-    # The cache is built on first use: the model's size depends on the vocabulary, which is
-    # linked from here when the command line instantiates both (see cli.py).
-    @property
-    def cache_dir(self) -> Path:
-        given = self.vocab if self.vocab_from else None  # else the vocabulary is built into this cache
-        return self.data_dir / "cache" / cache_key(self._corpus_path(), self.settings, given)
+    # --- steps 1 to 5, once: the command line, prepare_data and setup all come here -----------
+
+    def prepare_data(self) -> None:
+        """Encode the corpora the run needs unless their caches exist (Lightning calls this on one process per node)."""
+        self.load_vocabulary()  # first: it encodes the test corpus too
+        if self.test_corpus is not None:
+            self._encode_test_corpus_once()
+
+    def load_vocabulary(self) -> Vocabulary:
+        """The vocabulary: ``vocab_from``'s, or the one counted on the training split (the corpus is encoded first, unless cached).
+
+        The command line calls this (through :meth:`vocab_len`) before it builds the model, whose
+        size is the vocabulary's; ``prepare_data`` and ``setup`` then find it done.
+        """
+        if self.vocab is None and self.vocab_from:
+            self.vocab = checkpoint_vocabulary(self.vocab_from)
+        if self.vocab is None:
+            self.vocab = Vocabulary.load(self._encode_corpus_once() / VOCAB_FILE)
+        return self.vocab
+
+    def vocab_len(self) -> int:
+        """Number of entries of the vocabulary (at most ``vocab_size``): the model's ``vocab_size``."""
+        return len(self.load_vocabulary())
+
+    def _encode_corpus_once(self) -> Path:
+        """The cache folder of ``corpus``, found (or built: steps 1 to 5) on the first call and kept."""
+        if self.cache_dir is None:
+            corpus = self._corpus_path()  # downloads Europarl on first use
+            given = self.load_vocabulary() if self.vocab_from else None  # else it is counted into the cache
+            key = cache_key(corpus, asdict(self.settings), PUNCTUATION, given.itos if given else None)
+            cache_dir = self.data_dir / "cache" / key
+            ensure_cache(cache_dir, lambda: build_cache(corpus, self.settings, cache_dir, given))
+            self.cache_dir = cache_dir
+        return self.cache_dir
 
     def _corpus_path(self) -> Path:
         if self.corpus == EUROPARL_V7_FR:
             return fetch_europarl_fr(self.data_dir, self.download_url)
         return _existing(self.corpus, "data.corpus")
 
-    @property
-    def test_cache_dir(self) -> Path:
-        if self.test_corpus is None:
-            raise MinibertError(
-                "`test` and `predict` need data.test_corpus, a held-out corpus (to score the validation split, use `validate`)"
-            )
-        test_corpus = _existing(self.test_corpus, "data.test_corpus")
-        return self.data_dir / "cache" / key_for_test_corpus(test_corpus, self.vocab)
+    def _encode_test_corpus_once(self) -> Path:
+        """The cache folder of ``test_corpus``, encoded with the model's vocabulary, found (or built) on the first call and kept."""
+        if self.test_cache_dir is None:
+            if self.test_corpus is None:
+                raise MinibertError(
+                    "`test` and `predict` need data.test_corpus, a held-out corpus (to score the validation split, use `validate`)"
+                )
+            test_corpus, vocab = _existing(self.test_corpus, "data.test_corpus"), self.load_vocabulary()
+            cache_dir = self.data_dir / "cache" / key_for_test_corpus(test_corpus, PUNCTUATION, vocab.itos)
+            ensure_cache(cache_dir, lambda: build_test_corpus_cache(test_corpus, vocab, cache_dir))
+            self.test_cache_dir = cache_dir
+        return self.test_cache_dir
 
-    @property
-    def vocab(self) -> Vocabulary:
-        if self._vocab is None and self.vocab_from:
-            self._vocab = checkpoint_vocabulary(self.vocab_from)
-        if self._vocab is None:
-            self._build_cache()
-            self._vocab = Vocabulary.load(self.cache_dir / "vocab.json")
-        return self._vocab
-
-    def _build_cache(self) -> None:
-        """Encode ``corpus`` into ``cache_dir`` unless a sound copy is there already."""
-        ensure_cache(
-            self.cache_dir,
-            lambda: build_cache(self._corpus_path(), self.settings, self.cache_dir, self._vocab),
-        )
-
-    @property
-    def vocab_len(self) -> int:
-        """Number of entries of the built vocabulary (at most ``vocab_size``)."""
-        return len(self.vocab)
-
-    def masking(self, stage: str) -> MaskingConfig:
-        """How ``stage`` (train, val or test) corrupts its batches."""
-        mask_prob = self.mask_prob if stage == "train" else self.val_mask_prob
-        return MaskingConfig(
-            mask_prob,
-            self.mask_token_prob,
-            self.random_token_prob,
-            MASK_ID,
-            len(SPECIAL_TOKENS),
-            len(self.vocab),
-        )
-
-    def prepare_data(self) -> None:
-        """Build the caches that are missing (Lightning calls this on one process per node)."""
-        vocab = self.vocab  # built first (or read from vocab_from): it encodes the other caches
-        if self.test_corpus is not None:
-            ensure_cache(
-                self.test_cache_dir,
-                lambda: build_test_corpus_cache(Path(self.test_corpus), vocab, self.test_cache_dir),
-            )
+    # --- in every process: the splits memory-mapped and cut into samples (6) ---------------------
 
     def setup(self, stage: str) -> None:
         """Memory-map the splits that ``stage`` needs (every process).
 
         The caches exist already when Lightning calls this (``prepare_data``, or the
-        vocabulary link when the command line built the model); building them here too
-        keeps the module usable on its own.
+        vocabulary link when the command line built the model); calling ``prepare_data`` here
+        too keeps the module usable on its own, and costs nothing when it ran.
         """
         self.prepare_data()
         if stage in ("test", "predict"):
-            self.datasets["test"] = self._windows(self.test_cache_dir, "test")
+            self.datasets["test"] = self._windows(self._encode_test_corpus_once(), "test")
             return
-        self._build_cache()  # with vocab_from, the splits are encoded with that vocabulary
-        for split in ("train", "val"):
-            self.datasets[split] = self._windows(self.cache_dir, split)
+        cache_dir = self._encode_corpus_once()  # with vocab_from, the splits are encoded with that vocabulary
+        for split in SPLITS:
+            self.datasets[split] = self._windows(cache_dir, split)
         num_windows = self.datasets["train"].num_windows
         if stage == "fit" and num_windows < self.batch_size:
             raise MinibertError(
@@ -308,10 +485,19 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
         # Held-out text is always tiled, from its first token: every token scored once, whatever the training windows.
         return TokenWindows(tokens, offsets, self.seq_len, self.packing, "tile")
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
         # A fresh shuffle every epoch; each process trains on its own shard of it.
-        train = self.datasets["train"]
-        return self._loader("train", self.training_sampler(train.num_windows, train.shifts))
+        train, trainer = self.datasets["train"], self.trainer
+        num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(train.num_windows, self.seed, num_replicas, rank, shifts=train.shifts)
+        loader = self._loader("train", sampler, ResumableLoader)
+        if self._position_from_old_checkpoint:
+            loader.load_state_dict(self._position_from_old_checkpoint)
+        return loader
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Resume from a checkpoint of an older minibert, which saved the epoch's position here rather than in the loader."""
+        self._position_from_old_checkpoint = state_dict
 
     def val_dataloader(self) -> DataLoader:
         # Under DDP, Lightning would shard validation with a DistributedSampler, which pads
@@ -331,10 +517,10 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", sampler=None)
 
-    def _loader(self, split: str, sampler: Sampler | None) -> DataLoader:
+    def _loader(self, split: str, sampler: Sampler | None, kind: type[DataLoader] = DataLoader) -> DataLoader:
         # Pinned host memory only speeds up copies to a GPU; on a CPU run it is wasted.
         on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        return DataLoader(
+        return kind(
             self.datasets[split],
             batch_size=self.batch_size,
             sampler=sampler,
@@ -344,6 +530,20 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             pin_memory=on_gpu,
+        )
+
+    # --- 7. mask: on the device the batch is on ------------------------------------------------
+
+    def masking(self, stage: str) -> MaskingConfig:
+        """How ``stage`` (train, val or test) corrupts its batches."""
+        mask_prob = self.mask_prob if stage == "train" else self.val_mask_prob
+        return MaskingConfig(
+            mask_prob,
+            self.mask_token_prob,
+            self.random_token_prob,
+            MASK_ID,
+            len(SPECIAL_TOKENS),
+            len(self.vocab),
         )
 
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
