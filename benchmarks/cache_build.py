@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from minibert.data import EncodingSettings, build_cache
+from minibert.encode import EncodingSettings, build_cache
 from minibert.machinery.cache import load_split
 
 

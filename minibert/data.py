@@ -1,38 +1,30 @@
-"""The LightningDataModule: from a corpus on disk to masked batches, every step of the way in this file.
+"""The LightningDataModule: from a corpus on disk to masked batches, every step in order.
 
-The path from text to what the model sees, in the order of this file:
+The path from text to what the model sees:
 
-1. read: the corpus's sentences stream in (:mod:`minibert.corpus`) and are cut into words
-   (:mod:`minibert.tokenizer`); each word gets a provisional id, in order of first appearance;
-2. split: a fixed share of the sentences, chosen by the seed, is held out for validation;
-3. count: the words of the training sentences, which make the vocabulary
-   (:meth:`minibert.tokenizer.Vocabulary.from_counts`);
-4. encode: every provisional id becomes its word's id in the vocabulary;
-5. store: the arrays of both splits are written once into ``data_dir/cache/`` and memory-mapped
-   from then on (:mod:`minibert.machinery.cache`, which only keeps them);
-6. cut: samples of ``seq_len`` tokens (:class:`TokenWindows`);
+1-5. read, split, count, encode, store: the corpus becomes arrays of token ids, once
+     (:mod:`minibert.encode`, with :mod:`minibert.corpus` and :mod:`minibert.tokenizer`);
+6. cut: samples of ``seq_len`` tokens (:mod:`minibert.windows`);
 7. mask: BERT's corruption of each batch, on its device (:mod:`minibert.masking`).
 
-Steps 1 to 4 stream: memory holds one int32 per token and one entry per distinct word, never all
-the sentences as strings.
+:class:`EuroparlDataModule` calls them in that order: :meth:`~EuroparlDataModule.prepare_data`
+steps 1 to 5, :meth:`~EuroparlDataModule.setup` step 6, and
+:meth:`~EuroparlDataModule.on_after_batch_transfer` step 7.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
-from itertools import islice
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
-from minibert.corpus import read_sentences
+from minibert.encode import SPLITS, EncodingSettings, build_cache, build_test_corpus_cache
 from minibert.errors import MinibertError
 from minibert.machinery.cache import (
     VOCAB_FILE,
@@ -40,7 +32,6 @@ from minibert.machinery.cache import (
     ensure_cache,
     key_for_test_corpus,
     load_split,
-    write_cache,
 )
 from minibert.machinery.checkpoint import checkpoint_vocabulary
 from minibert.machinery.download import EUROPARL_V7_FR, EUROPARL_V7_URL, fetch_europarl_fr
@@ -51,240 +42,9 @@ from minibert.tokenizer import (
     PAD_ID,
     PUNCTUATION,
     SPECIAL_TOKENS,
-    UNK_ID,
     Vocabulary,
-    tokenize_lines,
 )
-
-WINDOWS = ("tile", "sentence")
-SPLITS = ("train", "val")
-_CHUNK = 2_000  # sentences tokenized at once: fast, and bounded in memory
-_BLOCK = 1 << 20  # tokens re-encoded at once
-
-
-@dataclass(frozen=True)
-class EncodingSettings:
-    """Every option besides the corpus that changes its encoded arrays (and so the name of their cache)."""
-
-    vocab_size: int
-    min_freq: int
-    max_sentences: int | None
-    val_fraction: float
-    seed: int
-
-
-# --- 1. read -------------------------------------------------------------------------------------
-
-
-def read_token_ids(
-    corpus: Path, max_sentences: int | None, token_id: Callable[[str], int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every token of ``corpus`` as the id ``token_id`` gives it, (N,) int32, and where each sentence starts, (S + 1,) int64.
-
-    The text is tokenized ``_CHUNK`` sentences at a time, so only one chunk of strings is alive
-    at once. Sentence ``s`` is ``tokens[offsets[s] : offsets[s + 1]]``.
-    """
-    token_chunks: list[np.ndarray] = []
-    length_chunks: list[np.ndarray] = []
-    for sentences in _chunks(islice(read_sentences(corpus), max_sentences), _CHUNK):
-        tokenized = tokenize_lines("\n".join(sentences))  # one list of words per sentence
-        length_chunks.append(np.fromiter(map(len, tokenized), np.int64, len(tokenized)))
-        flat = [token for sentence in tokenized for token in sentence]
-        token_chunks.append(np.fromiter(map(token_id, flat), np.int32, len(flat)))
-    if not length_chunks:
-        raise MinibertError(f"corpus {corpus} has no sentences (it is empty or holds only blank lines)")
-    offsets = np.zeros(sum(map(len, length_chunks)) + 1, dtype=np.int64)  # (S + 1,)
-    np.cumsum(np.concatenate(length_chunks), out=offsets[1:])
-    return np.concatenate(token_chunks), offsets
-
-
-def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
-# --- 2. split ------------------------------------------------------------------------------------
-
-
-def split_mask(num_sentences: int, val_fraction: float, seed: int) -> np.ndarray:
-    """Which sentences are validation sentences, (S,) bool: a fixed share, chosen by ``seed``.
-
-    The split is by sentence, before any window is cut: no validation sentence is ever trained on.
-    """
-    is_val = np.zeros(num_sentences, dtype=bool)
-    num_val = round(num_sentences * val_fraction)
-    is_val[np.random.default_rng(seed).permutation(num_sentences)[:num_val]] = True
-    return is_val
-
-
-# --- 3. count ------------------------------------------------------------------------------------
-
-
-def count_training_words(
-    tokens: np.ndarray, offsets: np.ndarray, is_val: np.ndarray, num_words: int
-) -> np.ndarray:
-    """How often each word occurs in the training sentences, (W,) int64, indexed by provisional id.
-
-    All counts minus the validation ones: no copy of the (large) training part is needed.
-    """
-    val_tokens = tokens[np.repeat(is_val, np.diff(offsets))]  # (N_val,)
-    return np.bincount(tokens, minlength=num_words) - np.bincount(val_tokens, minlength=num_words)
-
-
-# --- 4. encode -----------------------------------------------------------------------------------
-
-
-def encode(tokens: np.ndarray, words: list[str], vocab: Vocabulary) -> np.ndarray:
-    """Turn provisional ids into vocabulary ids, in place, (N,) int32; a word outside the vocabulary becomes ``<unk>``.
-
-    ``words[i]`` is the word of provisional id ``i``. One lookup per distinct word, then one
-    vectorised step per block of tokens: no second array of N tokens is made.
-    """
-    remap = np.fromiter((vocab.stoi.get(w, UNK_ID) for w in words), np.int32, len(words))  # (W,)
-    for block in range(0, len(tokens), _BLOCK):
-        tokens[block : block + _BLOCK] = remap[tokens[block : block + _BLOCK]]
-    return tokens
-
-
-def select_sentences(
-    tokens: np.ndarray, offsets: np.ndarray, selected: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The tokens of the ``selected`` sentences, (N',) int32, and their offsets, (S' + 1,) int64."""
-    lengths = np.diff(offsets)[selected]  # (S',)
-    keep = np.repeat(selected, np.diff(offsets))  # (N,) bool: the tokens of the selected sentences
-    new_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=new_offsets[1:])
-    return tokens[keep], new_offsets
-
-
-def encode_corpus(
-    corpus: Path, settings: EncodingSettings, vocab: Vocabulary | None = None
-) -> tuple[dict[str, np.ndarray], Vocabulary]:
-    """Steps 1 to 4: the token and offset arrays of both splits (``train_tokens``, ``val_offsets``, ...), and the vocabulary.
-
-    Args:
-        corpus: a sentence-per-line file (plain or ``.gz``), a raw session file or a folder of them.
-        settings: the options that shape the arrays.
-        vocab: a vocabulary to encode with (a checkpoint's), instead of the one counted on
-            the training split.
-    """
-    # Provisional ids in order of first appearance, while the text streams by: the vocabulary
-    # can only be counted once the split is known, and the split once every sentence is read.
-    provisional: dict[str, int] = {}
-    tokens, offsets = read_token_ids(
-        corpus, settings.max_sentences, lambda word: provisional.setdefault(word, len(provisional))
-    )  # (N,), (S + 1,)
-    is_val = split_mask(len(offsets) - 1, settings.val_fraction, settings.seed)  # (S,)
-    train_counts = count_training_words(tokens, offsets, is_val, len(provisional))  # (W,)
-    words = list(provisional)
-    provisional.clear()  # its words are in the list now: free the dict
-    if vocab is None:
-        vocab = Vocabulary.from_counts(
-            dict(zip(words, train_counts.tolist())), settings.vocab_size, settings.min_freq
-        )
-    encode(tokens, words, vocab)
-    arrays = {}
-    for split, selected in zip(SPLITS, (~is_val, is_val)):
-        arrays[f"{split}_tokens"], arrays[f"{split}_offsets"] = select_sentences(tokens, offsets, selected)
-    return arrays, vocab
-
-
-# --- 5. store ------------------------------------------------------------------------------------
-
-
-def build_cache(
-    corpus: Path, settings: EncodingSettings, cache_dir: Path, vocab: Vocabulary | None = None
-) -> None:
-    """Encode ``corpus`` (:func:`encode_corpus`) and store its arrays and vocabulary in ``cache_dir``, whole or not at all."""
-    arrays, vocab = encode_corpus(corpus, settings, vocab)
-    write_cache(cache_dir, arrays, {"corpus": str(corpus), **asdict(settings)}, vocab)
-
-
-def build_test_corpus_cache(test_corpus: Path, vocab: Vocabulary, cache_dir: Path) -> None:
-    """Encode all of ``test_corpus`` with the training ``vocab`` into one ``test`` split, stored in ``cache_dir``."""
-    tokens, offsets = read_token_ids(test_corpus, None, lambda word: vocab.stoi.get(word, UNK_ID))
-    write_cache(
-        cache_dir, {"test_tokens": tokens, "test_offsets": offsets}, {"test_corpus": str(test_corpus)}
-    )
-
-
-# --- 6. cut --------------------------------------------------------------------------------------
-
-
-class TokenWindows(Dataset):
-    """Samples of ``seq_len`` tokens cut from the token stream of one split.
-
-    ``windows="tile"`` lays windows end to end over the stream, so every token is inside
-    one. ``windows="sentence"`` (the reference) starts one window at each sentence: the
-    tail of a sentence longer than ``seq_len`` is then never inside any sample.
-
-    A training epoch moves every tile right by the same number of tokens (chosen by
-    :class:`minibert.machinery.sampler.ResumableSampler`), so a word meets new neighbours and new
-    positions from one epoch to the next. Sample ``i`` is tile ``i % num_windows`` moved by
-    ``i // num_windows`` tokens; the last tile then runs on from the end of the stream
-    to its start (``wrap``). Evaluation uses no shift and pads the last tile instead, so
-    every held-out token is scored exactly once.
-
-    Args:
-        tokens: flat token ids of the split, (N,).
-        offsets: start of every sentence in ``tokens``, plus the end, (S + 1,).
-        seq_len: tokens per sample.
-        packing: a window runs on across sentence ends (true), or stops at the end of its
-            sentence and is padded (false: tiles then cut each sentence on its own).
-        windows: ``tile`` or ``sentence``, as above.
-        shifts: how many shifts the sampler may choose from: ``seq_len`` for training
-            with packed tiles, 1 (no shift) otherwise.
-    """
-
-    def __init__(
-        self,
-        tokens: np.ndarray,
-        offsets: np.ndarray,
-        seq_len: int,
-        packing: bool,
-        windows: str = "tile",
-        shifts: int = 1,
-    ) -> None:
-        self.tokens, self.offsets, self.seq_len, self.packing = tokens, offsets, seq_len, packing
-        self.starts = window_starts(offsets, seq_len, packing, windows)  # (num_windows,)
-        self.shifts = shifts if windows == "tile" and packing else 1
-        self.wrap = self.shifts > 1
-
-    @property
-    def num_windows(self) -> int:
-        return len(self.starts)
-
-    def __len__(self) -> int:
-        return self.num_windows * self.shifts
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        shift, window = divmod(index, self.num_windows)
-        start = (int(self.starts[window]) + shift) % len(self.tokens)
-        end = (
-            len(self.tokens)
-            if self.packing
-            else int(self.offsets[np.searchsorted(self.offsets, start, side="right")])
-        )
-        piece = self.tokens[start : min(end, start + self.seq_len)]
-        if self.wrap and len(piece) < self.seq_len:  # run on from the start of the stream
-            piece = np.concatenate([piece, self.tokens[: self.seq_len - len(piece)]])
-        sample = np.full(self.seq_len, PAD_ID, dtype=np.int64)
-        sample[: len(piece)] = piece
-        return {"input_ids": torch.from_numpy(sample), "sample_ids": torch.tensor(index)}
-
-
-def window_starts(offsets: np.ndarray, seq_len: int, packing: bool, windows: str) -> np.ndarray:
-    """Where each window starts in the token stream, (num_windows,)."""
-    sentence_starts, lengths = offsets[:-1], np.diff(offsets)
-    if windows == "sentence":
-        return sentence_starts
-    if packing:  # tiles over the whole stream
-        return np.arange(0, offsets[-1], seq_len)
-    # Tiles over each sentence on its own: a sentence of n tokens gives ceil(n / seq_len) windows.
-    per_sentence = -(-lengths // seq_len)
-    first = np.repeat(np.cumsum(per_sentence) - per_sentence, per_sentence)  # each one's first window
-    return np.repeat(sentence_starts, per_sentence) + seq_len * (np.arange(per_sentence.sum()) - first)
+from minibert.windows import WINDOWS, TokenWindows
 
 
 class EuroparlDataModule(L.LightningDataModule):

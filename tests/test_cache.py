@@ -14,7 +14,8 @@ from conftest import SAMPLE_CORPUS
 
 import minibert.data
 import minibert.machinery.cache
-from minibert.data import EncodingSettings, EuroparlDataModule, build_cache, split_mask
+from minibert.data import EuroparlDataModule
+from minibert.encode import EncodingSettings, build_cache, split_mask
 from minibert.machinery.cache import cache_problem, load_split
 from minibert.tokenizer import UNK_ID, Vocabulary, tokenize
 

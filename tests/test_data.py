@@ -12,7 +12,8 @@ import torch
 from conftest import SAMPLE_CORPUS, TEST_DATA, run_cli
 from torch.utils.data import default_collate
 
-from minibert.data import EuroparlDataModule, split_mask
+from minibert.data import EuroparlDataModule
+from minibert.encode import split_mask
 from minibert.errors import MinibertError
 from minibert.masking import IGNORE_INDEX
 from minibert.module import MiniBert

@@ -8,7 +8,7 @@ Nothing here is needed to understand how minibert learns; it keeps a run exact a
   epoch) Lightning saves in every checkpoint and gives back on resume;
 - ``checkpoint.py``: checkpoints written atomically, and checked before anything is loaded;
 - ``files.py``: writing a file whole or not at all, and output folders checked before any work;
-- ``cache.py``, ``download.py``: the arrays of an encoded corpus kept on disk (``data.py`` makes them), and
+- ``cache.py``, ``download.py``: the arrays of an encoded corpus kept on disk (``encode.py`` makes them), and
   Europarl fetched once;
 - ``options.py``: option errors as one line;
 - ``lightning_internals.py``: every use of a private part of Lightning, each behind one small function;

@@ -33,7 +33,7 @@ class ResumableSampler(DistributedSampler):
         num_replicas, rank: how many processes train together and which one this is.
         shifts: every epoch also draws a shift in ``[0, shifts)`` from ``(seed, epoch)`` and
             yields ``shift * num_windows + window``: the dataset's index of that window moved
-            by ``shift`` tokens (see :class:`minibert.data.TokenWindows`).
+            by ``shift`` tokens (see :class:`minibert.windows.TokenWindows`).
     """
 
     def __init__(
