@@ -1,22 +1,25 @@
 """The head over the vocabulary and the masked-word loss together, a block of rows at a time.
 
 Not part of the lesson: :meth:`minibert.model.Encoder.loss_and_ranks` computes the same numbers
-in three readable lines. It writes the logits of every scored position, an (N, V) block:
-at base.yaml's 1,024 scored positions and 23,562 words, 96 MB in float32, written by the
-head, read and written again by the log-softmax, its backward and the casts around them.
-On a CPU those passes over memory cost more than the head's arithmetic (docs/benchmarks.md).
+in a few readable lines. It writes the float32 logits of every scored position, an (N, V) block:
+at base.yaml's 1,024 scored positions and 23,562 words, 96 MB, written by the head, read and
+written again by the log-softmax, its backward and the casts around them. On a CPU those passes
+over memory cost more than the head's arithmetic (docs/benchmarks.md).
 
 :func:`linear_cross_entropy` computes the logits of ``block_rows`` rows at a time, and at once
-everything the rows need from them: their loss, the rank of their right word (for the
-accuracy metrics), and the gradient of the loss with respect to the logits, which it turns
-straight into the gradients of the hidden states, the weight and the bias. The backward pass
-then only scales those by the incoming gradient. One block of logits (a few MB) stays in the
-cache while it is used; the whole (N, V) block is never written.
+everything the rows need from them (:func:`block_loss`): their loss, the rank of their right
+word (for the accuracy metrics), and the gradient of the loss with respect to their logits,
+``softmax - one_hot``. A block of logits (a few MB) stays in the cache while it is used. Only
+that gradient is kept for every row, in the compute dtype (bfloat16 under autocast: 48 MB at
+base.yaml's sizes), for the two products that make the gradients of the hidden states and of
+the weight, each over all the rows at once: per block, the weight's partial gradients would
+each have to be added into float32, a pass over the (V, D) matrix per block. The backward pass
+only scales those gradients by the incoming one.
 
-The arithmetic per block (:func:`block_loss`) is a handful of element-wise passes over the
-block's logits; ``torch.compile`` fuses them into one or two loops (3 times faster on a CPU at
-base.yaml's sizes). It is compiled where that pays off (a vocabulary of at least
-``COMPILE_FROM_VOCAB`` words), and run as it is elsewhere or where compiling fails.
+The arithmetic per block is a handful of element-wise passes over the block's logits;
+``torch.compile`` fuses them into one or two loops (twice as fast on a CPU at base.yaml's sizes).
+It is compiled where that pays off (a vocabulary of at least ``COMPILE_FROM_VOCAB`` words), and
+run as it is elsewhere or where compiling fails.
 """
 
 from __future__ import annotations
@@ -128,8 +131,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ranks = torch.zeros(N, dtype=torch.long, device=hidden.device)
         with_grad = any(ctx.needs_input_grad[:3])
         if with_grad:
-            grad_hidden = torch.zeros_like(hidden)  # (N, D)
-            grad_weight_t = weight.new_zeros(weight.shape[::-1], dtype=torch.float32)  # (D, V)
+            grad_logits = hidden.new_empty(N, w.shape[0])  # (N, V), in the compute dtype
             grad_bias = None if bias is None else torch.zeros_like(bias, dtype=torch.float32)  # (V,)
         # Every block is full: the last one is moved back to end at row N, and the rows it shares
         # with the one before keep their results (a row weight of 0 here: no gradient). One shape
@@ -149,12 +151,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
             loss_fn = compiled_block_loss if compile else block_loss
             block_losses, block_ranks, grad, block_grad_bias = loss_fn(logits, bias, labels[rows], weights)
             losses[new], ranks[new] = block_losses[done:], block_ranks[done:]
-            grad_hidden[new] = grad[done:] @ w  # (n, V) @ (V, D) -> (n, D)
-            grad_weight_t += h.T @ grad  # (D, n) @ (n, V) -> (D, V), summed in float32 over the blocks
+            grad_logits[new] = grad[done:]
             if grad_bias is not None:
                 grad_bias += block_grad_bias
         if with_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight_t.T, grad_bias)
+            grad_hidden = grad_logits @ w  # (N, V) @ (V, D) -> (N, D)
+            grad_weight = (grad_logits.T @ hidden).float()  # (V, N) @ (N, D) -> (V, D)
+            ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.mark_non_differentiable(ranks)
         return (losses * row_weight).sum(), ranks
 
