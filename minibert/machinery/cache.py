@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from minibert.errors import MinibertError
-from minibert.machinery.files import atomic_write
+from minibert.machinery.files import atomic_write, owner
 
 CACHE_FORMAT = 2  # bump when the cache layout or the tokenizer changes (2: the record holds the files' sizes)
 RECORD = "settings.json"  # what the cache was built from, and the size of each of its other files
@@ -83,7 +83,9 @@ def write_cache(
     """Write a cache into a temporary directory, then rename it to ``cache_dir`` if that is still absent.
 
     A reader therefore sees a complete cache or none. When another process (a DDP rank, a
-    second run) finished the same cache first, its copy is kept: same key, same content.
+    second run) finished the same cache first, its copy is kept: same key, same content. The
+    temporary directory's name carries this process's id: one left by a kill is removed by a
+    later run (:func:`minibert.machinery.files.remove_stale_temporaries`).
     A write that fails (a full disk) leaves nothing behind and is said in one line.
 
     Args:
@@ -95,7 +97,7 @@ def write_cache(
     tmp = None
     try:
         cache_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=cache_dir.name + ".tmp-", dir=cache_dir.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{cache_dir.name}.tmp-{owner()}-", dir=cache_dir.parent))
         for name, array in arrays.items():
             with atomic_write(tmp / f"{name}.npy", "wb") as file:
                 np.save(file, array)
@@ -149,7 +151,7 @@ def cache_problem(cache_dir: Path) -> str | None:
 
 def _discard(cache_dir: Path, problem: str) -> None:
     """Move a damaged cache out of the way in one rename (a process may still read it), then delete it."""
-    trash = cache_dir.with_name(f"{cache_dir.name}.damaged-{os.getpid()}")
+    trash = cache_dir.with_name(f"{cache_dir.name}.damaged-{owner()}")
     try:
         os.rename(cache_dir, trash)
     except FileNotFoundError:  # another process (a DDP rank) moved it first
