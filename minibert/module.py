@@ -229,7 +229,7 @@ def check_recipe(
 ) -> None:
     """Refuse, in one line, a training option out of its range, before any work (PyTorch would fail later, at length)."""
     checks = [
-        (math.isfinite(lr) and lr > 0, f"model.lr={lr} must be a positive number"),
+        (math.isfinite(lr) and lr >= 0, f"model.lr={lr} must be at least 0"),
         (
             math.isfinite(weight_decay) and weight_decay >= 0,
             f"model.weight_decay={weight_decay} must be at least 0",

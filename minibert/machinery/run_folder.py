@@ -44,11 +44,14 @@ class RunLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_FILE
         self._file = None
+        self._made: list[Path] = []
 
     def acquire(self) -> None:
         """Take the lock, or say in one line which run holds it."""
         if fcntl is None:
             return
+        # Folders made here go again with the lock if the run wrote nothing into them.
+        self._made = [path for path in (self.folder, *self.folder.parents) if not path.exists()]
         self.folder.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + ORPHANS_WAIT
         while self._file is None:
@@ -88,6 +91,11 @@ class RunLock:
             self.path.unlink(missing_ok=True)
             self._file.close()
             self._file = None
+            for folder in self._made:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: the run wrote into it
+                    break
 
 
 def is_first_process() -> bool:
