@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import SAMPLE_CORPUS
 
-import minibert.data
+import minibert.encode
 import minibert.machinery.cache
 from minibert.data import EuroparlDataModule
 from minibert.encode import EncodingSettings, build_cache, split_mask
@@ -26,14 +26,14 @@ SETTINGS = EncodingSettings(vocab_size=60, min_freq=1, max_sentences=None, val_f
 def count_tokenizations(monkeypatch) -> list[int]:
     """Count the sentences that go through the tokenizer."""
     calls: list[int] = []
-    real = minibert.data.tokenize_lines
+    real = minibert.encode.tokenize_lines
 
     def counting(text: str) -> list[list[str]]:
         lines = real(text)
         calls.append(len(lines))
         return lines
 
-    monkeypatch.setattr(minibert.data, "tokenize_lines", counting)
+    monkeypatch.setattr(minibert.encode, "tokenize_lines", counting)
     return calls
 
 
