@@ -5,51 +5,100 @@
 see :mod:`minibert.machinery.resume` for what is saved, and
 :mod:`minibert.machinery.checkpoint` for the checks made before anything is loaded.
 ``export``, ``neighbors`` and ``fill-mask`` look into a trained checkpoint (:mod:`minibert.explore`).
+
+A training run owns its checkpoint folder (:mod:`minibert.machinery.run_folder`): locked while it
+trains, never taken over by a new run unless ``--overwrite true`` says so. Ctrl-C, SIGTERM and
+SIGHUP stop it cleanly at any moment (:mod:`minibert.machinery.stopping`), and a failure of a
+known kind (a full disk, memory) is one line (:mod:`minibert.machinery.failures`).
 """
 
 from __future__ import annotations
 
 import signal
 import sys
-from pathlib import Path
-from typing import Any
+import warnings
 
-from jsonargparse import ArgumentError
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+try:  # Ctrl-C in the seconds that these imports take: one line, not a traceback
+    from pathlib import Path
+    from typing import Any
 
-from minibert.data import EuroparlDataModule
-from minibert.errors import MinibertError, escape_what_cannot_be_printed, stop_quietly_on_closed_pipe
-from minibert.explore import commands as inspection
-from minibert.machinery.allocator import KeepFreedMemory
-from minibert.machinery.checkpoint import (
-    SHAPE_ARGS,
-    check_argument_names,
-    check_checkpoint_file,
-    check_resumable,
-    use_atomic_checkpoints,
-)
-from minibert.machinery.files import check_output_folder
-from minibert.machinery.options import parse_error, trainer_error
-from minibert.machinery.precision import choose_precision
-from minibert.machinery.resume import (
-    Interrupted,
-    LogsBeforeCheckpoint,
-    NextEpochFromItsStart,
-    ResumeState,
-    SaveFinalStep,
-    SaveOnInterrupt,
-    continue_logging_in,
-    find_checkpoint,
-)
-from minibert.module import MiniBert
-from minibert.progress import use_run_progress_bar
+    from jsonargparse import ArgumentError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+    from lightning.pytorch.utilities import rank_zero_info
+
+    from minibert.data import EuroparlDataModule
+    from minibert.errors import MinibertError, escape_what_cannot_be_printed, stop_quietly_on_closed_pipe
+    from minibert.explore import commands as inspection
+    from minibert.machinery.allocator import KeepFreedMemory
+    from minibert.machinery.checkpoint import (
+        SHAPE_ARGS,
+        check_argument_names,
+        check_checkpoint_file,
+        check_resumable,
+        check_same_settings,
+        check_something_to_train,
+        run_settings,
+        use_atomic_checkpoints,
+    )
+    from minibert.machinery.failures import explain, newest_checkpoint, quiet_threads_on_a_full_disk
+    from minibert.machinery.files import atomic_write, check_output_folder, remove_stale_temporaries
+    from minibert.machinery.options import parse_error, trainer_error
+    from minibert.machinery.precision import choose_precision
+    from minibert.machinery.resume import (
+        LogsBeforeCheckpoint,
+        NextEpochFromItsStart,
+        ResumeState,
+        SaveFinalStep,
+        continue_logging_in,
+        find_checkpoint,
+    )
+    from minibert.machinery.run_folder import NewRunGuard, RunLock, check_run_options, is_first_process
+    from minibert.machinery.stopping import Interrupted, SaveOnInterrupt, StopSignals
+    from minibert.module import MiniBert
+    from minibert.progress import use_run_progress_bar
+except KeyboardInterrupt:
+    print("stopped: interrupted while starting; nothing was done", file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
 
 
 class MiniBertCLI(LightningCLI):
-    """LightningCLI whose model takes its vocabulary size and sequence length from the data."""
+    """LightningCLI whose model takes its vocabulary size and sequence length from the data.
+
+    Args:
+        signals: the command's handler of Ctrl-C, SIGTERM and SIGHUP, told where training is.
+        args, kwargs: LightningCLI's.
+    """
+
+    def __init__(self, *args: Any, signals: StopSignals | None = None, **kwargs: Any) -> None:
+        self.signals = signals or StopSignals()
+        self.trainer: Trainer | None = None
+        self.run_locks: list[RunLock] = []
+        # The checkpoint a resumed run starts from, and its step:
+        self.resumed_from: tuple[Path, int] | None = None
+        kwargs.setdefault("parser_kwargs", {"fit": {"trains": True}})  # --overwrite: fit's only
+        kwargs.setdefault("save_config_callback", SaveRunConfig)
+        try:
+            super().__init__(*args, **kwargs)
+        except (MinibertError, Interrupted):
+            raise
+        except Exception as error:  # a full disk, memory, a killed worker: one line; anything else is a bug
+            explained = explain(error, self.trainer, training_started=self.signals.phase != "starting")
+            if explained is None:
+                raise
+            raise explained from None
+        finally:
+            for lock in self.run_locks:
+                lock.release()
+        if self.signals.received:  # after the last step: the run ended whole, and says so
+            newest = newest_checkpoint(self.trainer)
+            saved = f"; its newest checkpoint is {newest[0]} (step {newest[1]})" if newest else ""
+            raise Interrupted(
+                f"{signal.Signals(self.signals.received).name} received after the run's last step: "
+                f"the run is complete{saved}",
+                self.signals.received,
+            )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.seq_len", "model.seq_len")
@@ -58,10 +107,20 @@ class MiniBertCLI(LightningCLI):
         parser.link_arguments(
             "data", "model.vocab_size", compute_fn=EuroparlDataModule.vocab_len, apply_on="instantiate"
         )
+        if getattr(parser, "trains", False):
+            parser.add_argument(
+                "--overwrite",
+                type=bool,
+                default=False,
+                help="Start a new run in a checkpoint folder that holds one, deleting its checkpoints "
+                "(without it, fit refuses; --ckpt_path last continues that run instead).",
+            )
 
-    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+    def init_parser(self, trains: bool = False, **kwargs: Any) -> LightningArgumentParser:
         # Raise on a bad option rather than print the whole usage: parse_arguments says it in one line.
-        return super().init_parser(exit_on_error=False, **kwargs)
+        parser = super().init_parser(exit_on_error=False, **kwargs)
+        parser.trains = trains  # fit's parser: add_arguments_to_parser gives it --overwrite
+        return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv = sys.argv[1:] if args is None else args
@@ -91,7 +150,16 @@ class MiniBertCLI(LightningCLI):
         }
 
     def before_instantiate_classes(self) -> None:
-        """A run whose config names no precision trains in bfloat16 where the hardware computes in it natively."""
+        """Clean the data folder of what killed runs left; pick the precision of a run whose config names none.
+
+        A run whose config names no precision trains in bfloat16 where the hardware computes in it natively.
+        """
+        data_dir = (
+            (self.config[self.subcommand].get("data") or {}).get("data_dir") if self.subcommand else None
+        )
+        if data_dir and is_first_process():
+            for folder in (Path(data_dir), Path(data_dir) / "cache"):
+                remove_stale_temporaries(folder)
         if self.subcommand != "fit":  # scoring stays in float32, comparable from run to run
             return
         trainer = self.config["fit"]["trainer"]
@@ -123,17 +191,90 @@ class MiniBertCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
-        """Write checkpoints atomically, show the whole run's progress; on resume, check the checkpoint and log into the run's own folder."""
+        """Take the run's checkpoint folder; write checkpoints atomically, show the whole run's progress; on resume, check the checkpoint and log into the run's own folder."""
         use_atomic_checkpoints(self.trainer)
         use_run_progress_bar(self.trainer)
-        path = find_checkpoint(self.trainer, self.config_init["fit"].get("ckpt_path"))
+        config = self.config_init["fit"]
+        ckpt_path = config.get("ckpt_path")
+        folders = sorted(
+            {folder for folder, what in output_folders(self.trainer, "fit") if what == "checkpoint folder"}
+        )
+        check_run_options(overwrite=bool(config.get("overwrite")), resuming=bool(ckpt_path))
+        if is_first_process():  # under DDP the first process guards the folder for all
+            self.take_folders(folders)
+        if not ckpt_path:
+            self.trainer.callbacks.insert(0, NewRunGuard(folders, overwrite=bool(config.get("overwrite"))))
+        settings = run_settings(self.config["fit"])
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, ResumeState):
+                callback.settings = settings
+        path = find_checkpoint(self.trainer, ckpt_path)
         if path is None:  # a fresh run, or 'best'/'hpc', or 'last' before any checkpoint exists
+            if ckpt_path == "last":
+                rank_zero_info(
+                    f"--ckpt_path last: no checkpoint in {', '.join(map(str, folders))}; a new run starts"
+                )
+                config["ckpt_path"] = None
             return
         checkpoint = check_resumable(
             path, {**self.model.hparams, **self.requested_shape}, self.datamodule.vocab
         )
-        self.config_init["fit"]["ckpt_path"] = str(path)  # Lightning loads the file just checked
         continue_logging_in(self.trainer.logger, checkpoint)
+        check_same_settings(checkpoint, settings, path, getattr(self.trainer.logger, "log_dir", None))
+        check_something_to_train(checkpoint, path, self.trainer.max_steps, self.trainer.max_epochs)
+        self.config_init["fit"]["ckpt_path"] = str(path)  # Lightning loads the file just checked
+        self.resumed_from = (path, checkpoint.get("global_step", 0))
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, SaveRunConfig):
+                callback.resumed_at = self.resumed_from[1]
+
+    def take_folders(self, folders: list[Path]) -> None:
+        """Lock the run's checkpoint folders, and remove what killed runs left in them and in the log folder."""
+        for folder in folders:
+            self.run_locks.append(RunLock(folder))
+            self.run_locks[-1].acquire()
+            remove_stale_temporaries(folder)
+        for folder, what in output_folders(self.trainer, "fit"):
+            if what == "log folder" and folder.is_dir():
+                remove_stale_temporaries(folder, recursive=True)
+        # NewRunGuard says what matters, a run's checkpoints; the folder's .lock and .gitkeep are none.
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+    def after_fit(self) -> None:
+        """A resumed run that trained no step is no success: one line says so (Lightning ends it with exit code 0)."""
+        if self.resumed_from is not None and self.signals.received is None:
+            path, step = self.resumed_from
+            if self.trainer.global_step <= step:
+                raise MinibertError(
+                    f"the run resumed from {path} at step {step} trained no step: Lightning found its limits reached "
+                    "(trainer.max_steps, max_epochs or max_time); continue it with larger ones and --ckpt_path last"
+                )
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """LightningCLI's ``config.yaml`` in the run's log folder: written whole, and never over the one the run started with.
+
+    A resumed run logs into its run's folder: its own settings go beside the first ones, in
+    ``config.resumed-at-step-N.yaml``. ``--overwrite`` is saved as false, so that a run started
+    again from a saved config never deletes checkpoints unasked.
+    """
+
+    resumed_at: int | None = None  # the step a resumed run starts from, set by the command line
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        log_dir = trainer.log_dir  # on every process: it broadcasts the folder
+        if self.already_saved or log_dir is None or not trainer.is_global_zero:
+            return
+        path = Path(log_dir) / self.config_filename
+        if path.exists():
+            path = path.with_name(f"config.resumed-at-step-{self.resumed_at or 0}.yaml")
+        config = self.config.clone()
+        if "overwrite" in config:
+            config["overwrite"] = False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, encoding="utf-8") as file:
+            file.write(self.parser.dump(config, skip_none=False))
+        self.already_saved = True
 
 
 def output_folders(trainer: Trainer, subcommand: str | None) -> list[tuple[Path, str]]:
@@ -173,20 +314,23 @@ def main(args: list[str] | None = None) -> None:
     """
     argv = sys.argv[1:] if args is None else args
     escape_what_cannot_be_printed()
+    signals = StopSignals()
     try:
         if argv and argv[0] in inspection.COMMANDS:
             inspection.main(argv)
         else:
+            signals.install()
+            quiet_threads_on_a_full_disk()
             MiniBertCLI(
                 MiniBert,
                 EuroparlDataModule,
-                save_config_kwargs={"overwrite": True},
+                signals=signals,
                 # Added to every run, whatever callbacks the config lists: the first five make
                 # resuming exact, the last makes CPU steps faster.
                 trainer_defaults={
                     "callbacks": [
                         ResumeState(),
-                        SaveOnInterrupt(),
+                        SaveOnInterrupt(signals),
                         SaveFinalStep(),
                         LogsBeforeCheckpoint(),
                         NextEpochFromItsStart(),
@@ -199,13 +343,23 @@ def main(args: list[str] | None = None) -> None:
     except BrokenPipeError:
         stop_quietly_on_closed_pipe()
     except MinibertError as error:
-        print(f"error: {error}", file=sys.stderr)
-        if error.hint:
-            print(error.hint, file=sys.stderr)
+        say(f"error: {error}", error.hint)
         sys.exit(2)
     except Interrupted as stop:
-        print(f"stopped: {stop}", file=sys.stderr)
+        say(f"stopped: {stop}")
         sys.exit(stop.exit_code)
-    except KeyboardInterrupt:  # before training started (reading the corpus, say): nothing to save
-        print("stopped: interrupted before training started; nothing was saved", file=sys.stderr)
+    except KeyboardInterrupt:  # an inspection command (training takes its signals itself)
+        say("stopped: interrupted before training started; nothing was saved")
         sys.exit(128 + signal.SIGINT)
+    finally:
+        signals.restore()
+
+
+def say(*lines: str | None) -> None:
+    """Print the command's last lines on stderr, which may be gone (a closed terminal, a closed pipe)."""
+    try:
+        for line in lines:
+            if line:
+                print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from minibert.errors import MinibertError
 from minibert.fast import FastEncoder
 from minibert.masking import IGNORE_INDEX
 from minibert.model import Encoder, EncoderConfig
@@ -52,6 +53,7 @@ class MiniBert(L.LightningModule):
         **encoder: Any,
     ) -> None:
         super().__init__()
+        check_recipe(lr, weight_decay, betas, warmup_steps, min_lr_ratio, top_k)
         self.save_hyperparameters()
         config = EncoderConfig(**encoder)  # the command line reads its fields as model.* options
         self.encoder = FastEncoder(config) if fast else Encoder(config)
@@ -216,6 +218,34 @@ class MiniBert(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "vocabulary" in checkpoint:
             self.vocab = Vocabulary.from_dict(checkpoint["vocabulary"])
+
+
+def check_recipe(
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    warmup_steps: int,
+    min_lr_ratio: float,
+    top_k: int,
+) -> None:
+    """Refuse, in one line, a training option out of its range, before any work (PyTorch would fail later, at length)."""
+    checks = [
+        (math.isfinite(lr) and lr >= 0, f"model.lr={lr} must be at least 0"),
+        (
+            math.isfinite(weight_decay) and weight_decay >= 0,
+            f"model.weight_decay={weight_decay} must be at least 0",
+        ),
+        (
+            len(betas) == 2 and all(0 <= beta < 1 for beta in betas),
+            f"model.betas={list(betas)} must be two numbers in [0, 1)",
+        ),
+        (warmup_steps >= 0, f"model.warmup_steps={warmup_steps} must be at least 0"),
+        (0 <= min_lr_ratio <= 1, f"model.min_lr_ratio={min_lr_ratio} must be in [0, 1]"),
+        (top_k >= 1, f"model.top_k={top_k} must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise MinibertError(message)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, decay: str, min_ratio: float) -> float:

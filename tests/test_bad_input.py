@@ -255,6 +255,82 @@ ROWS = [
         [*FIT, "--ckpt_path", "last", "--data.seq_len", "10"],
         r"error: cannot resume from .*last.ckpt: model.seq_len: the checkpoint was trained with 12, this run asks for 10",
     ),
+    (
+        "resume with another batch_size",
+        [*FIT, "--ckpt_path", "last", "--data.batch_size", "32"],
+        r"error: cannot resume from .*last.ckpt: data.batch_size: the run was trained with 16, this run asks for 32; "
+        r"a resumed run keeps the settings it was trained with \(they are in lightning_logs/version_0/config.yaml\): "
+        r"drop the change, or start a new run with --overwrite true",
+    ),
+    (
+        "resume with another mask_prob and lr",
+        [*FIT, "--ckpt_path", "last", "--data.mask_prob", "0.4", "--model.lr", "0.01"],
+        r"error: cannot resume from .*last.ckpt: data.mask_prob: the run was trained with 0.15, this run asks for 0.4; "
+        r"model.lr: the run was trained with 0.002, this run asks for 0.01; a resumed run keeps .*",
+    ),
+    (
+        "resume with nothing left to train: max_steps",
+        [*FIT, "--ckpt_path", "last"],
+        r"error: nothing to train: the run in .*checkpoints/last.ckpt is at step 84 and trainer.max_steps is 1; "
+        r"continue it with a larger --trainer.max_steps and --ckpt_path last",
+    ),
+    (
+        "resume with nothing left to train: max_epochs",
+        ["fit", "--config", "configs/tiny.yaml", "--trainer.max_steps", "200", "--ckpt_path", "last"],
+        r"error: nothing to train: the run in .*checkpoints/last.ckpt has trained 2 epoch\(s\) \(step 84\) and "
+        r"trainer.max_epochs is 2; continue it with a larger --trainer.max_epochs \(-1: no limit\) and --ckpt_path last",
+    ),
+    (
+        "a new run in a folder that holds a run",
+        FIT,
+        r"error: checkpoint folder .*checkpoints already holds a run \(last.ckpt, .*\): continue it with --ckpt_path last, "
+        r"or replace it with --overwrite true \(its checkpoints are deleted, its logs kept\)",
+    ),
+    (
+        "--overwrite with --ckpt_path",
+        [*FIT, "--overwrite", "true", "--ckpt_path", "last"],
+        r"error: --overwrite true starts a new run in place of the old one, --ckpt_path continues a run: give one of them",
+    ),
+    (
+        # --overwrite deletes the old run's checkpoints only when training starts: here it never does.
+        "val_check_interval larger than an epoch",
+        [*FIT, "--overwrite", "true", "--trainer.val_check_interval", "1000"],
+        r"error: trainer.val_check_interval=1000 is more than the 42 training batches of an epoch; nothing was trained: "
+        r"give at most 42 \(or a share of the epoch, such as 0.5\), or count steps across epochs with "
+        r"--trainer.check_val_every_n_epoch null",
+    ),
+    (
+        "a negative learning rate",
+        [*FIT, "--model.lr", "-1"],
+        r"error: model.lr=-1.0 must be at least 0",
+    ),
+    (
+        "a negative weight decay",
+        [*FIT, "--model.weight_decay", "-0.1"],
+        r"error: model.weight_decay=-0.1 must be at least 0",
+    ),
+    (
+        "betas out of range",
+        [*FIT, "--model.betas", "[0.9, 1.0]"],
+        r"error: model.betas=\[0.9, 1.0\] must be two numbers in \[0, 1\)",
+    ),
+    (
+        "negative warm-up steps",
+        [*FIT, "--model.warmup_steps", "-5"],
+        r"error: model.warmup_steps=-5 must be at least 0",
+    ),
+    (
+        "min_lr_ratio above 1",
+        [*FIT, "--model.min_lr_ratio", "2"],
+        r"error: model.min_lr_ratio=2.0 must be in \[0, 1\]",
+    ),
+    ("top_k zero", [*FIT, "--model.top_k", "0"], r"error: model.top_k=0 must be at least 1"),
+    (
+        "a model too big for the memory",
+        [*FIT, "--model.embed_dim", str(2**50), "--model.num_heads", "2"],
+        r"error: out of memory while building the model \(one allocation of [\d,.]+ [PT]B\): nothing was written; "
+        r"choose a smaller model \(model.embed_dim, model.ff_dim, model.num_layers, data.vocab_size\) and run again",
+    ),
 ]
 
 

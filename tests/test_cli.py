@@ -197,5 +197,15 @@ def test_a_run_says_which_precision_it_chose_and_the_option_overrides_it(workdir
     assert f"precision: {expected}, as " in chosen.stdout + chosen.stderr
     saved = yaml.safe_load((workdir / "lightning_logs" / "version_0" / "config.yaml").read_text())
     assert saved["trainer"]["precision"] == expected  # a resumed run reads the same choice
-    forced = run_cli("fit", "--config", config, *shrink, "--trainer.precision", "32-true", cwd=workdir)
+    forced = run_cli(
+        "fit",
+        "--config",
+        config,
+        *shrink,
+        "--trainer.precision",
+        "32-true",
+        "--overwrite",
+        "true",
+        cwd=workdir,
+    )
     assert "precision: " not in forced.stdout + forced.stderr

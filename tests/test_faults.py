@@ -1,14 +1,24 @@
-"""A real ``lightning fit`` killed, stopped and resumed: nothing lost but the steps since the last checkpoint."""
+"""A real ``lightning fit`` killed, stopped and resumed: nothing lost but the steps since the last checkpoint.
+
+And every signal at every moment of a run, and every failure that is not a bug (memory, a killed
+DataLoader worker, a full disk), end in one line that says what is saved and what to do.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
+import re
 import signal
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import script
@@ -16,6 +26,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from minibert.cli import main
 from minibert.machinery.checkpoint import AtomicCheckpointIO, check_checkpoint_file
+from minibert.module import MiniBert
+from minibert.windows import TokenWindows
 
 MAX_STEPS = 50  # the tiny config: 34 steps an epoch, a step checkpoint every 10
 FIT = [
@@ -165,3 +177,253 @@ def test_a_checkpoint_implies_its_logs(workdir):
     events = EventAccumulator(str(workdir / "lightning_logs" / "version_0")).Reload()
     steps = [event.step for event in events.Scalars("train/loss")]
     assert steps == list(range(10))  # each step once: none missing, none logged twice
+
+
+# --- signals at every moment of a run ----------------------------------------------------------
+
+
+class SignalAt(L.Callback):
+    """Sends this process a signal when Lightning calls ``hook``, as a person or the system would."""
+
+    def __init__(self, hook: str, signal_name: str) -> None:
+        self.hook, self.number = hook, signal.Signals[signal_name]
+        setattr(self, hook, self.send)
+
+    def send(self, *args, **kwargs) -> None:
+        os.kill(os.getpid(), self.number)
+
+
+def fit_in(workdir: Path, *args: str) -> None:
+    """``lightning fit`` in-process, in ``workdir``."""
+    cwd = Path.cwd()
+    os.chdir(workdir)
+    try:
+        main([*FIT, *args])
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("hook", "name"), [("setup", "SIGINT"), ("on_sanity_check_start", "SIGTERM"), ("on_fit_start", "SIGHUP")]
+)
+def test_a_signal_before_the_first_step_stops_at_once_and_says_so(workdir, capsys, hook, name):
+    with pytest.raises(SystemExit) as stop:
+        fit_in(workdir, "--trainer.callbacks+=test_faults.SignalAt", f"--trainer.callbacks.hook={hook}",
+               f"--trainer.callbacks.signal_name={name}")  # fmt: skip
+    assert stop.value.code == 128 + signal.Signals[name]
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"stopped: {name} received before training started: nothing was trained, and no file already written "
+        "was changed; run the same command again"
+    )
+    assert list((workdir / "checkpoints").glob("*.ckpt")) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the command gave its signals back
+
+
+@pytest.mark.slow
+def test_ctrl_c_after_the_last_step_lets_the_run_end_whole(workdir, capsys):
+    with pytest.raises(SystemExit) as stop:
+        fit_in(workdir, "--trainer.callbacks+=test_faults.SignalAt", "--trainer.callbacks.hook=on_train_end",
+               "--trainer.callbacks.signal_name=SIGINT")  # fmt: skip
+    assert stop.value.code == 128 + signal.SIGINT
+    last = workdir / "checkpoints" / "last.ckpt"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"stopped: SIGINT received after the run's last step: the run is complete; its newest checkpoint is {last} "
+        f"(step {MAX_STEPS})"
+    )
+    assert global_step(last) == MAX_STEPS
+
+
+# Ctrl-C in the seconds that importing torch and Lightning takes, before main() runs.
+CTRL_C_WHILE_IMPORTING = """
+import builtins, os, signal
+real_import = builtins.__import__
+
+def import_then_ctrl_c(name, *args, **kwargs):
+    if name == "lightning.pytorch.cli":
+        os.kill(os.getpid(), signal.SIGINT)
+    return real_import(name, *args, **kwargs)
+
+builtins.__import__ = import_then_ctrl_c
+from minibert.cli import main
+main()
+"""
+
+
+def test_ctrl_c_while_importing_is_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WHILE_IMPORTING, "fit", "--config", "configs/tiny.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 128 + signal.SIGINT
+    assert result.stderr == "stopped: interrupted while starting; nothing was done\n"
+
+
+@pytest.mark.slow
+def test_sighup_saves_after_the_step_like_sigterm(workdir):
+    run = start(workdir)
+    wait_for_last_checkpoint(run, workdir / "checkpoints", after_step=0)
+    run.send_signal(signal.SIGHUP)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 128 + signal.SIGHUP, stderr[-3000:]
+    stopped_at = global_step(workdir / "checkpoints" / "last.ckpt")
+    assert stderr.strip().splitlines()[-1] == (
+        f"stopped: SIGHUP received: stopped after step {stopped_at} and saved {workdir / 'checkpoints' / 'last.ckpt'}; "
+        "continue with the same command and --ckpt_path last"
+    )
+
+
+@pytest.mark.slow
+def test_closing_the_terminal_saves_the_run(workdir):
+    """The run's terminal closes (SIGHUP to it and its DataLoader workers): it saves, then exits 129."""
+    master, terminal = os.openpty()
+
+    def own_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(terminal, termios.TIOCSCTTY, 0)
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    args = ("--data.num_workers", "2", "--trainer.enable_progress_bar", "true")
+    run = subprocess.Popen(
+        [script("lightning"), *FIT, *args],
+        cwd=workdir,
+        env=env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        preexec_fn=own_terminal,
+    )
+    os.close(terminal)
+    os.set_blocking(master, False)
+    checkpoint, deadline = workdir / "checkpoints" / "step=10.ckpt", time.monotonic() + 240
+    while not checkpoint.exists():
+        assert run.poll() is None and time.monotonic() < deadline, "no checkpoint in time"
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.read(master, 65536)  # what a terminal shows
+        time.sleep(0.05)
+    os.close(master)  # the terminal is gone
+    assert run.wait(timeout=120) == 128 + signal.SIGHUP
+    assert global_step(workdir / "checkpoints" / "last.ckpt") >= 10
+    for path in (workdir / "checkpoints").glob("*.ckpt"):
+        check_checkpoint_file(path)
+
+
+# --- failures that are one line: memory, a killed worker, a full disk ---------------------------
+
+FAILURE_FIT = ("--trainer.max_steps", "30", "--trainer.num_sanity_val_steps", "0")
+
+
+def kill_worker_after_step_10(windows, index):
+    """TokenWindows.__getitem__ of a DataLoader worker that is killed (as the system's OOM killer would) after step 10."""
+    if os.getpid() != MAIN_PID and Path("checkpoints/step=10.ckpt").exists():
+        os.kill(os.getpid(), signal.SIGKILL)
+    return GET_WINDOW(windows, index)
+
+
+MAIN_PID, GET_WINDOW = os.getpid(), TokenWindows.__getitem__
+
+
+@pytest.mark.slow
+def test_a_killed_dataloader_worker_is_one_line(workdir, monkeypatch, capsys):
+    monkeypatch.setattr(TokenWindows, "__getitem__", kill_worker_after_step_10)
+    with pytest.raises(SystemExit) as stop:
+        fit_in(workdir, *FAILURE_FIT, "--data.num_workers", "2")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.fullmatch(
+        rf"error: a DataLoader worker \(process \d+\) was killed \(signal: Killed\) at step \d+, most often by the system for want "
+        rf"of memory; the newest checkpoint, {re.escape(str(workdir))}/checkpoints/\S+.ckpt \(step 10\), is whole: "
+        r"continue with the same command and --ckpt_path last, with fewer --data.num_workers \(0 reads the data in the "
+        r"main process\)",
+        err.strip().splitlines()[-1],
+    ), err[-2000:]
+
+
+def out_of_memory_at_step_12(module, batch, batch_idx):
+    if module.trainer.global_step == 12:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)")
+    return TRAINING_STEP(module, batch, batch_idx)
+
+
+TRAINING_STEP = MiniBert.training_step
+
+
+@pytest.mark.slow
+def test_out_of_memory_in_a_step_is_one_line(workdir, monkeypatch, capsys):
+    monkeypatch.setattr(MiniBert, "training_step", out_of_memory_at_step_12)
+    with pytest.raises(SystemExit) as stop:
+        fit_in(workdir, *FAILURE_FIT)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: out of memory at step 12 (one allocation of 2.00 GiB); the newest checkpoint, "
+        f"{workdir / 'checkpoints' / 'last.ckpt'} (step 10), is whole: continue with the same command and --ckpt_path "
+        "last where more memory is free, or start a new run with a smaller data.batch_size or model"
+    )
+
+
+DISK = {"full_from_step": None}
+
+
+class DiskFullFrom(L.Callback):
+    """From a step on, TensorBoard's writes fail with ENOSPC (see full_log_disk)."""
+
+    def __init__(self, step: int) -> None:
+        DISK["full_from_step"] = step
+        DISK["full"] = step == 0
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        DISK["full"] = trainer.global_step >= DISK["full_from_step"]
+
+
+def full_log_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorBoard writes its event files through gfile: make them fail when DISK says so, after part of a write."""
+    from tensorboard.compat.tensorflow_stub.io import gfile
+
+    for name in ("write", "append"):
+        real = getattr(gfile.LocalFileSystem, name)
+
+        def fails_when_full(self, filename, file_content, *args, _real=real, **kwargs):
+            if DISK.get("full"):
+                _real(self, filename, file_content[: len(file_content) // 2], *args, **kwargs)
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return _real(self, filename, file_content, *args, **kwargs)
+
+        monkeypatch.setattr(gfile.LocalFileSystem, name, fails_when_full)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", [0, 12])
+def test_a_full_log_disk_is_one_line_and_the_checkpoints_stay_whole(workdir, monkeypatch, capsys, step):
+    full_log_disk(monkeypatch)
+    with pytest.raises(SystemExit) as stop:
+        fit_in(
+            workdir,
+            *FAILURE_FIT,
+            "--trainer.callbacks+=test_faults.DiskFullFrom",
+            f"--trainer.callbacks.step={step}",
+        )
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Exception in thread" not in err
+    last = workdir / "checkpoints" / "last.ckpt"
+    if step == 0:
+        expected = (
+            "error: no space left on device before training started; no checkpoint was saved, and no file already "
+            "written was changed: free some space, then run the same command again"
+        )
+    else:
+        stopped = re.search(r"at step (\d+);", err)[1]
+        assert 12 <= int(stopped) <= 20
+        expected = (
+            f"error: no space left on device at step {stopped}; the newest checkpoint, {last} (step 10), is whole: "
+            "free some space, then continue with the same command and --ckpt_path last"
+        )
+        assert global_step(last) == 10
+    assert err.strip().splitlines()[-1] == expected
+    for path in (workdir / "checkpoints").glob("*.ckpt"):
+        check_checkpoint_file(path)

@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from minibert.machinery.lightning_internals import (
+    epochs_trained,
     inside_train_batch_end,
     is_local_path,
     load_training_loader_state,
@@ -131,6 +132,44 @@ def test_only_a_checkpoint_written_between_two_epochs_gets_the_next_epoch_s_coun
         == 0
     )
     assert after["epoch_loop.batch_progress"]["total"]["processed"] == STEPS  # the run's totals stay
+
+
+def test_epochs_trained_are_those_after_which_lightning_trains_no_step(tmp_path):
+    """Resumed with max_epochs at the count, Lightning trains nothing; with one more, it trains."""
+    paths = {}
+
+    class SaveAt(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx in (1, STEPS - 1):  # mid-epoch, and after the epoch's last batch
+                paths[f"batch {batch_idx}"] = save(trainer, f"batch_{batch_idx}")
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            paths["epoch end"] = save(trainer, "epoch_end")
+
+    def save(trainer: L.Trainer, name: str) -> str:
+        trainer.save_checkpoint(tmp_path / f"{name}.ckpt")
+        return str(tmp_path / f"{name}.ckpt")
+
+    def steps_trained(path: str, max_epochs: int) -> int:
+        trainer = L.Trainer(
+            max_epochs=max_epochs, logger=False, accelerator="cpu", default_root_dir=tmp_path,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        )  # fmt: skip
+        trainer.fit(TinyModel(), ckpt_path=path)
+        return trainer.global_step - torch.load(path, weights_only=True)["global_step"]
+
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, callbacks=[SaveAt()], accelerator="cpu", default_root_dir=tmp_path,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(TinyModel())
+    counted = {name: epochs_trained(torch.load(path, weights_only=True)) for name, path in paths.items()}
+    assert counted == {"batch 1": 0, f"batch {STEPS - 1}": 1, "epoch end": 1}
+    for name, path in paths.items():
+        assert steps_trained(path, max_epochs=max(counted[name], 1)) == (
+            STEPS - 2 if name == "batch 1" else 0
+        ), name
+        assert steps_trained(path, max_epochs=counted[name] + 1) > 0, name
 
 
 def test_step_metrics_logged_in_on_train_batch_end_are_logged_once_and_at_once():

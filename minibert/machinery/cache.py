@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from minibert.errors import MinibertError
-from minibert.machinery.files import atomic_write
+from minibert.machinery.files import atomic_write, owner
 
 # Bump when the cache layout, the corpus reader or the tokenizer changes (2: the record holds the
 # files' sizes; 3: text composed to NFC, \r line ends and byte-order marks read as such).
@@ -85,7 +85,9 @@ def write_cache(
     """Write a cache into a temporary directory, then rename it to ``cache_dir`` if that is still absent.
 
     A reader therefore sees a complete cache or none. When another process (a DDP rank, a
-    second run) finished the same cache first, its copy is kept: same key, same content.
+    second run) finished the same cache first, its copy is kept: same key, same content. The
+    temporary directory's name carries this process's id: one left by a kill is removed by a
+    later run (:func:`minibert.machinery.files.remove_stale_temporaries`).
     A write that fails (a full disk) leaves nothing behind and is said in one line.
 
     Args:
@@ -97,7 +99,7 @@ def write_cache(
     tmp = None
     try:
         cache_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=cache_dir.name + ".tmp-", dir=cache_dir.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{cache_dir.name}.tmp-{owner()}-", dir=cache_dir.parent))
         for name, array in arrays.items():
             with atomic_write(tmp / f"{name}.npy", "wb") as file:
                 np.save(file, array)
@@ -151,7 +153,7 @@ def cache_problem(cache_dir: Path) -> str | None:
 
 def _discard(cache_dir: Path, problem: str) -> None:
     """Move a damaged cache out of the way in one rename (a process may still read it), then delete it."""
-    trash = cache_dir.with_name(f"{cache_dir.name}.damaged-{os.getpid()}")
+    trash = cache_dir.with_name(f"{cache_dir.name}.damaged-{owner()}")
     try:
         os.rename(cache_dir, trash)
     except FileNotFoundError:  # another process (a DDP rank) moved it first

@@ -1,12 +1,14 @@
 """Checkpoints: written whole or not at all, and checked before anything is loaded from them.
 
-A file that is missing, a directory, truncated or not a checkpoint at all, and a checkpoint
-made for another corpus, vocabulary or model shape, each stop the command with one line
-that names the file and what is wrong, before a single weight is loaded or a step is run.
+A file that is missing, a directory, truncated or not a checkpoint at all, a checkpoint made for
+another corpus, vocabulary or model shape, and a resumed run whose settings differ from those
+it was trained with, each stop the command with one line that names the file and what is
+wrong, before a single weight is loaded or a step is run.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import zipfile
 from dataclasses import fields
@@ -19,13 +21,43 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from minibert.errors import MinibertError
 from minibert.machinery.files import atomic_write, os_error_in
-from minibert.machinery.lightning_internals import is_local_path
+from minibert.machinery.lightning_internals import epochs_trained, is_local_path
 from minibert.model import EncoderConfig
 from minibert.tokenizer import Vocabulary
 
 # The encoder's fields that a checkpoint's weights are bound to: all but those that only
 # matter to a model trained from scratch.
 SHAPE_ARGS = tuple(field.name for field in fields(EncoderConfig) if field.name not in ("dropout", "init_std"))
+
+# Where a checkpoint holds what minibert adds to Lightning's own (minibert.machinery.resume.ResumeState).
+CHECKPOINT_KEY = "minibert_resume"
+
+# What a resumed run may set otherwise than the run it continues: where files are, how fast the
+# data is read, what is only measured. Every other data.* and model.* setting, the seed and these
+# trainer options change the training itself: a batch size moves the position in the epoch, and
+# the optimiser keeps the learning rate and betas it was saved with whatever model.lr now says.
+FREE_SETTINGS = {
+    "data.corpus",  # checked through the vocabulary: a moved file is fine, another corpus is not
+    "data.data_dir",
+    "data.download_url",
+    "data.test_corpus",
+    "data.vocab_from",
+    "data.num_workers",
+    "data.persistent_workers",
+    "data.val_mask_prob",
+    "model.fast",  # the same numbers, computed faster
+    "model.top_k",
+}
+TRAINER_SETTINGS = (
+    "precision",
+    "accumulate_grad_batches",
+    "gradient_clip_val",
+    "gradient_clip_algorithm",
+    "devices",
+    "num_nodes",
+    "limit_train_batches",
+    "overfit_batches",
+)
 
 # Model arguments renamed since older checkpoints were written: old name -> today's.
 RENAMED_ARGS = {"fused_attention": "fast"}
@@ -127,6 +159,61 @@ def check_resumable(
     if problem:
         raise MinibertError(f"cannot resume from {path}: {problem}")
     return checkpoint
+
+
+def run_settings(config: Any) -> dict[str, Any]:
+    """The settings of a ``fit`` config (jsonargparse's namespace) that make the run what it is (see ``FREE_SETTINGS``)."""
+    flat = dict(config.items(branches=False))
+    names = [name for name in flat if name.startswith(("data.", "model.")) and name not in FREE_SETTINGS]
+    names += ["seed_everything", *(f"trainer.{name}" for name in TRAINER_SETTINGS)]
+    # Plain values (lists for tuples, text for paths): what a checkpoint can hold and load safely.
+    return json.loads(json.dumps({name: flat.get(name) for name in sorted(names)}, default=str))
+
+
+def check_same_settings(
+    checkpoint: dict[str, Any], settings: dict[str, Any], path: str | Path, log_dir: str | None = None
+) -> None:
+    """Refuse, in one line, a resumed run whose settings differ from those its checkpoint was trained with.
+
+    Args:
+        checkpoint: a checkpoint as :func:`check_checkpoint_file` returns it.
+        settings: :func:`run_settings` of this run.
+        path: where it was read, for the message.
+        log_dir: the run's log folder, where its ``config.yaml`` is.
+    """
+    saved = checkpoint.get(CHECKPOINT_KEY, {}).get("settings") or {}  # none in older checkpoints
+    changed = [
+        f"{name}: the run was trained with {saved[name]}, this run asks for {settings[name]}"
+        for name in sorted(saved.keys() & settings.keys())
+        if saved[name] != settings[name]
+    ]
+    if changed:
+        config = Path(log_dir or "") / "config.yaml"
+        where = f" (they are in {config})" if log_dir and config.is_file() else ""
+        raise MinibertError(
+            f"cannot resume from {path}: {'; '.join(changed)}; a resumed run keeps the settings it was "
+            f"trained with{where}: drop the change, or start a new run with --overwrite true"
+        )
+
+
+def check_something_to_train(
+    checkpoint: dict[str, Any], path: str | Path, max_steps: int, max_epochs: int | None
+) -> None:
+    """Refuse, in one line, a resumed run that would stop before its first step, its step or epoch limit already reached.
+
+    Lightning would end such a run at once, with an exit code of 0, and say only "`max_epochs=2` reached".
+    """
+    step, epochs = checkpoint.get("global_step", 0), epochs_trained(checkpoint)
+    if max_steps != -1 and step >= max_steps:
+        reached, option = f"is at step {step} and trainer.max_steps is {max_steps}", "--trainer.max_steps"
+    elif epochs is not None and max_epochs not in (None, -1) and epochs >= max_epochs:
+        reached = f"has trained {epochs} epoch(s) (step {step}) and trainer.max_epochs is {max_epochs}"
+        option = "--trainer.max_epochs (-1: no limit)"
+    else:
+        return
+    raise MinibertError(
+        f"nothing to train: the run in {path} {reached}; continue it with a larger {option} and --ckpt_path last"
+    )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

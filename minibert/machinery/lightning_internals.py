@@ -2,7 +2,8 @@
 
 Exact resume, a safe stop and the run's progress bar need a few things Lightning has no public
 call for: the training loader's saved state where Lightning forgets to hand it over, its loop's
-counters and their place in a checkpoint, its logger connector, a logger's version before first
+counters and their place in a checkpoint (to start the next epoch, and to count the epochs
+trained), its logger connector, a logger's version before first
 use, its test for a local path, and its progress bar's refresh rule.
 They are used nowhere else, so a Lightning release that changes one breaks one function here,
 and ``tests/test_lightning_internals.py`` says which.
@@ -61,6 +62,24 @@ def start_the_next_epoch_in(checkpoint: dict, trainer: L.Trainer) -> None:
     loop["epoch_loop.val_loop.batch_progress"]["total"] = dict.fromkeys(
         loop["epoch_loop.val_loop.batch_progress"]["total"], 0
     )
+
+
+def epochs_trained(checkpoint: dict) -> int | None:
+    """How many epochs a checkpoint's run had trained whole, as Lightning's loop will count them on resume; None if unknown.
+
+    Lightning counts an epoch done (``processed``) at its end. A checkpoint written after an
+    epoch's last batch but before its end (a step checkpoint, or ``last.ckpt`` when ``max_steps``
+    falls on that batch) still counts it as running, yet a run resumed from it trains none of
+    its batches: it only ends that epoch. Such an epoch is counted here, as the loop will once
+    resumed. The counters exist only in Lightning's own part of the checkpoint.
+    """
+    try:
+        loop = checkpoint["loops"]["fit_loop"]
+        epochs, batches = loop["epoch_progress"]["current"], loop["epoch_loop.batch_progress"]
+        after_last_batch = batches["is_last_batch"] and epochs["started"] > epochs["processed"]
+        return epochs["processed"] + int(after_last_batch)
+    except (KeyError, TypeError):
+        return None
 
 
 def inside_train_batch_end(trainer: L.Trainer) -> bool:

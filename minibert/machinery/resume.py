@@ -4,10 +4,11 @@ Lightning's checkpoint holds the weights, the optimiser and scheduler, the loops
 and the training loader's state (where the epoch's shuffle had got to, see
 :class:`minibert.machinery.sampler.ResumableLoader`). Added here:
 
-- the random state, which dropout draws from, and the TensorBoard version folder
-  (:class:`ResumeState`, which also hands the loader its state where Lightning misses it);
-- a checkpoint when the run is interrupted with Ctrl-C or ``kill`` (:class:`SaveOnInterrupt`),
-  and one after the run's last step (:class:`SaveFinalStep`);
+- the random state, which dropout draws from, the TensorBoard version folder and the settings
+  that make the run what it is (:class:`ResumeState`, which also hands the loader its state
+  where Lightning misses it);
+- a checkpoint after the run's last step (:class:`SaveFinalStep`), and one when the run is
+  interrupted (:class:`minibert.machinery.stopping.SaveOnInterrupt`), both ``last.ckpt``;
 - a checkpoint written between two epochs starts the next one at its first batch
   (:class:`NextEpochFromItsStart`).
 
@@ -15,13 +16,13 @@ And a checkpoint implies its logs (:class:`LogsBeforeCheckpoint`): a run killed 
 resumes from it, so every metric of the steps it holds must already be on disk.
 
 The command line adds these callbacks to every run (see :mod:`minibert.cli`) and, before a
-resumed run, finds the checkpoint that ``--ckpt_path`` names (:func:`find_checkpoint`) and logs
-into that run's folder (:func:`continue_logging_in`).
+resumed run, finds the checkpoint that ``--ckpt_path`` names (:func:`find_checkpoint`: for
+``last``, the newest whole checkpoint of the run) and logs into that run's folder
+(:func:`continue_logging_in`).
 """
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_warn
 
+from minibert.errors import MinibertError
+from minibert.machinery.checkpoint import CHECKPOINT_KEY, check_checkpoint_file
 from minibert.machinery.lightning_internals import (
     inside_train_batch_end,
     load_training_loader_state,
@@ -37,12 +41,11 @@ from minibert.machinery.lightning_internals import (
     set_version_if_unset,
     start_the_next_epoch_in,
 )
-
-CHECKPOINT_KEY = "minibert_resume"
+from minibert.machinery.run_folder import checkpoints_in
 
 
 class ResumeState(L.Callback):
-    """Save the random state and the logger's version in every checkpoint; restore the random state on resume.
+    """Save the random state, the logger's version and the run's settings in every checkpoint; restore the random state on resume.
 
     The random state is put back at the start of training, after the sanity-check validation
     and everything else that runs between loading a checkpoint and the first step. So is the
@@ -52,6 +55,9 @@ class ResumeState(L.Callback):
 
     def __init__(self) -> None:
         self._random_state: dict[str, Any] | None = None
+        # What makes this run what it is (data.batch_size, model.lr, ...), set by the command line:
+        # a resumed run must have the same (minibert.machinery.checkpoint.check_same_settings).
+        self.settings: dict[str, Any] = {}
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -60,7 +66,11 @@ class ResumeState(L.Callback):
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             random_state["cuda"] = torch.cuda.get_rng_state_all()
         version = trainer.logger.version if trainer.logger is not None else None
-        checkpoint[CHECKPOINT_KEY] = {"random_state": random_state, "logger_version": version}
+        checkpoint[CHECKPOINT_KEY] = {
+            "random_state": random_state,
+            "logger_version": version,
+            "settings": self.settings,
+        }
 
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -75,71 +85,6 @@ class ResumeState(L.Callback):
         if "cuda" in self._random_state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(self._random_state["cuda"])
         self._random_state = None
-
-
-class Interrupted(Exception):
-    """Training stopped on a signal after saving a checkpoint; the command line says where, and exits."""
-
-    def __init__(self, message: str, signal_number: int) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + signal_number  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
-
-
-class SaveOnInterrupt(L.Callback):
-    """On Ctrl-C (SIGINT) or SIGTERM, finish the current training step, save ``last.ckpt`` and stop.
-
-    The signal only raises a flag: stopping between two steps, never inside one, keeps the
-    weights, the optimiser and the data position consistent (if the signal comes with the
-    run's last step, the run simply ends). Under DDP the flag is shared by all processes at
-    every step, so they all stop after the same step.
-    """
-
-    def __init__(self) -> None:
-        self._received: int | None = None
-        self._stop: Interrupted | None = None
-        self._previous_handlers: dict[int, Any] = {}
-
-    def _note(self, signal_number: int, frame: Any) -> None:
-        self._received = signal_number
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Replaces Lightning's own SIGTERM handler too: this one saves before stopping.
-        for number in (signal.SIGINT, signal.SIGTERM):
-            self._previous_handlers[number] = signal.signal(number, self._note)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore_handlers()
-
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        self._restore_handlers()
-
-    def _restore_handlers(self) -> None:
-        for number, handler in self._previous_handlers.items():
-            signal.signal(number, handler)
-        self._previous_handlers = {}
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if self._stop is None and trainer.strategy.reduce_boolean_decision(
-            self._received is not None, all=False
-        ):
-            path = save_last(trainer)
-            number = self._received or signal.SIGTERM  # another process of a DDP run got it
-            self._stop = Interrupted(
-                f"{signal.Signals(number).name} received: stopped after step {trainer.global_step} and saved {path}; "
-                "continue with the same command and --ckpt_path last",
-                number,
-            )
-
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        # Stopped here rather than just after saving, so that the last step's metrics are logged too.
-        if self._stop is not None:
-            raise self._stop
 
 
 class SaveFinalStep(L.Callback):
@@ -172,9 +117,17 @@ class SaveFinalStep(L.Callback):
 
 
 def save_last(trainer: L.Trainer) -> Path:
-    """Save ``last.ckpt`` between two steps, where Lightning saves its step checkpoints, so it resumes like one of them."""
+    """Save ``last.ckpt`` between two steps, where Lightning saves its step checkpoints, so it resumes like one of them.
+
+    The ModelCheckpoint callbacks that keep a ``last.ckpt`` in that folder are told it is theirs:
+    one that found a ``last.ckpt`` it had not written would write ``last-v1.ckpt`` beside it.
+    """
     path = checkpoint_dir(trainer) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
     trainer.save_checkpoint(path)
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath is not None:
+            if Path(callback.dirpath) == path.parent:
+                callback.last_model_path = str(path)
     return path
 
 
@@ -221,10 +174,12 @@ class LogsBeforeCheckpoint(L.Callback):
 
 
 def find_checkpoint(trainer: L.Trainer, ckpt_path: str | None) -> Path | None:
-    """The file that ``--ckpt_path`` names: 'last' is the newest last*.ckpt of the run's checkpoint folders.
+    """The file that ``--ckpt_path`` names: 'last' is the newest whole checkpoint in the run's checkpoint folders.
 
-    None for a fresh run, for 'best' and 'hpc' (Lightning finds those itself), and for 'last'
-    before any checkpoint exists.
+    The newest: the one written last (``last.ckpt``, or a ``step=N.ckpt`` written after it when
+    the run was killed while writing ``last.ckpt``). A damaged one (cut short by a copy, say) is
+    passed over with a warning. None for a fresh run, for 'best' and 'hpc' (Lightning finds those
+    itself), and for 'last' before any checkpoint exists.
     """
     if not ckpt_path or ckpt_path in ("best", "hpc"):
         return None
@@ -235,10 +190,19 @@ def find_checkpoint(trainer: L.Trainer, ckpt_path: str | None) -> Path | None:
         for cb in trainer.checkpoint_callbacks
         if isinstance(cb, ModelCheckpoint) and cb.dirpath
     }
-    found = [
-        path for folder in folders for path in folder.glob(f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}*.ckpt")
-    ]
-    return max(found, key=lambda path: path.stat().st_mtime_ns, default=None)
+    found = sorted(
+        (path for folder in folders for path in checkpoints_in(folder)),
+        key=lambda path: path.stat().st_mtime_ns,
+        reverse=True,
+    )
+    for path in found:
+        try:
+            check_checkpoint_file(path)
+        except MinibertError as problem:
+            rank_zero_warn(f"{problem}; passed over for --ckpt_path last")
+            continue
+        return path
+    return None
 
 
 def continue_logging_in(logger: Logger | None, checkpoint: dict[str, Any]) -> None:
