@@ -1,9 +1,9 @@
 """Every use of a private part of Lightning, each behind one small function that says why it is needed.
 
-Exact resume, a safe stop and the run's progress bar need a few things Lightning has no public
-call for: its loop's batch counters and their place in a checkpoint, its logger connector, a
-logger's version before first use, its test for a local path, its progress bar's refresh rule,
-and the text of one of its warnings.
+Exact resume, a safe stop, the run's progress bar and the GPU's step need a few things Lightning
+has no public call for: its loop's batch counters and their place in a checkpoint, its logger
+connector, a logger's version before first use, its test for a local path, its progress bar's
+refresh rule, the text of one of its warnings, and whether it logs the training step now running.
 They are used nowhere else, so a Lightning release that changes one breaks one function here,
 and ``tests/test_lightning_internals.py`` says which.
 """
@@ -131,3 +131,13 @@ def ignore_mid_epoch_resume_warning() -> None:
     warnings.filterwarnings(
         "ignore", message=re.escape(MID_EPOCH_RESUME_WARNING), category=PossibleUserWarning
     )
+
+
+def step_metrics_logged(trainer: L.Trainer) -> bool:
+    """Whether Lightning logs the training step now running: every ``log_every_n_steps`` steps, or when stopping.
+
+    :class:`minibert.static_step.StaticStep` copies a step's metrics from the GPU to the host only
+    then, once an interval rather than several times a step. Lightning decides it by a rule kept
+    in its private logger connector, asked here from inside ``training_step``.
+    """
+    return trainer._logger_connector.should_update_logs
