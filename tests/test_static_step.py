@@ -9,11 +9,16 @@ there), and that the compiled step equals the eager one.
 from __future__ import annotations
 
 import csv
+import json
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+from conftest import REPO
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
@@ -213,3 +218,32 @@ def test_the_compiled_step_equals_the_eager_one():
                 eager = static_step(model, batch)
             assert_same(ours, eager, atol=1e-5)
     assert compiled.how.startswith("static shapes, compiled"), compiled.how  # not a fallback to eager
+
+
+# --- benchmarks/gpu_check.py -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_part_in_its_cpu_smoke_mode(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--smoke"]
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert results["errors"] == {}
+    assert results["machine"]["torch"] == torch.__version__
+    assert results["loader"]["fetch_ms"] > 0
+    run = results["fit"]
+    assert run["exit_code"] == 0 and run["last_logged_step"] == 7
+    assert 0 <= run["last_validation"]["val/acc"] <= 1 and run["purity@5"] is not None
+    measured = results["throughput"]
+    assert "compiled" in measured["compiled"]["minibert"]["step"]
+    for mode in ("eager", "compiled"):
+        for model in measured[mode]:
+            if isinstance(measured[mode][model], dict):
+                assert measured[mode][model]["tokens_per_sec"] > 0
+                assert measured[mode][model]["profile"]["wall_ms"] > 0
+    report = (tmp_path / "gpu_check.md").read_text()
+    assert "| target (one H100) |" in report and (tmp_path / "fit.log").exists()
