@@ -159,6 +159,24 @@ def test_no_shape_in_the_step_depends_on_the_data():
         model.masked_loss(batch)
 
 
+@pytest.mark.filterwarnings("ignore:aten::nll_loss")  # PyTorch's note on a meta-device backward
+def test_the_gpus_branches_compile_into_one_graph():
+    """Off a CPU, attention is PyTorch's fused kernel and dropout PyTorch's own: the meta device takes those branches.
+
+    Traced with ``aot_eager`` (the graphs inductor would compile, run without generating kernels),
+    in training mode with dropout and in evaluation mode; ``fullgraph=True`` fails on any break.
+    """
+    model = tiny_model(tie_embeddings=True, dropout=0.1).to("meta")
+    step = StaticStep(True, backend="aot_eager")
+    batch = {k: v.to("meta") for k, v in BATCHES[0].items()}
+    args = (batch["input_ids"], batch["padding_mask"], batch["labels"], K)
+    loss, counts = step.run(model.encoder.train(), *args)
+    loss.backward()
+    with torch.no_grad():
+        step.run(model.encoder.eval(), *args)
+    assert step.how.startswith("static shapes, compiled"), step.how  # no fallback to eager
+
+
 def test_a_mean_metric_reads_its_input_unless_its_nan_check_is_off():
     """Why StaticStep turns the validation metrics' NaN check off: on a GPU, that read is a wait."""
     value, weight = torch.tensor(0.5, device="meta"), torch.tensor(3.0, device="meta")
