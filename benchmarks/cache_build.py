@@ -1,4 +1,4 @@
-"""Time and peak memory of encoding a corpus into the cache (``minibert/machinery/cache.py``).
+"""Time and peak memory of encoding a corpus into the cache (``build_cache`` in ``minibert/data.py``).
 
     python benchmarks/cache_build.py ../shared/data/europarl/europarl.fr.500k.txt.gz
 
@@ -15,7 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from minibert.machinery.cache import CacheSettings, build_cache, load_split
+from minibert.encode import EncodingSettings, build_cache
+from minibert.machinery.cache import load_split
 
 
 def main() -> None:
@@ -24,7 +25,7 @@ def main() -> None:
     parser.add_argument("--vocab_size", type=int, default=40_003)
     parser.add_argument("--max_sentences", type=int, default=None)
     args = parser.parse_args()
-    settings = CacheSettings(
+    settings = EncodingSettings(
         args.vocab_size, min_freq=1, max_sentences=args.max_sentences, val_fraction=0.05, seed=0
     )
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

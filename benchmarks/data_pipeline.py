@@ -158,6 +158,7 @@ def startup_child(max_sentences: int | None, data_dir: Path, steps: int = 10) ->
     """A second ``lightning fit`` on the 500k corpus (its cache already built), two workers."""
     with tempfile.TemporaryDirectory() as cwd:
         out = Path(cwd) / "startup.json"
+        (Path(cwd) / "benchmarks").symlink_to(BENCHMARKS)  # base.yaml names benchmarks/*.tsv from here
         probe = json.dumps(
             {"class_path": "data_pipeline.StartupProbe", "init_args": {"out": str(out), "at_step": steps}}
         )

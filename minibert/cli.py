@@ -53,9 +53,11 @@ class MiniBertCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.seq_len", "model.seq_len")
-        # The vocabulary exists only once the corpus is read, so this link is resolved when
-        # the data module is instantiated, just before the model.
-        parser.link_arguments("data.vocab_len", "model.vocab_size", apply_on="instantiate")
+        # The vocabulary exists only once the corpus is read: the data module, instantiated
+        # first, encodes it (or finds its cache) when asked its size, then the model is built.
+        parser.link_arguments(
+            "data", "model.vocab_size", compute_fn=EuroparlDataModule.vocab_len, apply_on="instantiate"
+        )
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         # Raise on a bad option rather than print the whole usage: parse_arguments says it in one line.
@@ -98,6 +100,17 @@ class MiniBertCLI(LightningCLI):
             rank_zero_info(
                 f"precision: {trainer['precision']}, as {why}; choose with --trainer.precision 32-true or bf16-mixed"
             )
+
+    def instantiate_classes(self) -> None:
+        """The data module, the model (its size linked from the data module's vocabulary), then the trainer."""
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            # jsonargparse wraps what the vocabulary link raised (a corpus that does not exist, say):
+            # the user's error stays one line.
+            if isinstance(error.__cause__, MinibertError):
+                raise error.__cause__ from None
+            raise
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, its options checked by Lightning and its output folders by us, before any work starts."""

@@ -1,22 +1,33 @@
-"""The LightningDataModule: from a Europarl corpus on disk to masked batches."""
+"""The LightningDataModule: from a corpus on disk to masked batches, every step in order.
+
+The path from text to what the model sees:
+
+1-5. read, split, count, encode, store: the corpus becomes arrays of token ids, once
+     (:mod:`minibert.encode`, with :mod:`minibert.corpus` and :mod:`minibert.tokenizer`);
+6. cut: samples of ``seq_len`` tokens (:mod:`minibert.windows`);
+7. mask: BERT's corruption of each batch, on its device (:mod:`minibert.masking`).
+
+:class:`EuroparlDataModule` calls them in that order: :meth:`~EuroparlDataModule.prepare_data`
+steps 1 to 5, :meth:`~EuroparlDataModule.setup` step 6, and
+:meth:`~EuroparlDataModule.on_after_batch_transfer` step 7.
+"""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
+from minibert.encode import SPLITS, EncodingSettings, build_cache, build_test_corpus_cache
 from minibert.errors import MinibertError
 from minibert.machinery.cache import (
-    CacheSettings,
-    build_cache,
-    build_test_corpus_cache,
+    VOCAB_FILE,
     cache_key,
     ensure_cache,
     key_for_test_corpus,
@@ -24,92 +35,23 @@ from minibert.machinery.cache import (
 )
 from minibert.machinery.checkpoint import checkpoint_vocabulary
 from minibert.machinery.download import EUROPARL_V7_FR, EUROPARL_V7_URL, fetch_europarl_fr
-from minibert.machinery.sampler import ResumableEpochs
+from minibert.machinery.sampler import ResumableLoader, ResumableSampler
 from minibert.masking import MaskingConfig, mask_tokens
-from minibert.tokenizer import MASK_ID, PAD_ID, SPECIAL_TOKENS, Vocabulary
-
-WINDOWS = ("tile", "sentence")
-
-
-class TokenWindows(Dataset):
-    """Samples of ``seq_len`` tokens cut from the token stream of one split.
-
-    ``windows="tile"`` lays windows end to end over the stream, so every token is inside
-    one. ``windows="sentence"`` (the reference) starts one window at each sentence: the
-    tail of a sentence longer than ``seq_len`` is then never inside any sample.
-
-    A training epoch moves every tile right by the same number of tokens (chosen by
-    :class:`minibert.machinery.sampler.ResumableSampler`), so a word meets new neighbours and new
-    positions from one epoch to the next. Sample ``i`` is tile ``i % num_windows`` moved by
-    ``i // num_windows`` tokens; the last tile then runs on from the end of the stream
-    to its start (``wrap``). Evaluation uses no shift and pads the last tile instead, so
-    every held-out token is scored exactly once.
-
-    Args:
-        tokens: flat token ids of the split, (N,).
-        offsets: start of every sentence in ``tokens``, plus the end, (S + 1,).
-        seq_len: tokens per sample.
-        packing: a window runs on across sentence ends (true), or stops at the end of its
-            sentence and is padded (false: tiles then cut each sentence on its own).
-        windows: ``tile`` or ``sentence``, as above.
-        shifts: how many shifts the sampler may choose from: ``seq_len`` for training
-            with packed tiles, 1 (no shift) otherwise.
-    """
-
-    def __init__(
-        self,
-        tokens: np.ndarray,
-        offsets: np.ndarray,
-        seq_len: int,
-        packing: bool,
-        windows: str = "tile",
-        shifts: int = 1,
-    ) -> None:
-        self.tokens, self.offsets, self.seq_len, self.packing = tokens, offsets, seq_len, packing
-        self.starts = window_starts(offsets, seq_len, packing, windows)  # (num_windows,)
-        self.shifts = shifts if windows == "tile" and packing else 1
-        self.wrap = self.shifts > 1
-
-    @property
-    def num_windows(self) -> int:
-        return len(self.starts)
-
-    def __len__(self) -> int:
-        return self.num_windows * self.shifts
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        shift, window = divmod(index, self.num_windows)
-        start = (int(self.starts[window]) + shift) % len(self.tokens)
-        end = (
-            len(self.tokens)
-            if self.packing
-            else int(self.offsets[np.searchsorted(self.offsets, start, side="right")])
-        )
-        piece = self.tokens[start : min(end, start + self.seq_len)]
-        if self.wrap and len(piece) < self.seq_len:  # run on from the start of the stream
-            piece = np.concatenate([piece, self.tokens[: self.seq_len - len(piece)]])
-        sample = np.full(self.seq_len, PAD_ID, dtype=np.int64)
-        sample[: len(piece)] = piece
-        return {"input_ids": torch.from_numpy(sample), "sample_ids": torch.tensor(index)}
+from minibert.tokenizer import (
+    MASK_ID,
+    PAD_ID,
+    PUNCTUATION,
+    SPECIAL_TOKENS,
+    Vocabulary,
+)
+from minibert.windows import WINDOWS, TokenWindows
 
 
-def window_starts(offsets: np.ndarray, seq_len: int, packing: bool, windows: str) -> np.ndarray:
-    """Where each window starts in the token stream, (num_windows,)."""
-    sentence_starts, lengths = offsets[:-1], np.diff(offsets)
-    if windows == "sentence":
-        return sentence_starts
-    if packing:  # tiles over the whole stream
-        return np.arange(0, offsets[-1], seq_len)
-    # Tiles over each sentence on its own: a sentence of n tokens gives ceil(n / seq_len) windows.
-    per_sentence = -(-lengths // seq_len)
-    first = np.repeat(np.cumsum(per_sentence) - per_sentence, per_sentence)  # each one's first window
-    return np.repeat(sentence_starts, per_sentence) + seq_len * (np.arange(per_sentence.sum()) - first)
-
-
-class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
+class EuroparlDataModule(L.LightningDataModule):
     """Europarl French for masked-word prediction.
 
-    A resumed run picks its epoch up after the batches already trained (:class:`ResumableEpochs`).
+    A resumed run picks its epoch up after the batches already trained: the training loader's
+    state, which Lightning saves in every checkpoint (:class:`~minibert.machinery.sampler.ResumableLoader`).
 
     Args:
         corpus: a sentence-per-line text file (plain or ``.gz``), a raw Europarl session
@@ -170,15 +112,18 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
         super().__init__()
         self.corpus, self.data_dir, self.download_url = corpus, Path(data_dir), download_url
         self.test_corpus, self.vocab_from = test_corpus, vocab_from
-        self.settings = CacheSettings(vocab_size, min_freq, max_sentences, val_fraction, seed)
+        self.settings = EncodingSettings(vocab_size, min_freq, max_sentences, val_fraction, seed)
         self.seq_len, self.windows, self.packing = seq_len, windows, packing
         self.mask_prob, self.val_mask_prob = mask_prob, mask_prob if val_mask_prob is None else val_mask_prob
         self.mask_token_prob, self.random_token_prob = mask_token_prob, random_token_prob
         self.batch_size, self.num_workers = batch_size, num_workers
         self.persistent_workers, self.seed = persistent_workers, seed
         self._check_options()
-        self._vocab: Vocabulary | None = None
+        self.vocab: Vocabulary | None = None  # set by load_vocabulary
+        self.cache_dir: Path | None = None  # the corpus's encoded arrays, once found or built
+        self.test_cache_dir: Path | None = None  # the test corpus's
         self.datasets: dict[str, TokenWindows] = {}
+        self._position_from_old_checkpoint: dict[str, int] = {}  # see load_state_dict
 
     def _check_options(self) -> None:
         """Every data option, checked once where it enters: a wrong value stops the command in one line."""
@@ -211,83 +156,75 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
             if not ok:
                 raise MinibertError(message)
 
-    # The cache is built on first use: the model's size depends on the vocabulary, which is
-    # linked from here when the command line instantiates both (see cli.py).
-    @property
-    def cache_dir(self) -> Path:
-        given = self.vocab if self.vocab_from else None  # else the vocabulary is built into this cache
-        return self.data_dir / "cache" / cache_key(self._corpus_path(), self.settings, given)
+    # --- steps 1 to 5, once: the command line, prepare_data and setup all come here -----------
+
+    def prepare_data(self) -> None:
+        """Encode the corpora the run needs unless their caches exist (Lightning calls this on one process per node)."""
+        self.load_vocabulary()  # first: it encodes the test corpus too
+        if self.test_corpus is not None:
+            self._encode_test_corpus_once()
+
+    def load_vocabulary(self) -> Vocabulary:
+        """The vocabulary: ``vocab_from``'s, or the one counted on the training split (the corpus is encoded first, unless cached).
+
+        The command line calls this (through :meth:`vocab_len`) before it builds the model, whose
+        size is the vocabulary's; ``prepare_data`` and ``setup`` then find it done.
+        """
+        if self.vocab is None and self.vocab_from:
+            self.vocab = checkpoint_vocabulary(self.vocab_from)
+        if self.vocab is None:
+            self.vocab = Vocabulary.load(self._encode_corpus_once() / VOCAB_FILE)
+        return self.vocab
+
+    def vocab_len(self) -> int:
+        """Number of entries of the vocabulary (at most ``vocab_size``): the model's ``vocab_size``."""
+        return len(self.load_vocabulary())
+
+    def _encode_corpus_once(self) -> Path:
+        """The cache folder of ``corpus``, found (or built: steps 1 to 5) on the first call and kept."""
+        if self.cache_dir is None:
+            corpus = self._corpus_path()  # downloads Europarl on first use
+            given = self.load_vocabulary() if self.vocab_from else None  # else it is counted into the cache
+            key = cache_key(corpus, asdict(self.settings), PUNCTUATION, given.itos if given else None)
+            cache_dir = self.data_dir / "cache" / key
+            ensure_cache(cache_dir, lambda: build_cache(corpus, self.settings, cache_dir, given))
+            self.cache_dir = cache_dir
+        return self.cache_dir
 
     def _corpus_path(self) -> Path:
         if self.corpus == EUROPARL_V7_FR:
             return fetch_europarl_fr(self.data_dir, self.download_url)
         return _existing(self.corpus, "data.corpus")
 
-    @property
-    def test_cache_dir(self) -> Path:
-        if self.test_corpus is None:
-            raise MinibertError(
-                "`test` and `predict` need data.test_corpus, a held-out corpus (to score the validation split, use `validate`)"
-            )
-        test_corpus = _existing(self.test_corpus, "data.test_corpus")
-        return self.data_dir / "cache" / key_for_test_corpus(test_corpus, self.vocab)
+    def _encode_test_corpus_once(self) -> Path:
+        """The cache folder of ``test_corpus``, encoded with the model's vocabulary, found (or built) on the first call and kept."""
+        if self.test_cache_dir is None:
+            if self.test_corpus is None:
+                raise MinibertError(
+                    "`test` and `predict` need data.test_corpus, a held-out corpus (to score the validation split, use `validate`)"
+                )
+            test_corpus, vocab = _existing(self.test_corpus, "data.test_corpus"), self.load_vocabulary()
+            cache_dir = self.data_dir / "cache" / key_for_test_corpus(test_corpus, PUNCTUATION, vocab.itos)
+            ensure_cache(cache_dir, lambda: build_test_corpus_cache(test_corpus, vocab, cache_dir))
+            self.test_cache_dir = cache_dir
+        return self.test_cache_dir
 
-    @property
-    def vocab(self) -> Vocabulary:
-        if self._vocab is None and self.vocab_from:
-            self._vocab = checkpoint_vocabulary(self.vocab_from)
-        if self._vocab is None:
-            self._build_cache()
-            self._vocab = Vocabulary.load(self.cache_dir / "vocab.json")
-        return self._vocab
-
-    def _build_cache(self) -> None:
-        """Encode ``corpus`` into ``cache_dir`` unless a sound copy is there already."""
-        ensure_cache(
-            self.cache_dir,
-            lambda: build_cache(self._corpus_path(), self.settings, self.cache_dir, self._vocab),
-        )
-
-    @property
-    def vocab_len(self) -> int:
-        """Number of entries of the built vocabulary (at most ``vocab_size``)."""
-        return len(self.vocab)
-
-    def masking(self, stage: str) -> MaskingConfig:
-        """How ``stage`` (train, val or test) corrupts its batches."""
-        mask_prob = self.mask_prob if stage == "train" else self.val_mask_prob
-        return MaskingConfig(
-            mask_prob,
-            self.mask_token_prob,
-            self.random_token_prob,
-            MASK_ID,
-            len(SPECIAL_TOKENS),
-            len(self.vocab),
-        )
-
-    def prepare_data(self) -> None:
-        """Build the caches that are missing (Lightning calls this on one process per node)."""
-        vocab = self.vocab  # built first (or read from vocab_from): it encodes the other caches
-        if self.test_corpus is not None:
-            ensure_cache(
-                self.test_cache_dir,
-                lambda: build_test_corpus_cache(Path(self.test_corpus), vocab, self.test_cache_dir),
-            )
+    # --- in every process: the splits memory-mapped and cut into samples (6) ---------------------
 
     def setup(self, stage: str) -> None:
         """Memory-map the splits that ``stage`` needs (every process).
 
         The caches exist already when Lightning calls this (``prepare_data``, or the
-        vocabulary link when the command line built the model); building them here too
-        keeps the module usable on its own.
+        vocabulary link when the command line built the model); calling ``prepare_data`` here
+        too keeps the module usable on its own, and costs nothing when it ran.
         """
         self.prepare_data()
         if stage in ("test", "predict"):
-            self.datasets["test"] = self._windows(self.test_cache_dir, "test")
+            self.datasets["test"] = self._windows(self._encode_test_corpus_once(), "test")
             return
-        self._build_cache()  # with vocab_from, the splits are encoded with that vocabulary
-        for split in ("train", "val"):
-            self.datasets[split] = self._windows(self.cache_dir, split)
+        cache_dir = self._encode_corpus_once()  # with vocab_from, the splits are encoded with that vocabulary
+        for split in SPLITS:
+            self.datasets[split] = self._windows(cache_dir, split)
         num_windows = self.datasets["train"].num_windows
         if stage == "fit" and num_windows < self.batch_size:
             raise MinibertError(
@@ -308,10 +245,19 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
         # Held-out text is always tiled, from its first token: every token scored once, whatever the training windows.
         return TokenWindows(tokens, offsets, self.seq_len, self.packing, "tile")
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
         # A fresh shuffle every epoch; each process trains on its own shard of it.
-        train = self.datasets["train"]
-        return self._loader("train", self.training_sampler(train.num_windows, train.shifts))
+        train, trainer = self.datasets["train"], self.trainer
+        num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(train.num_windows, self.seed, num_replicas, rank, shifts=train.shifts)
+        loader = self._loader("train", sampler, ResumableLoader)
+        if self._position_from_old_checkpoint:
+            loader.load_state_dict(self._position_from_old_checkpoint)
+        return loader
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Resume from a checkpoint of an older minibert, which saved the epoch's position here rather than in the loader."""
+        self._position_from_old_checkpoint = state_dict
 
     def val_dataloader(self) -> DataLoader:
         # Under DDP, Lightning would shard validation with a DistributedSampler, which pads
@@ -331,10 +277,10 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", sampler=None)
 
-    def _loader(self, split: str, sampler: Sampler | None) -> DataLoader:
+    def _loader(self, split: str, sampler: Sampler | None, kind: type[DataLoader] = DataLoader) -> DataLoader:
         # Pinned host memory only speeds up copies to a GPU; on a CPU run it is wasted.
         on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        return DataLoader(
+        return kind(
             self.datasets[split],
             batch_size=self.batch_size,
             sampler=sampler,
@@ -344,6 +290,20 @@ class EuroparlDataModule(ResumableEpochs, L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             pin_memory=on_gpu,
+        )
+
+    # --- 7. mask: on the device the batch is on ------------------------------------------------
+
+    def masking(self, stage: str) -> MaskingConfig:
+        """How ``stage`` (train, val or test) corrupts its batches."""
+        mask_prob = self.mask_prob if stage == "train" else self.val_mask_prob
+        return MaskingConfig(
+            mask_prob,
+            self.mask_token_prob,
+            self.random_token_prob,
+            MASK_ID,
+            len(SPECIAL_TOKENS),
+            len(self.vocab),
         )
 
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:

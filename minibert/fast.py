@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minibert.fused_loss import linear_cross_entropy
+from minibert.fused_loss import IGNORE_INDEX, linear_cross_entropy
 from minibert.model import Encoder, EncoderConfig, MultiHeadSelfAttention
 
 
@@ -101,15 +101,46 @@ class FastEncoder(Encoder):
         feed-forward and the final LayerNorm work on each position alone: at the base
         configuration, skipping the unscored 60% saves about a twentieth of a training step.
         """
+        if padding_mask is not None and padding_mask.device.type == "cpu" and not padding_mask.any():
+            # Packed training batches hold no padding: every layer's masked_fill would change
+            # nothing (about a tenth of attention's time on a CPU). On a GPU, .any() would
+            # wait for the device, and the fused kernel applies the mask at no cost.
+            padding_mask = None
         if scored is None or not self.layers:
             return super().forward(input_ids, padding_mask, scored)
         x, attend = self.embed(input_ids, padding_mask)  # (B, T, D)
         for layer in self.layers[:-1]:
             x = layer(x, attend)
         last = self.layers[-1]
-        x = last.attention_block(x, attend)[scored]  # (B, T, D) -> (N, D)
-        return self.final_norm(last.feed_forward_block(x))  # (N, D)
+        x = pad_rows(last.attention_block(x, attend)[scored])  # (B, T, D) -> (N, D) -> (N', D)
+        return self.final_norm(last.feed_forward_block(x))  # (N', D)
 
     def loss_and_ranks(self, hidden: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """As :meth:`Encoder.loss_and_ranks`, without writing the whole (N, V) logits (:mod:`minibert.fused_loss`)."""
-        return linear_cross_entropy(hidden, self.lm_head.weight, self.lm_head.bias, labels)
+        """As :meth:`Encoder.loss_and_ranks`, without writing the whole (N, V) logits (:mod:`minibert.fused_loss`).
+
+        ``hidden`` may hold padding rows after the N scored ones (:func:`pad_rows`): they get
+        the label ``IGNORE_INDEX``, which counts for nothing, and no rank.
+        """
+        N = labels.shape[0]
+        labels = F.pad(labels, (0, hidden.shape[0] - N), value=IGNORE_INDEX)  # (N',)
+        loss, ranks = linear_cross_entropy(hidden, self.lm_head.weight, self.lm_head.bias, labels)
+        return loss, ranks[:N]
+
+
+ROW_MULTIPLE = 64  # on a CPU, the scored rows are padded to a multiple of this
+
+
+def pad_rows(x: Tensor) -> Tensor:
+    """Zero rows after the N rows of ``x`` (N, D), up to a multiple of ``ROW_MULTIPLE``, on a CPU: (N', D).
+
+    On a CPU, PyTorch multiplies bfloat16 matrices with oneDNN, which compiles a kernel for
+    each new shape (50 to 70 ms for the head's products over the vocabulary) and keeps the
+    last 1,024 of them. N, the count of scored positions, changes with every batch: at
+    base.yaml's 40%, each of a few hundred counts needed its own kernels for every product of
+    the last layer and the head, about 50 ms a step. Padded, the products see three or four
+    shapes. The padding rows cost about 3% more arithmetic in the head, and count for nothing.
+    """
+    extra = -x.shape[0] % ROW_MULTIPLE
+    if x.device.type != "cpu" or extra == 0:
+        return x
+    return F.pad(x, (0, 0, 0, extra))

@@ -50,7 +50,7 @@ class EncoderConfig:
             ),
             (
                 self.activation in ACTIVATIONS,
-                f"model.activation={self.activation!r} must be one of {sorted(ACTIVATIONS)}",
+                f"model.activation: expected one of {', '.join(map(repr, ACTIVATIONS))}, got {self.activation!r}",
             ),
             (0 <= self.dropout < 1, f"model.dropout={self.dropout} must be in [0, 1)"),
             (

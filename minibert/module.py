@@ -121,8 +121,9 @@ class MiniBert(L.LightningModule):
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """The most likely word at every scored position, beside the true one."""
         scored = batch["labels"] != IGNORE_INDEX  # (B, T)
-        hidden = self.encoder(batch["input_ids"], batch.get("padding_mask"), scored)  # (N, D)
-        return {"predicted": self.encoder.logits(hidden).argmax(dim=-1), "labels": batch["labels"][scored]}
+        labels = batch["labels"][scored]  # (N,)
+        hidden = self.encoder(batch["input_ids"], batch.get("padding_mask"), scored)[: len(labels)]  # (N, D)
+        return {"predicted": self.encoder.logits(hidden).argmax(dim=-1), "labels": labels}
 
     def on_validation_epoch_end(self) -> None:
         self._log_perplexity("val")

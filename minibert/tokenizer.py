@@ -13,7 +13,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from minibert.errors import MinibertError
-from minibert.machinery.files import atomic_write
 
 PUNCTUATION = ",?;.:/*!+-()[]{}\"'&"
 _PUNCTUATION_RE = re.compile("([" + re.escape(PUNCTUATION) + "])")
@@ -106,8 +105,8 @@ class Vocabulary:
         return cls(state["words"], state["counts"])
 
     def save(self, path: str | Path) -> None:
-        with atomic_write(path, encoding="utf-8") as file:  # whole or not at all
-            file.write(json.dumps(self.to_dict(), ensure_ascii=False))
+        # A plain write: the cache writes it into a temporary folder that it renames whole (machinery/cache.py).
+        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:

@@ -121,20 +121,26 @@ def test_one_weight_set_by_hand_shows_in_its_map_row_and_column():
     image = figure_rgb(figure)  # (height, width, 3)
     bright, dark = (np.array(colormaps["viridis"](v)[:3]) * 255 for v in (1.0, 0.0))
 
+    axes = figure.axes[0]  # one mosaic of maps, a blank line between them
+    step = 4 + 1
+
     def colour(layer: int, head: int, query: int, key: int) -> np.ndarray:
-        axes = figure.axes[layer * 3 + head]  # the maps row by row, then the colour bar
-        x, y = axes.transData.transform((key, query))  # the cell's centre, in pixels from the bottom left
+        x, y = axes.transData.transform(
+            (head * step + key, layer * step + query)
+        )  # pixels from the bottom left
         return image[image.shape[0] - round(y), round(x)].astype(float)
 
     assert np.abs(colour(1, 2, 0, 3) - bright).max() < 8
     for cell in [(1, 2, 0, 2), (1, 2, 3, 0), (0, 2, 0, 3), (1, 1, 0, 3)]:
         assert np.abs(colour(*cell) - dark).max() < 8, cell
-    bottom_left = figure.axes[1 * 3 + 0]
-    assert [t.get_text() for t in bottom_left.get_xticklabels()] == labels  # keys, below the last row
-    assert [
-        t.get_text() for t in bottom_left.get_yticklabels()
-    ] == labels  # queries, left of the first column
-    assert bottom_left.get_ylabel() == "layer 2" and figure.axes[2].get_title() == "head 3"
+    x, y = axes.transData.transform((4, 0))  # the blank column between two maps is white
+    assert (image[image.shape[0] - round(y), round(x)] > 245).all()
+    keys = [t.get_text() for t in axes.get_xticklabels()]
+    queries = [t.get_text() for t in axes.get_yticklabels()]
+    assert keys == labels * 3 and queries == labels * 2  # below every column of maps, left of every row
+    heads, layers = axes.child_axes  # the secondary axes above and right of the mosaic
+    names = [t.get_text() for t in heads.get_xticklabels()] + [t.get_text() for t in layers.get_yticklabels()]
+    assert names == ["head 1", "head 2", "head 3", "layer 1", "layer 2"]
 
 
 def test_the_page_holds_the_weights_and_fetches_nothing():

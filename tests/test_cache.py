@@ -5,48 +5,43 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import SAMPLE_CORPUS
 
+import minibert.encode
 import minibert.machinery.cache
 from minibert.data import EuroparlDataModule
-from minibert.machinery.cache import (
-    CacheSettings,
-    build_cache,
-    cache_key,
-    cache_problem,
-    load_split,
-    split_mask,
-)
+from minibert.encode import EncodingSettings, build_cache, split_mask
+from minibert.machinery.cache import cache_problem, load_split
 from minibert.tokenizer import UNK_ID, Vocabulary, tokenize
 
-SETTINGS = CacheSettings(vocab_size=60, min_freq=1, max_sentences=None, val_fraction=0.2, seed=3)
+SETTINGS = EncodingSettings(vocab_size=60, min_freq=1, max_sentences=None, val_fraction=0.2, seed=3)
 
 
 @pytest.fixture
 def count_tokenizations(monkeypatch) -> list[int]:
     """Count the sentences that go through the tokenizer."""
     calls: list[int] = []
-    real = minibert.machinery.cache.tokenize_lines
+    real = minibert.encode.tokenize_lines
 
     def counting(text: str) -> list[list[str]]:
         lines = real(text)
         calls.append(len(lines))
         return lines
 
-    monkeypatch.setattr(minibert.machinery.cache, "tokenize_lines", counting)
+    monkeypatch.setattr(minibert.encode, "tokenize_lines", counting)
     return calls
 
 
-def build(corpus: Path, data_dir: Path, settings: CacheSettings = SETTINGS) -> Path:
-    """Build (if missing) the cache of corpus under data_dir, as the data module does."""
-    cache_dir = data_dir / cache_key(corpus, settings)
-    if not cache_dir.exists():
-        build_cache(corpus, settings, cache_dir)
-    return cache_dir
+def build(corpus: Path, data_dir: Path, settings: EncodingSettings = SETTINGS) -> Path:
+    """Build (if missing) the cache of corpus under data_dir/cache/, as a run does; its folder."""
+    data = EuroparlDataModule(corpus=str(corpus), data_dir=str(data_dir), **asdict(settings))
+    data.prepare_data()
+    return data.cache_dir
 
 
 def numbered_corpus(path: Path, n: int) -> list[str]:
@@ -86,7 +81,7 @@ def test_split_is_deterministic_and_follows_the_seed():
 
 def test_max_sentences_keeps_the_first(tmp_path):
     numbered_corpus(tmp_path / "c.txt", 50)
-    settings = CacheSettings(100, 1, max_sentences=5, val_fraction=0.0, seed=0)
+    settings = EncodingSettings(100, 1, max_sentences=5, val_fraction=0.0, seed=0)
     tokens, offsets = load_split(build(tmp_path / "c.txt", tmp_path / "cache", settings), "train")
     vocab = Vocabulary.load(build(tmp_path / "c.txt", tmp_path / "cache", settings) / "vocab.json")
     assert len(offsets) == 6 and vocab.decode(tokens[offsets[4] : offsets[5]].tolist()) == [
@@ -110,7 +105,7 @@ def test_second_run_does_not_tokenize_again(tmp_path, count_tokenizations):
 def test_changed_setting_rebuilds(tmp_path, count_tokenizations, change):
     first = build(SAMPLE_CORPUS, tmp_path)
     count_tokenizations.clear()
-    changed = CacheSettings(
+    changed = EncodingSettings(
         **{
             **SETTINGS.__dict__,
             change: {"vocab_size": 70, "min_freq": 2, "max_sentences": 100, "val_fraction": 0.3, "seed": 4}[
@@ -186,7 +181,7 @@ def test_concurrent_builders_in_processes(tmp_path):
 def test_unknown_words_are_unk_in_training_too(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("a a a b b c\n" * 4 + "a\n", encoding="utf-8")
-    settings = CacheSettings(vocab_size=5, min_freq=1, max_sentences=None, val_fraction=0.0, seed=0)
+    settings = EncodingSettings(vocab_size=5, min_freq=1, max_sentences=None, val_fraction=0.0, seed=0)
     tokens, _ = load_split(build(corpus, tmp_path / "cache", settings), "train")
     assert tokens[:6].tolist() == [3, 3, 3, 4, 4, UNK_ID]
 
@@ -208,16 +203,16 @@ def test_a_damaged_cache_is_found_when_opened_and_built_again(tmp_path, caplog, 
         )
 
     good = data_module()
-    words, cache = good.vocab.itos, good.cache_dir
     good.setup("fit")
+    words, cache = good.vocab.itos, good.cache_dir
     tokens = np.array(good.datasets["train"].tokens)
     spoil, name = DAMAGES[damage]
     spoil(cache / name)
     assert name in cache_problem(cache)
 
     again = data_module()
-    assert again.vocab.itos == words
     again.setup("fit")
+    assert again.vocab.itos == words
     assert (np.asarray(again.datasets["train"].tokens) == tokens).all()
     assert cache_problem(cache) is None
     warned = [m for m in caplog.messages if "damaged" in m]

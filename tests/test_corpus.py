@@ -198,7 +198,8 @@ def test_download_extracts_only_french_once(server, tmp_path):
     data = EuroparlDataModule(
         corpus="europarl-v7-fr", data_dir=str(data_dir), download_url=f"{base}/fr-en.tgz", val_fraction=0.0
     )
-    assert {"première", "deuxième", "corpus"} <= set(data.vocab.stoi)  # built from the downloaded French
+    vocab = data.load_vocabulary()  # built from the downloaded French
+    assert {"première", "deuxième", "corpus"} <= set(vocab.stoi)
     path = fetch_europarl_fr(data_dir, f"{base}/fr-en.tgz")
     assert path == data_dir / FRENCH_MEMBER and path.read_bytes() == french
     assert sorted(p.name for p in data_dir.iterdir()) == [
@@ -209,7 +210,7 @@ def test_download_extracts_only_french_once(server, tmp_path):
     again = EuroparlDataModule(
         corpus="europarl-v7-fr", data_dir=str(data_dir), download_url=f"{base}/fr-en.tgz", val_fraction=0.0
     )
-    assert again.vocab.itos == data.vocab.itos
+    assert again.load_vocabulary().itos == vocab.itos
     assert requests == ["/fr-en.tgz"]  # the second use did not download again
 
 

@@ -13,8 +13,8 @@ from conftest import SAMPLE_CORPUS, TEST_DATA, run_cli
 from torch.utils.data import default_collate
 
 from minibert.data import EuroparlDataModule
+from minibert.encode import split_mask
 from minibert.errors import MinibertError
-from minibert.machinery.cache import split_mask
 from minibert.masking import IGNORE_INDEX
 from minibert.module import MiniBert
 from minibert.tokenizer import MASK_ID, PAD_ID, UNK_ID, tokenize
@@ -263,7 +263,7 @@ def test_a_real_run_sees_the_same_batches_twice(tmp_path):
         )
         trainer.fit(
             MiniBert(
-                vocab_size=data.vocab_len, seq_len=12, embed_dim=8, num_heads=2, num_layers=1, ff_dim=16
+                vocab_size=data.vocab_len(), seq_len=12, embed_dim=8, num_heads=2, num_layers=1, ff_dim=16
             ),
             datamodule=data,
         )
@@ -408,13 +408,13 @@ def test_bad_options(tmp_path, options, message):
 
 def test_missing_corpus(tmp_path):
     with pytest.raises(MinibertError, match=r"^data.corpus: nowhere.txt does not exist"):
-        _ = module(tmp_path, corpus="nowhere.txt").vocab
+        module(tmp_path, corpus="nowhere.txt").prepare_data()
 
 
 def test_empty_corpus(tmp_path):
     (tmp_path / "empty.txt").write_text("\n   \n\n", encoding="utf-8")
     with pytest.raises(MinibertError, match=f"corpus {tmp_path / 'empty.txt'} has no sentences"):
-        _ = module(tmp_path, corpus=str(tmp_path / "empty.txt")).vocab
+        module(tmp_path, corpus=str(tmp_path / "empty.txt")).prepare_data()
     assert not (tmp_path / "data" / "cache").exists() or list((tmp_path / "data" / "cache").iterdir()) == []
 
 
@@ -429,7 +429,7 @@ def test_fewer_samples_than_one_batch(tmp_path):
 def test_directory_without_sessions(tmp_path):
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(MinibertError, match="no Europarl session files"):
-        _ = module(tmp_path, corpus=str(tmp_path / "empty_dir")).vocab
+        module(tmp_path, corpus=str(tmp_path / "empty_dir")).prepare_data()
 
 
 def test_command_line_shows_one_error_line_and_no_traceback(workdir):

@@ -7,25 +7,19 @@ of ``minibert/machinery/lightning_internals.py`` to change, rather than somewher
 from __future__ import annotations
 
 import inspect
-import warnings
 from typing import Any
 
 import lightning as L
 import lightning.pytorch.loops.training_epoch_loop
 import torch
-from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from minibert.machinery.lightning_internals import (
-    MID_EPOCH_RESUME_WARNING,
-    batches_trained_in_epoch,
-    between_epochs,
-    ignore_mid_epoch_resume_warning,
     inside_train_batch_end,
     is_local_path,
+    load_training_loader_state,
     log_step_metrics_now,
     progress_bar_due,
     set_version_if_unset,
@@ -90,53 +84,54 @@ def test_the_batch_counters_tell_a_batch_in_training_from_one_in_on_train_batch_
 
     class Watch(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            seen.append(
-                ("start", batch_idx, batches_trained_in_epoch(trainer), inside_train_batch_end(trainer))
-            )
+            seen.append(("start", batch_idx, inside_train_batch_end(trainer)))
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            seen.append(
-                ("end", batch_idx, batches_trained_in_epoch(trainer), inside_train_batch_end(trainer))
-            )
+            seen.append(("end", batch_idx, inside_train_batch_end(trainer)))
 
     fit(Watch())
-    expected = []
-    for batch_idx in range(STEPS):
-        expected += [("start", batch_idx, batch_idx, False), ("end", batch_idx, batch_idx + 1, True)]
-    assert seen == expected
+    assert seen == [(hook, i, hook == "end") for i in range(STEPS) for hook in ("start", "end")]
 
 
-def test_after_an_epoch_the_counters_are_still_its_own_until_the_next_starts(tmp_path):
+def test_only_a_checkpoint_written_between_two_epochs_gets_the_next_epoch_s_counters(tmp_path):
     """Where Lightning saves last.ckpt at the end of a run bounded by epochs: the counters, and their checkpoint keys."""
-    seen = {}
+    saved = {}
 
-    class AtTheEnd(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            seen.setdefault("during", between_epochs(trainer))
+    class SaveAt(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 1:
+                saved["mid-epoch"] = save(trainer, "mid")
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            saved["epoch end"] = save(trainer, "epoch_end")
 
         def on_train_end(self, trainer, pl_module):
-            seen["batches"] = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-            seen["after"], seen["trained"] = between_epochs(trainer), batches_trained_in_epoch(trainer)
-            trainer.save_checkpoint(tmp_path / "end.ckpt")
+            saved["after the epoch"] = save(trainer, "after")
+
+    def save(trainer: L.Trainer, name: str) -> dict:
+        trainer.save_checkpoint(tmp_path / f"{name}.ckpt")
+        checkpoint = torch.load(tmp_path / f"{name}.ckpt", weights_only=True)
+        start_the_next_epoch_in(checkpoint, trainer)
+        return checkpoint["loops"]["fit_loop"]
 
     trainer = L.Trainer(
-        max_epochs=1, logger=False, callbacks=[AtTheEnd()], accelerator="cpu", default_root_dir=tmp_path,
+        max_epochs=1, logger=False, callbacks=[SaveAt()], accelerator="cpu", default_root_dir=tmp_path,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     trainer.fit(TinyModel())
-    assert seen == {"during": False, "batches": STEPS, "after": True, "trained": 0}
-    checkpoint = torch.load(tmp_path / "end.ckpt", weights_only=True)
-    loop = checkpoint["loops"]["fit_loop"]
-    assert loop["epoch_loop.batch_progress"]["current"]["processed"] == STEPS
-    start_the_next_epoch_in(checkpoint)
-    assert loop["epoch_loop.batch_progress"]["current"] == dict.fromkeys(
+    trained = {
+        name: loop["epoch_loop.batch_progress"]["current"]["processed"] for name, loop in saved.items()
+    }
+    assert trained == {"mid-epoch": 2, "epoch end": STEPS, "after the epoch": 0}  # only the last one is reset
+    after = saved["after the epoch"]
+    assert after["epoch_loop.batch_progress"]["current"] == dict.fromkeys(
         ["ready", "started", "processed", "completed"], 0
     )
     assert (
-        loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"]["current"]["completed"]
+        after["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"]["current"]["completed"]
         == 0
     )
-    assert loop["epoch_loop.batch_progress"]["total"]["processed"] == STEPS  # the run's totals stay
+    assert after["epoch_loop.batch_progress"]["total"]["processed"] == STEPS  # the run's totals stay
 
 
 def test_step_metrics_logged_in_on_train_batch_end_are_logged_once_and_at_once():
@@ -216,27 +211,69 @@ def test_the_progress_bar_redraws_every_refresh_rate_steps_and_at_the_end():
     assert not progress_bar_due(bar, 10, 12)
 
 
-def test_lightning_still_gives_the_mid_epoch_resume_warning_that_is_silenced():
-    """A reworded warning would show again on every resume: its text must be the one filtered."""
-    source = inspect.getsource(lightning.pytorch.loops.training_epoch_loop)
-    assert MID_EPOCH_RESUME_WARNING in source
-    emitted = source[source.index(MID_EPOCH_RESUME_WARNING) :]
-    assert emitted.index("category=PossibleUserWarning") < emitted.index(")\n")  # in the same call
+class CountingLoader(DataLoader):
+    """A training loader with a state, as minibert's: how many batches it handed out; records what it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(torch.zeros(2 * STEPS, 1), batch_size=2)
+        self.handed_out, self.given = 0, []
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            self.handed_out += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"handed_out": self.handed_out}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.given.append(state_dict)
 
 
-def test_only_the_mid_epoch_resume_warning_is_silenced_and_by_one_filter():
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ignore_mid_epoch_resume_warning()
-        ignore_mid_epoch_resume_warning()  # every resume calls it
-        rank_zero_warn(
-            f"{MID_EPOCH_RESUME_WARNING} and your dataloader is not resumable.", category=PossibleUserWarning
-        )
-        rank_zero_warn("another warning", category=PossibleUserWarning)
-        warnings.warn(f"{MID_EPOCH_RESUME_WARNING}, from elsewhere", UserWarning, stacklevel=1)
-        ours = [f for f in warnings.filters if f[1] is not None and f[1].pattern.startswith("You")]
-    assert [str(w.message) for w in caught] == [
-        "another warning",
-        f"{MID_EPOCH_RESUME_WARNING}, from elsewhere",
-    ]
-    assert len(ours) == 1
+class ScheduledModel(TinyModel):
+    """Sizes its schedule with estimated_stepping_batches, as minibert's module does, and trains on a CountingLoader."""
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        total = (
+            self.trainer.estimated_stepping_batches
+        )  # builds the training loader in a run bounded by epochs
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def train_dataloader(self) -> DataLoader:
+        self.loader = CountingLoader()
+        return self.loader
+
+
+def test_a_loader_built_before_the_checkpoint_is_read_gets_its_state_at_the_start_of_training(tmp_path):
+    """Lightning issue #20550: in a run bounded by epochs, estimated_stepping_batches builds the loader too early."""
+
+    class StopAfterTwoSteps(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 2:
+                trainer.save_checkpoint(tmp_path / "mid.ckpt")
+                trainer.should_stop = True
+
+    class LoadAtTrainStart(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            given_before.extend(pl_module.loader.given)
+            load_training_loader_state(trainer)
+
+    def trainer(*callbacks: L.Callback) -> L.Trainer:
+        return L.Trainer(
+            max_epochs=2, logger=False, callbacks=list(callbacks), accelerator="cpu", default_root_dir=tmp_path,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        )  # fmt: skip
+
+    trainer(StopAfterTwoSteps()).fit(ScheduledModel())
+    loops = torch.load(tmp_path / "mid.ckpt", weights_only=True)["loops"]["fit_loop"]
+    assert loops["state_dict"]["combined_loader"] == [{"handed_out": 2}]  # Lightning saved the loader's state
+
+    given_before: list[dict[str, int]] = []
+    resumed = ScheduledModel()
+    trainer(LoadAtTrainStart()).fit(resumed, ckpt_path=tmp_path / "mid.ckpt")
+    assert given_before == []  # Lightning did not give it: when it does, load_training_loader_state can go
+    assert resumed.loader.given == [{"handed_out": 2}]  # given once, before the first batch
+    load_training_loader_state(resumed.trainer)  # nothing left to give: nothing happens
+    assert resumed.loader.given == [{"handed_out": 2}]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -14,7 +15,7 @@ from conftest import REPO, SAMPLE_CORPUS
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from minibert.cli import main
-from minibert.machinery.sampler import ResumableSampler
+from minibert.machinery.sampler import ResumableLoader, ResumableSampler
 
 STEPS = 24  # with batches of 32, the tiny corpus makes 17 steps an epoch: the run crosses an epoch's end after the resume
 HALF = 10  # mid-epoch
@@ -94,7 +95,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_interrupted_run_saved_the_step_it_stopped_at(runs):
     checkpoint = torch.load(runs["half_checkpoint"], weights_only=True)
     assert checkpoint["global_step"] == HALF
-    assert checkpoint["EuroparlDataModule"] == {"epoch": 0, "batches_done": HALF}  # mid-epoch
+    # Mid-epoch: the training loader's state, which Lightning keeps with its fit loop's.
+    assert loader_states(checkpoint) == [{"epoch": 0, "batches_done": HALF}]
+    assert "EuroparlDataModule" not in checkpoint  # where older versions kept it
+
+
+def loader_states(checkpoint: dict) -> list[dict[str, int]]:
+    return checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
 
 
 def test_resumed_run_logs_the_same_losses_into_the_same_folder(runs):
@@ -106,12 +113,16 @@ def test_resumed_run_logs_the_same_losses_into_the_same_folder(runs):
 
 
 def test_resumed_run_ends_with_the_same_weights_and_optimiser_bit_for_bit(runs):
+    assert_same_run(runs["whole"], runs["resumed"], steps=STEPS, epoch=1)
+
+
+def assert_same_run(whole: Path, resumed: Path, steps: int, epoch: int) -> None:
+    """The last checkpoints of two runs hold the same step, weights, optimiser and schedule, bit for bit."""
     whole, resumed = (
-        torch.load(runs[name] / "checkpoints" / "last.ckpt", weights_only=True)
-        for name in ("whole", "resumed")
+        torch.load(run / "checkpoints" / "last.ckpt", weights_only=True) for run in (whole, resumed)
     )
-    assert whole["global_step"] == resumed["global_step"] == STEPS
-    assert whole["epoch"] == resumed["epoch"] == 1
+    assert whole["global_step"] == resumed["global_step"] == steps
+    assert whole["epoch"] == resumed["epoch"] == epoch
     for name, tensor in whole["state_dict"].items():
         assert torch.equal(tensor, resumed["state_dict"][name]), name
     for (_, a), (_, b) in zip(
@@ -120,6 +131,45 @@ def test_resumed_run_ends_with_the_same_weights_and_optimiser_bit_for_bit(runs):
     ):
         assert all(torch.equal(a[key], b[key]) for key in a)
     assert whole["lr_schedulers"] == resumed["lr_schedulers"]
+
+
+def test_a_checkpoint_of_an_older_minibert_resumes_exactly(runs, tmp_path):
+    """Older versions kept the epoch's position in the data module's state: that form still resumes."""
+    checkpoint = torch.load(runs["half_checkpoint"], weights_only=True)
+    checkpoint["EuroparlDataModule"] = loader_states(checkpoint)[0]
+    del checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(checkpoint, tmp_path / "checkpoints" / "last.ckpt")
+    fit(tmp_path, runs["whole"].parent / "data", "--ckpt_path", "last")
+    assert_same_run(runs["whole"], tmp_path, steps=STEPS, epoch=1)
+
+
+def test_a_run_bounded_by_epochs_stopped_mid_epoch_resumes_exactly(tmp_path):
+    """Without max_steps, Lightning builds the training loader before it reads the checkpoint (its issue #20550).
+
+    The loader's state must reach it all the same, and Lightning must not warn that the loader is not resumable.
+    """
+    dirs = {name: tmp_path / name for name in ("whole", "resumed")}
+    for folder in dirs.values():
+        shutil.copytree(REPO / "configs", folder / "configs")
+    by_epochs = ("--trainer.max_steps", "-1", "--trainer.max_epochs", "2")
+    fit(dirs["whole"], tmp_path / "data", *by_epochs)
+    with pytest.raises(SystemExit):
+        fit(
+            dirs["resumed"],
+            tmp_path / "data",
+            *by_epochs,
+            "--trainer.callbacks+=test_resume.InterruptAtStep",
+            f"--trainer.callbacks.step={HALF}",
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(dirs["resumed"], tmp_path / "data", *by_epochs, "--ckpt_path", "last")
+    assert not [w for w in caught if "not resumable" in str(w.message)]
+    assert_same_run(dirs["whole"], dirs["resumed"], steps=42, epoch=1)
+    logged = [losses(folder / "lightning_logs" / "version_0") for folder in dirs.values()]
+    assert logged[0] == logged[1] and sorted(logged[0]) == list(range(42))
 
 
 # --- the sampler on its own -----------------------------------------------------------------
@@ -135,6 +185,44 @@ def test_sampler_resumed_mid_epoch_yields_the_rest_of_that_epoch():
     resumed.set_epoch(4)  # the next epoch is whole again
     whole.set_epoch(4)
     assert list(resumed) == list(whole) and len(resumed) == 103
+
+
+def test_the_loader_counts_the_batches_it_hands_out_across_resumes():
+    """Each resume in the same epoch goes on counting from the batches already done, not from 0."""
+
+    def loader() -> ResumableLoader:
+        return ResumableLoader(range(100), batch_size=10, sampler=ResumableSampler(100, seed=1))
+
+    whole = [batch.tolist() for batch in loader()]
+    first = loader()
+    assert first.state_dict() == {"epoch": 0, "batches_done": 0}
+    batches = iter(first)
+    seen = [next(batches).tolist() for _ in range(3)]
+    for _ in range(2):  # resumed twice in the same epoch, 2 more batches each time
+        state = first.state_dict()
+        first = loader()
+        first.load_state_dict(state)
+        assert first.state_dict() == state  # before a batch is drawn, it holds what it was given
+        batches = iter(first)
+        seen += [next(batches).tolist() for _ in range(2)]
+    assert first.state_dict() == {"epoch": 0, "batches_done": 7}
+    assert seen + [batch.tolist() for batch in batches] == whole and first.state_dict()["batches_done"] == 10
+    first.sampler.set_epoch(1)  # the next epoch is whole, and counted from 0
+    assert len(list(first)) == 10 and first.state_dict() == {"epoch": 1, "batches_done": 10}
+
+
+def test_the_loader_draws_the_epoch_s_order_when_the_first_batch_is_asked_for():
+    """Lightning makes an epoch's iterator before it calls set_epoch and, on resume, load_state_dict.
+
+    A DataLoader with workers would draw the order as its iterator is made: a run resumed in a
+    later epoch would train on the first epoch's order.
+    """
+    loader = ResumableLoader(range(40), batch_size=10, sampler=ResumableSampler(40, seed=1), num_workers=2)
+    batches = iter(loader)
+    loader.sampler.set_epoch(3)
+    loader.load_state_dict({"epoch": 3, "batches_done": 1})
+    expected = list(loader.sampler)  # epoch 3's order, after its first batch
+    assert [i for batch in batches for i in batch.tolist()] == expected and len(expected) == 30
 
 
 def shards(num_samples: int, num_replicas: int, epoch: int) -> list[list[int]]:

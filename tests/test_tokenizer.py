@@ -104,7 +104,9 @@ def test_vocabulary_travels_inside_a_checkpoint(tmp_path):
     data = EuroparlDataModule(
         corpus=str(SAMPLE_CORPUS), data_dir=str(tmp_path / "data"), vocab_size=80, seq_len=8, batch_size=16
     )
-    model = MiniBert(vocab_size=data.vocab_len, seq_len=8, embed_dim=8, num_heads=2, num_layers=1, ff_dim=16)
+    model = MiniBert(
+        vocab_size=data.vocab_len(), seq_len=8, embed_dim=8, num_heads=2, num_layers=1, ff_dim=16
+    )
     trainer = L.Trainer(
         max_steps=2,
         limit_val_batches=1,

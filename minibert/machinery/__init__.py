@@ -4,10 +4,12 @@ Nothing here is needed to understand how minibert learns; it keeps a run exact a
 
 - ``resume.py``: what a checkpoint holds beyond Lightning's own, a clean stop on Ctrl-C or SIGTERM,
   and finding the checkpoint that ``--ckpt_path last`` names;
-- ``sampler.py``: the order of the training samples, resumable in the middle of an epoch;
+- ``sampler.py``: the order of the training samples, and the training loader whose state (its place in the
+  epoch) Lightning saves in every checkpoint and gives back on resume;
 - ``checkpoint.py``: checkpoints written atomically, and checked before anything is loaded;
 - ``files.py``: writing a file whole or not at all, and output folders checked before any work;
-- ``cache.py``, ``download.py``: a corpus encoded once into arrays on disk, and Europarl fetched once;
+- ``cache.py``, ``download.py``: the arrays of an encoded corpus kept on disk (``encode.py`` makes them), and
+  Europarl fetched once;
 - ``options.py``: option errors as one line;
 - ``lightning_internals.py``: every use of a private part of Lightning, each behind one small function;
 - ``allocator.py``: CPU runs reuse freed memory from one step to the next (speed only).

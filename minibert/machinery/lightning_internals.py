@@ -1,57 +1,55 @@
 """Every use of a private part of Lightning, each behind one small function that says why it is needed.
 
 Exact resume, a safe stop, the run's progress bar and the GPU's step need a few things Lightning
-has no public call for: its loop's batch counters and their place in a checkpoint, its logger
-connector, a logger's version before first use, its test for a local path, its progress bar's
-refresh rule, the text of one of its warnings, and whether it logs the training step now running.
+has no public call for: the training loader's saved state where Lightning forgets to hand it
+over, its loop's counters and their place in a checkpoint, its logger connector, a logger's
+version before first use, its test for a local path, its progress bar's refresh rule, and
+whether it logs the training step now running.
 They are used nowhere else, so a Lightning release that changes one breaks one function here,
 and ``tests/test_lightning_internals.py`` says which.
 """
 
 from __future__ import annotations
 
-import re
-import warnings
-
 import lightning as L
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
-from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
-# The start of the warning Lightning's training epoch loop gives on a resume from the middle of an epoch.
-MID_EPOCH_RESUME_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
 
+def load_training_loader_state(trainer: L.Trainer) -> None:
+    """Hand the training loader the state saved in the checkpoint, when Lightning built the loader too early to do it.
 
-def batches_trained_in_epoch(trainer: L.Trainer) -> int:
-    """How many of the epoch's batches finished their training step, the one being checkpointed included.
-
-    Where a resumed run picks up the epoch. Lightning keeps the count in its training loop's
-    progress, which it saves in its own checkpoint but shows through no public property. It
-    resets the count only when the next epoch starts: a checkpoint written after an epoch's end
-    (``last.ckpt`` at the end of a run bounded by epochs) still holds the finished epoch's count,
-    so an epoch that has not started counts 0.
+    Lightning gives a resumed run's training loader its saved state (``load_state_dict``) only
+    when it builds the loader at the start of training. A loader built before the checkpoint is
+    read never gets it: ``trainer.estimated_stepping_batches``, which the LightningModule reads in
+    ``configure_optimizers`` to size its learning-rate schedule, builds it there in a run
+    bounded by epochs (Lightning issue #20550, open in 2.6). The state then waits in the fit
+    loop, where no public call reaches it; this runs Lightning's own loading of it. It does
+    nothing when Lightning loaded it already, when there is none (a fresh run), and when the
+    checkpoint's epoch had ended (a run bounded by epochs then starts the next one whole).
     """
-    if between_epochs(trainer):
-        return 0
-    return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    trainer.fit_loop._load_combined_loader_states()
 
 
-def between_epochs(trainer: L.Trainer) -> bool:
-    """Whether the epoch ``trainer.current_epoch`` has not started: the previous one ended (at the end of a run)."""
-    return trainer.fit_loop.epoch_progress.current.started <= trainer.current_epoch
-
-
-def start_the_next_epoch_in(checkpoint: dict) -> None:
-    """Make a checkpoint written between two epochs resume at the first batch of the next one.
+def start_the_next_epoch_in(checkpoint: dict, trainer: L.Trainer) -> None:
+    """If ``checkpoint`` is written between two epochs, make a run resumed from it start the next one at its first batch.
 
     Lightning resets its training loop's counters of the epoch (batches, scheduler and
     optimiser steps) only when the next epoch starts. In a checkpoint written after an epoch's
     end and before the next (``last.ckpt`` at the end of a run bounded by epochs, written by
-    ``SaveFinalStep`` and by Lightning itself), they still count the finished epoch; a run resumed from it, given more epochs,
-    would take the next one as already trained and run it with no batch. This resets them
-    as the start of an epoch does (``reset_on_run`` of each), in the checkpoint only.
+    ``SaveFinalStep`` and by Lightning itself), they still count the finished epoch; a run with
+    ``max_steps`` set, resumed from it and given more epochs, takes them for the next epoch's,
+    and runs that epoch with no batch. This resets them as the start of an epoch does
+    (``reset_on_run`` of each), in the checkpoint only. The training loader's state cannot do
+    it: it says which batch comes next, not how many Lightning's loop counts as done.
+
+    No public property tells a checkpoint written after an epoch's end from one written in the
+    next epoch (``current_epoch`` is the same in both; the epoch's progress is private), and the
+    counters exist only in Lightning's own part of the checkpoint.
     """
+    if trainer.fit_loop.epoch_progress.current.started > trainer.current_epoch:
+        return  # inside an epoch, or at its end (on_train_epoch_end): Lightning resumes those right
     loop = checkpoint["loops"]["fit_loop"]
     progress = [
         loop["epoch_loop.batch_progress"],
@@ -118,19 +116,6 @@ def progress_bar_due(bar: TQDMProgressBar, current: int, total: int | float | No
     same rule as Lightning's own bar, which keeps it in a private method.
     """
     return bar._should_update(current, total)
-
-
-def ignore_mid_epoch_resume_warning() -> None:
-    """Silence Lightning's warning that a resume from the middle of an epoch is unreliable: here it is exact.
-
-    Lightning looks for a resumable state on the DataLoader and, not finding it there, warns; the
-    state is the data module's (see :class:`minibert.machinery.sampler.ResumableEpochs`). The filter
-    matches that one message of that one category. ``warnings.filterwarnings`` replaces an equal
-    filter rather than adding a second, so calling this on every resume leaves one in place.
-    """
-    warnings.filterwarnings(
-        "ignore", message=re.escape(MID_EPOCH_RESUME_WARNING), category=PossibleUserWarning
-    )
 
 
 def step_metrics_logged(trainer: L.Trainer) -> bool:

@@ -1,11 +1,11 @@
 """What a run needs beyond Lightning's own checkpoint to be resumed exactly, and to be stopped safely.
 
 Lightning's checkpoint holds the weights, the optimiser and scheduler, the loops' counters
-and the data module's state (where the epoch's shuffle had got to, see
-:class:`minibert.machinery.sampler.ResumableEpochs`). Two things are added here:
+and the training loader's state (where the epoch's shuffle had got to, see
+:class:`minibert.machinery.sampler.ResumableLoader`). Added here:
 
 - the random state, which dropout draws from, and the TensorBoard version folder
-  (:class:`ResumeState`);
+  (:class:`ResumeState`, which also hands the loader its state where Lightning misses it);
 - a checkpoint when the run is interrupted with Ctrl-C or ``kill`` (:class:`SaveOnInterrupt`),
   and one after the run's last step (:class:`SaveFinalStep`);
 - a checkpoint written between two epochs starts the next one at its first batch
@@ -31,8 +31,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 from minibert.machinery.lightning_internals import (
-    between_epochs,
     inside_train_batch_end,
+    load_training_loader_state,
     log_step_metrics_now,
     set_version_if_unset,
     start_the_next_epoch_in,
@@ -45,7 +45,9 @@ class ResumeState(L.Callback):
     """Save the random state and the logger's version in every checkpoint; restore the random state on resume.
 
     The random state is put back at the start of training, after the sanity-check validation
-    and everything else that runs between loading a checkpoint and the first step.
+    and everything else that runs between loading a checkpoint and the first step. So is the
+    training loader's state, in the one case where Lightning does not hand it over itself
+    (:func:`~minibert.machinery.lightning_internals.load_training_loader_state`).
     """
 
     def __init__(self) -> None:
@@ -66,6 +68,7 @@ class ResumeState(L.Callback):
         self._random_state = checkpoint.get(CHECKPOINT_KEY, {}).get("random_state")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        load_training_loader_state(trainer)
         if self._random_state is None:
             return
         torch.set_rng_state(self._random_state["torch"])
@@ -193,8 +196,8 @@ class NextEpochFromItsStart(L.Callback):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        if trainer.state.fn == "fit" and between_epochs(trainer):
-            start_the_next_epoch_in(checkpoint)
+        if trainer.state.fn == "fit":
+            start_the_next_epoch_in(checkpoint, trainer)
 
 
 class LogsBeforeCheckpoint(L.Callback):

@@ -1,18 +1,18 @@
-"""The order of the training samples: a fresh shuffle every epoch that a resumed run can pick up mid-epoch.
+"""The order of the training samples, and a training loader that a resumed run picks up in the middle of an epoch.
 
-:class:`ResumableSampler` is the order; :class:`ResumableEpochs`, mixed into the data module,
-saves where the epoch had got to in every checkpoint and builds the sampler that starts there.
+:class:`ResumableSampler` is the order: a fresh shuffle every epoch, drawn from ``(seed, epoch)``
+only. :class:`ResumableLoader` is the training DataLoader: it counts the epoch's batches it has
+handed out and offers that count to Lightning (``state_dict`` / ``load_state_dict``), which saves
+it in every checkpoint and gives it back on resume; the sampler then starts the epoch after them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
-import lightning as L
 import numpy as np
-from torch.utils.data import DistributedSampler
-
-from minibert.machinery.lightning_internals import batches_trained_in_epoch, ignore_mid_epoch_resume_warning
+from torch.utils.data import DataLoader, DistributedSampler
 
 
 class ResumableSampler(DistributedSampler):
@@ -33,7 +33,7 @@ class ResumableSampler(DistributedSampler):
         num_replicas, rank: how many processes train together and which one this is.
         shifts: every epoch also draws a shift in ``[0, shifts)`` from ``(seed, epoch)`` and
             yields ``shift * num_windows + window``: the dataset's index of that window moved
-            by ``shift`` tokens (see :class:`minibert.data.TokenWindows`).
+            by ``shift`` tokens (see :class:`minibert.windows.TokenWindows`).
     """
 
     def __init__(
@@ -48,53 +48,61 @@ class ResumableSampler(DistributedSampler):
         """Skip the first ``samples_seen`` samples of this process's shard in epoch ``epoch``."""
         self.resume_epoch, self.resume_skip = epoch, samples_seen
 
+    def skipped(self) -> int:
+        """How many samples of this epoch's shard are skipped: a resumed run's, in the epoch it resumes."""
+        return self.resume_skip if self.epoch == self.resume_epoch else 0
+
     def shift(self) -> int:
         """This epoch's shift, the same in every process."""
         return int(np.random.default_rng([self.seed, self.epoch]).integers(self.shifts))
 
     def __iter__(self) -> Iterator[int]:
         windows = list(super().__iter__())  # this process's shard of the epoch, (num_samples,)
-        skip = self.resume_skip if self.epoch == self.resume_epoch else 0
         offset = self.shift() * self.num_windows
-        return iter([offset + window for window in windows[skip:]])
+        return iter([offset + window for window in windows[self.skipped() :]])
 
     # __len__ stays the whole shard: Lightning counts the epoch's batches from it and, on
     # resume, starts its batch counter at the batches already done.
 
 
-class ResumableEpochs:
-    """Mixed into a LightningDataModule: its checkpoint state is how far training had got in the epoch.
+class ResumableLoader(DataLoader):
+    """The training DataLoader, over a :class:`ResumableSampler`, with a state that Lightning saves and restores.
 
-    Lightning saves a data module's :meth:`state_dict` in every checkpoint and, on resume, hands it
-    to :meth:`load_state_dict` before the train loader is made; :meth:`training_sampler` then starts
-    the epoch after the batches already trained. The data module provides ``trainer``, ``seed``
-    and ``batch_size``.
+    Its state is where training had got to: the epoch, and how many of its batches the loader
+    had handed out. Lightning saves the state of a training loader that has ``state_dict`` and
+    ``load_state_dict`` in every checkpoint, and on resume hands it back before the first batch;
+    the sampler then skips the batches already trained.
+
+    The count is of batches handed out, and each of them was trained before any checkpoint
+    that holds it: Lightning's training loop takes a batch only to train on it at once (it
+    fetches ahead only from a loader that has no length), and DataLoader workers read ahead
+    below this iterator, which hands out one batch a request. Under DDP every process trains
+    the same number of batches, so the count that the first process saves holds for all.
+
+    It takes the arguments of a ``DataLoader``, a :class:`ResumableSampler` as ``sampler``.
     """
 
-    trainer: L.Trainer | None
-    seed: int
-    batch_size: int
-    _resume_at = (-1, 0)  # (epoch, batches already trained in it), from a checkpoint
+    sampler: ResumableSampler
+    _position = (0, 0)  # (epoch, batches of it handed out): a fresh loader's, until it hands out one
 
-    def training_sampler(self, num_windows: int, shifts: int) -> ResumableSampler:
-        """This process's sampler of the training windows, after the batches a checkpoint had trained."""
-        trainer = self.trainer
-        num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ResumableSampler(num_windows, self.seed, num_replicas, rank, shifts=shifts)
-        epoch, batches_done = self._resume_at
-        sampler.resume(epoch, batches_done * self.batch_size)
-        return sampler
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: this body runs when the training loop asks for the first batch, after
+        # Lightning has called set_epoch and load_state_dict (it makes the iterator before both).
+        epoch = self.sampler.epoch
+        done = self.sampler.skipped() // self.batch_size
+        self._position = (epoch, done)
+        for batch in super().__iter__():
+            done += 1  # counted before it is handed out: a checkpoint comes only after its step
+            self._position = (epoch, done)
+            yield batch
 
     def state_dict(self) -> dict[str, int]:
-        """Saved in every checkpoint: the epoch and how many of its batches were trained."""
-        if self.trainer is None:
-            return {}
-        return {"epoch": self.trainer.current_epoch, "batches_done": batches_trained_in_epoch(self.trainer)}
+        """The epoch and how many of its batches were trained, for Lightning to save in a checkpoint."""
+        epoch, batches_done = self._position
+        return {"epoch": epoch, "batches_done": batches_done}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        """Called on resume before the train loader is made, which then skips the batches done."""
-        if state_dict:
-            self._resume_at = (state_dict["epoch"], state_dict["batches_done"])
-        # Lightning, finding no resumable state on the DataLoader, would warn that this
-        # mid-epoch resume is unreliable; it is exact, so that one warning is silenced here.
-        ignore_mid_epoch_resume_warning()
+        """Start epoch ``state_dict["epoch"]`` after its first ``state_dict["batches_done"]`` batches."""
+        epoch, batches_done = state_dict["epoch"], state_dict["batches_done"]
+        self.sampler.resume(epoch, batches_done * self.batch_size)
+        self._position = (epoch, batches_done)
