@@ -4,6 +4,7 @@
     python benchmarks/throughput.py --precision bf16-mixed --threads 2 --steps 30
     python benchmarks/throughput.py --mask-prob 0.15     # BERT's 15% instead of base.yaml's 40%
     python benchmarks/throughput.py --device cuda --precision bf16-mixed [--compile]
+    python benchmarks/gpu_check.py --out DIR             # all of the GPU's figures in one run
 
 Both models train on the same masked batches of the corpus, one step of each in turn (the
 order flips every round) so that whatever else the machine is doing slows both alike. By
@@ -39,6 +40,7 @@ import torch
 from minibert.data import EuroparlDataModule
 from minibert.masking import IGNORE_INDEX, mask_tokens
 from minibert.module import MiniBert
+from minibert.static_step import compile_mode
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "europarl" / "europarl30k.fr.txt"
@@ -82,7 +84,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="minibert without minibert/fast.py's speed-ups (model.fast: false)",
     )
-    p.add_argument("--compile", action="store_true", help="torch.compile both models (minibert: its encoder)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile both models (minibert: model.compile true, its static-shape step); CUDA graphs on a GPU",
+    )
+    p.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile's backend (aot_eager: a quick check)"
+    )
     p.add_argument("--no-subprocess", action="store_true", help="skip the per-model peak-memory runs")
     p.add_argument("--no-profile", action="store_true", help="skip the profile of one minibert step")
     p.add_argument("--only", choices=MODELS, help=argparse.SUPPRESS)  # the peak-memory child runs
@@ -144,14 +153,11 @@ def make_minibert(args: argparse.Namespace, vocab_size: int) -> tuple[torch.nn.M
         weight_decay=0.01,
         betas=(0.9, 0.98),
         fast=not args.plain,
+        compile=args.compile,  # minibert/static_step.py: every position scored, no varying shape to recompile
     ).to(args.device)
+    module.static_step.backend = args.compile_backend
     module.train()
     optimizer = module.configure_optimizers()["optimizer"]
-    if args.compile:
-        # Only the encoder: the number of masked rows changes every batch, and the loss and
-        # metrics over them would recompile; the encoder's last layer sees that number too,
-        # and Dynamo recompiles it once with the size marked dynamic.
-        module.encoder.forward = torch.compile(module.encoder.forward)
 
     def step(batch: dict[str, torch.Tensor], index: int) -> None:
         with autocast(args):
@@ -177,6 +183,7 @@ def make_hf_bert(args: argparse.Namespace, vocab_size: int) -> tuple[torch.nn.Mo
         hidden_dropout_prob=args.dropout,
         attention_probs_dropout_prob=args.dropout,
         pad_token_id=0,
+        attn_implementation="sdpa",  # PyTorch's fused attention, as minibert's on a GPU
         tie_word_embeddings=True,
     )
     model = BertForMaskedLM(config).to(args.device)
@@ -186,9 +193,13 @@ def make_hf_bert(args: argparse.Namespace, vocab_size: int) -> tuple[torch.nn.Mo
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), fused=True)
-    forward = torch.compile(model) if args.compile else model
+    # Its loss scores every position: shapes as static as minibert's compiled step, CUDA graphs alike.
+    mode = compile_mode(torch.device(args.device).type) if args.compile_backend == "inductor" else None
+    forward = torch.compile(model, backend=args.compile_backend, mode=mode) if args.compile else model
 
     def step(batch: dict[str, torch.Tensor], index: int) -> None:
+        if args.compile:  # a step of its own, as minibert's: its CUDA graphs may reuse the last one's memory
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast(args):
             # labels are IGNORE_INDEX (-100, the value BertForMaskedLM ignores too) where not masked.
             out = forward(
@@ -366,7 +377,7 @@ def compare(
     for name in MODELS:
         median = statistics.median(times[name])
         rate[name] = tokens / median
-        flops = step_flops(args, vocab_size, scored, only_scored=name == "minibert")
+        flops = step_flops(args, vocab_size, scored, only_scored=name == "minibert" and not args.compile)
         print(
             f"| {name} | {rate[name]:,.0f} | {median * 1e3:.1f} | {min(times[name]) * 1e3:.0f}..{max(times[name]) * 1e3:.0f} "
             f"| {flops / 1e9:.2f} | {flops / median / 1e9:.1f} |"

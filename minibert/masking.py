@@ -64,8 +64,10 @@ def mask_tokens(
     chosen = (choose_u < config.mask_prob) & maskable
     # Every sequence with an ordinary word gets at least one target, so no loss is ever NaN.
     fallback = choose_u.masked_fill(~maskable, 2.0).argmin(dim=1)  # (B,)
-    needs_one = ~chosen.any(dim=1) & maskable.any(dim=1)
-    chosen[needs_one, fallback[needs_one]] = True
+    needs_one = ~chosen.any(dim=1) & maskable.any(dim=1)  # (B,)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
+    # Not chosen[needs_one, ...] = True: on a GPU the host would wait to learn how many rows that is.
+    chosen |= needs_one[:, None] & (positions == fallback[:, None])
 
     labels = torch.where(chosen, input_ids, IGNORE_INDEX)
     to_mask = chosen & (action_u < config.mask_token_prob)

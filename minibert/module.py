@@ -15,6 +15,7 @@ from minibert.errors import MinibertError
 from minibert.fast import FastEncoder
 from minibert.masking import IGNORE_INDEX
 from minibert.model import Encoder, EncoderConfig
+from minibert.static_step import StaticStep
 from minibert.tokenizer import Vocabulary
 
 
@@ -24,6 +25,9 @@ class MiniBert(L.LightningModule):
     Args:
         fast: train with the speed-ups of :mod:`minibert.fast` (the same numbers, computed
             faster); false runs the plain encoder of :mod:`minibert.model`.
+        compile: ``auto`` trains on a GPU with :mod:`minibert.static_step`'s compiled step (the
+            same numbers, without waiting for the GPU), on a CPU with this file's; true or false
+            chooses that step, or this file's, everywhere.
         optimizer: ``adam`` (the reference) or ``adamw`` (decoupled weight decay).
         lr: peak learning rate.
         weight_decay: applied to weight matrices and embeddings, never to norms and biases.
@@ -42,6 +46,7 @@ class MiniBert(L.LightningModule):
     def __init__(
         self,
         fast: bool = True,
+        compile: bool | Literal["auto"] = "auto",
         optimizer: Literal["adam", "adamw"] = "adam",
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
@@ -66,6 +71,7 @@ class MiniBert(L.LightningModule):
             }
         )
         self._step_started = 0.0
+        self.static_step = StaticStep(compile)  # the GPU's step, not part of the lesson
 
     @property
     def config(self) -> EncoderConfig:
@@ -85,6 +91,8 @@ class MiniBert(L.LightningModule):
         return self.encoder.loss_and_ranks(hidden, batch["labels"][scored])  # scalar, (N,)
 
     def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        if self.static_step.applies(batch):  # on a GPU: the same numbers, computed in static shapes
+            return self.static_step(self, batch, stage)
         loss, ranks = self.masked_loss(batch)
         n, k = ranks.numel(), self.hparams.top_k
         with torch.no_grad():
@@ -138,6 +146,8 @@ class MiniBert(L.LightningModule):
         self._step_started = perf_counter()
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Tensor], batch_idx: int) -> None:
+        if self.static_step.active:  # a GPU's step times itself, over each logging interval
+            return
         elapsed = perf_counter() - self._step_started
         self.log(
             "train/tokens_per_sec",

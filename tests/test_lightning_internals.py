@@ -25,6 +25,7 @@ from minibert.machinery.lightning_internals import (
     progress_bar_due,
     set_version_if_unset,
     start_the_next_epoch_in,
+    step_metrics_logged,
 )
 
 STEPS = 4
@@ -188,6 +189,25 @@ def test_step_metrics_logged_in_on_train_batch_end_are_logged_once_and_at_once()
     assert logged_inside == [
         list(range(step + 1)) for step in range(STEPS)
     ]  # already on the logger in the hook
+
+
+def test_step_metrics_logged_says_in_training_step_which_steps_the_logger_gets():
+    logger = RecordingLogger()
+    said = []
+
+    class Asking(TinyModel):
+        def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+            said.append(step_metrics_logged(self.trainer))
+            return super().training_step(batch, batch_idx)
+
+    trainer = L.Trainer(
+        max_steps=2 * STEPS, logger=logger, log_every_n_steps=3, accelerator="cpu",
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(Asking())
+    logged = [step for step, metrics in logger.calls if "loss" in metrics]
+    assert logged == [2, 5]  # every third step
+    assert [step for step, yes in enumerate(said) if yes] == logged
 
 
 def test_lightning_logs_a_step_after_its_on_train_batch_end_hooks():

@@ -1,10 +1,11 @@
 """Every use of a private part of Lightning, each behind one small function that says why it is needed.
 
-Exact resume, a safe stop and the run's progress bar need a few things Lightning has no public
-call for: the training loader's saved state where Lightning forgets to hand it over, its loop's
-counters and their place in a checkpoint (to start the next epoch, and to count the epochs
-trained), its logger connector, a logger's version before first
-use, its test for a local path, and its progress bar's refresh rule.
+Exact resume, a safe stop, the run's progress bar and the GPU's step need a few things Lightning
+has no public call for: the training loader's saved state where Lightning forgets to hand it
+over, its loop's counters and their place in a checkpoint (to start the next epoch, and to
+count the epochs trained), its logger connector, a logger's version before first use, its test
+for a local path, its progress bar's refresh rule, and whether it logs the training step now
+running.
 They are used nowhere else, so a Lightning release that changes one breaks one function here,
 and ``tests/test_lightning_internals.py`` says which.
 """
@@ -134,3 +135,13 @@ def progress_bar_due(bar: TQDMProgressBar, current: int, total: int | float | No
     same rule as Lightning's own bar, which keeps it in a private method.
     """
     return bar._should_update(current, total)
+
+
+def step_metrics_logged(trainer: L.Trainer) -> bool:
+    """Whether Lightning logs the training step now running: every ``log_every_n_steps`` steps, or when stopping.
+
+    :class:`minibert.static_step.StaticStep` copies a step's metrics from the GPU to the host only
+    then, once an interval rather than several times a step. Lightning decides it by a rule kept
+    in its private logger connector, asked here from inside ``training_step``.
+    """
+    return trainer._logger_connector.should_update_logs
