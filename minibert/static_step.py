@@ -2,7 +2,7 @@
 
 Not part of the lesson: :meth:`minibert.module.MiniBert.masked_loss` computes the same loss and
 ranks in two readable lines, and a CPU trains with it. On a GPU a step of this small model
-(12M parameters, 2,560 tokens) is over a thousand operations of a few microseconds of work each
+(a few million parameters, 2,560 tokens a batch) is over a thousand operations of a few microseconds of work each
 (1,637 counted in one step of base.yaml's model on a CPU): it is bound by their launches and by
 every point where the host waits for the device (a synchronisation), and the lesson's step has
 several of those every step:
