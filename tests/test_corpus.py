@@ -148,8 +148,10 @@ def test_a_decomposed_or_mixed_corpus_gives_one_composed_word(tmp_path):
     for name, text in [("nfd.txt", unicodedata.normalize("NFD", "\n".join(lines))), ("mixed.txt", mixed)]:
         (tmp_path / name).write_text(text + "\n", encoding="utf-8")
         data = EuroparlDataModule(
-            corpus=str(tmp_path / name), data_dir=str(tmp_path / "data"), val_fraction=0.0
+            corpus=str(tmp_path / name), data_dir=str(tmp_path / "data"), val_fraction=0.0, batch_size=4
         )
+        data.prepare_data()
+        data.setup("fit")
         words = data.vocab.itos[data.vocab.num_specials :]
         assert sorted(words) == sorted(["l", "'", "été", "est", "là", ",", "passe", "."])
         assert all(unicodedata.is_normalized("NFC", word) for word in words)

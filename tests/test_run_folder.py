@@ -151,6 +151,7 @@ def test_a_new_run_never_replaces_a_run_unasked(tmp_path, monkeypatch):
 # In a fresh Python: the process writes half of its first last.ckpt, then is killed (kill -9).
 KILLED_WRITING_LAST = """
 import os, signal, sys
+import torch
 from minibert.cli import main
 from minibert.machinery.checkpoint import AtomicCheckpointIO
 
