@@ -37,6 +37,7 @@ def refill_faults(mode: str) -> list[int]:
     return [int(n) for n in result.stdout.split()]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
 def test_a_freed_block_is_reused_instead_of_faulted_in_again():
     pages = 192 * 2**20 // 4096  # 49,152 pages of 4 KiB

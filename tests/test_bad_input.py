@@ -396,6 +396,7 @@ def test_text_that_is_not_utf8_is_read_with_one_warning(bad_dir, monkeypatch, ca
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "row", ["unknown key in a config", "a value of the wrong type", "--ckpt_path to a truncated file"]
 )

@@ -53,6 +53,7 @@ def test_base_and_reference_keep_the_reference_model_and_budget(tmp_path, name):
     assert projector[0]["init_args"]["top_k"] == 3000
 
 
+@pytest.mark.slow
 def test_reference_yaml_is_the_reference_recipe(tmp_path):
     model, data = (resolved("reference.yaml", tmp_path)[key] for key in ("model", "data"))
     assert (model["dropout"], model["lr"], model["weight_decay"], tuple(model["betas"])) == (
@@ -70,6 +71,7 @@ def test_reference_yaml_is_the_reference_recipe(tmp_path):
     assert (data["mask_prob"], data["windows"], data["packing"]) == (0.15, "sentence", True)
 
 
+@pytest.mark.slow
 def test_every_config_works_from_a_fresh_clone(tmp_path):
     """No config reads ../shared, which users never have: the corpus is the download, or a fixture of this repository."""
     configs = sorted((REPO / "configs").glob("*.yaml"))
@@ -80,6 +82,7 @@ def test_every_config_works_from_a_fresh_clone(tmp_path):
         assert corpus == "europarl-v7-fr" or (REPO / corpus).is_file(), (path.name, corpus)
 
 
+@pytest.mark.slow
 def test_minibert_and_python_m_are_the_same_command(tmp_path):
     via_script = run_cli(
         "fit",
@@ -107,6 +110,7 @@ def test_minibert_and_python_m_are_the_same_command(tmp_path):
     assert via_script == via_module and "EmbeddingProjector" in via_script
 
 
+@pytest.mark.slow
 def test_bad_option_is_one_clear_line(workdir):
     result = run_cli("fit", "--config", "configs/tiny.yaml", "--data.seq_len", "1", cwd=workdir, check=False)
     assert result.returncode == 2
@@ -114,6 +118,7 @@ def test_bad_option_is_one_clear_line(workdir):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_the_progress_bar_counts_the_whole_run_in_steps(workdir):
     """One bar from the first step to max_steps, across epochs: the rate is steps per second and the time left the run's."""
     result = run_cli(
@@ -138,6 +143,7 @@ def test_the_progress_bar_counts_the_whole_run_in_steps(workdir):
 # --- precision ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bf16_mixed_trains_with_gradient_clipping_and_the_fused_optimiser(workdir):
     """Lightning refuses to clip for a fused optimiser under mixed precision; bfloat16 needs no scaler, so minibert clips."""
     run_cli(
@@ -188,6 +194,7 @@ def test_the_precision_follows_the_hardware(monkeypatch, accelerator, native, ex
     assert chosen == expected and why
 
 
+@pytest.mark.slow
 def test_a_run_says_which_precision_it_chose_and_the_option_overrides_it(workdir, monkeypatch):
     config = "configs/tiny.yaml"
     (workdir / config).write_text((workdir / config).read_text().replace("  precision: 32-true", ""))

@@ -316,6 +316,7 @@ def test_test_without_test_corpus_is_a_clear_error(tmp_path):
         data.setup("test")
 
 
+@pytest.mark.slow
 def test_lightning_test_reports_test_metrics(tiny_run, workdir):
     shutil.copy(HELDOUT, workdir / "tests" / "data")
     result = run_cli(
@@ -332,6 +333,7 @@ def test_lightning_test_reports_test_metrics(tiny_run, workdir):
         assert metric in result.stdout, result.stdout
 
 
+@pytest.mark.slow
 def test_a_checkpoint_is_enough_to_score_held_out_text(tiny_run, workdir):
     """test and predict take the vocabulary from --ckpt_path: the training corpus may be gone."""
     (workdir / "tests" / "data" / "sample.fr.txt").unlink()
@@ -432,6 +434,7 @@ def test_directory_without_sessions(tmp_path):
         module(tmp_path, corpus=str(tmp_path / "empty_dir")).prepare_data()
 
 
+@pytest.mark.slow
 def test_command_line_shows_one_error_line_and_no_traceback(workdir):
     result = run_cli(
         "fit", "--config", "configs/tiny.yaml", "--data.corpus", "missing.txt", cwd=workdir, check=False

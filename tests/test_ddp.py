@@ -6,9 +6,12 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 from conftest import run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+pytestmark = pytest.mark.slow  # two training processes
 
 DDP = ("--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2")
 # 79 validation windows: an odd count, which Lightning's default DistributedSampler would

@@ -29,6 +29,8 @@ from minibert.machinery.checkpoint import AtomicCheckpointIO, check_checkpoint_f
 from minibert.module import MiniBert
 from minibert.windows import TokenWindows
 
+pytestmark = pytest.mark.slow  # runs are started, signalled, killed and resumed
+
 MAX_STEPS = 50  # the tiny config: 34 steps an epoch, a step checkpoint every 10
 FIT = [
     "fit",
@@ -203,7 +205,6 @@ def fit_in(workdir: Path, *args: str) -> None:
         os.chdir(cwd)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("hook", "name"), [("setup", "SIGINT"), ("on_sanity_check_start", "SIGTERM"), ("on_fit_start", "SIGHUP")]
 )
@@ -222,7 +223,6 @@ def test_a_signal_before_the_first_step_stops_at_once_and_says_so(workdir, capsy
     assert signal.getsignal(signal.SIGINT) is handler_before  # the command gave its signals back
 
 
-@pytest.mark.slow
 def test_ctrl_c_after_the_last_step_lets_the_run_end_whole(workdir, capsys):
     with pytest.raises(SystemExit) as stop:
         fit_in(workdir, "--trainer.callbacks+=test_faults.SignalAt", "--trainer.callbacks.hook=on_train_end",
@@ -265,7 +265,6 @@ def test_ctrl_c_while_importing_is_one_line(tmp_path):
     assert result.stderr == "stopped: interrupted while starting; nothing was done\n"
 
 
-@pytest.mark.slow
 def test_sighup_saves_after_the_step_like_sigterm(workdir):
     run = start(workdir)
     wait_for_last_checkpoint(run, workdir / "checkpoints", after_step=0)
@@ -279,7 +278,6 @@ def test_sighup_saves_after_the_step_like_sigterm(workdir):
     )
 
 
-@pytest.mark.slow
 def test_closing_the_terminal_saves_the_run(workdir):
     """The run's terminal closes (SIGHUP to it and its DataLoader workers): it saves, then exits 129."""
     master, terminal = os.openpty()
@@ -329,7 +327,6 @@ def kill_worker_after_step_10(windows, index):
 MAIN_PID, GET_WINDOW = os.getpid(), TokenWindows.__getitem__
 
 
-@pytest.mark.slow
 def test_a_killed_dataloader_worker_is_one_line(workdir, monkeypatch, capsys):
     monkeypatch.setattr(TokenWindows, "__getitem__", kill_worker_after_step_10)
     with pytest.raises(SystemExit) as stop:
@@ -355,7 +352,6 @@ def out_of_memory_at_step_12(module, batch, batch_idx):
 TRAINING_STEP = MiniBert.training_step
 
 
-@pytest.mark.slow
 def test_out_of_memory_in_a_step_is_one_line(workdir, monkeypatch, capsys):
     monkeypatch.setattr(MiniBert, "training_step", out_of_memory_at_step_12)
     with pytest.raises(SystemExit) as stop:
@@ -398,7 +394,6 @@ def full_log_disk(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(gfile.LocalFileSystem, name, fails_when_full)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("step", [0, 12])
 def test_a_full_log_disk_is_one_line_and_the_checkpoints_stay_whole(workdir, monkeypatch, capsys, step):
     full_log_disk(monkeypatch)

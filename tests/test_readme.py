@@ -26,6 +26,8 @@ from test_tensorboard import TensorBoard
 
 from minibert.explore.commands import COMMANDS
 
+pytestmark = pytest.mark.slow  # every case runs a command of the docs in a fresh folder
+
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
 CI_SCRIPT = REPO / ".ci" / "run"
@@ -120,6 +122,15 @@ def check_pytest(argv: list[str], workdir: Path) -> None:
     )
 
 
+def check_quick_loop(argv: list[str], workdir: Path) -> None:
+    """``pytest -m "not slow"`` leaves out some tests, the end-to-end ones, and keeps the rest."""
+    collected = run([sys.executable, "-m", *argv, "--collect-only", "-q"], cwd=workdir).stdout
+    match = re.search(r"(\d+)/(\d+) tests collected \((\d+) deselected\)", collected)
+    assert match, collected[-2000:]
+    kept, deselected = int(match[1]), int(match[3])
+    assert kept > 0 and deselected > 0, match[0]
+
+
 def run_lightning(argv: list[str], workdir: Path) -> None:
     """Training commands run as written, shrunk; a resumed fit gets a second epoch to train."""
     resume = argv[1] == "fit" and "--ckpt_path" in argv
@@ -187,6 +198,8 @@ def runner(argv: list[str]) -> tuple[Callable[[list[str], Path], None], bool]:
         return check_pip, False
     if argv == ["pytest"]:
         return check_pytest, False
+    if argv == ["pytest", "-m", "not slow"]:
+        return check_quick_loop, False
     if program == "lightning" and argv[1] in EXPLORE_SUBCOMMANDS:
         return run_as_written, True
     if program == "lightning" and "--trainer.strategy" in argv:

@@ -92,6 +92,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return dirs
 
 
+@pytest.mark.slow
 def test_interrupted_run_saved_the_step_it_stopped_at(runs):
     checkpoint = torch.load(runs["half_checkpoint"], weights_only=True)
     assert checkpoint["global_step"] == HALF
@@ -104,6 +105,7 @@ def loader_states(checkpoint: dict) -> list[dict[str, int]]:
     return checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
 
 
+@pytest.mark.slow
 def test_resumed_run_logs_the_same_losses_into_the_same_folder(runs):
     whole, resumed = (runs[name] / "lightning_logs" for name in ("whole", "resumed"))
     assert sorted(p.name for p in resumed.iterdir()) == ["version_0"]
@@ -112,6 +114,7 @@ def test_resumed_run_logs_the_same_losses_into_the_same_folder(runs):
     assert [got[step] for step in second_half] == [expected[step] for step in second_half]
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_with_the_same_weights_and_optimiser_bit_for_bit(runs):
     assert_same_run(runs["whole"], runs["resumed"], steps=STEPS, epoch=1)
 
@@ -133,6 +136,7 @@ def assert_same_run(whole: Path, resumed: Path, steps: int, epoch: int) -> None:
     assert whole["lr_schedulers"] == resumed["lr_schedulers"]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_an_older_minibert_resumes_exactly(runs, tmp_path):
     """Older versions kept the epoch's position in the data module's state: that form still resumes."""
     checkpoint = torch.load(runs["half_checkpoint"], weights_only=True)
@@ -145,6 +149,7 @@ def test_a_checkpoint_of_an_older_minibert_resumes_exactly(runs, tmp_path):
     assert_same_run(runs["whole"], tmp_path, steps=STEPS, epoch=1)
 
 
+@pytest.mark.slow
 def test_a_run_bounded_by_epochs_stopped_mid_epoch_resumes_exactly(tmp_path):
     """Without max_steps, Lightning builds the training loader before it reads the checkpoint (its issue #20550).
 
@@ -256,6 +261,7 @@ def checkpoints_every(folder: Path, steps: int) -> Path:
     return config
 
 
+@pytest.mark.slow
 def test_last_checkpoint_holds_the_final_step_and_resumes_from_it(tmp_path):
     """With one checkpoint every 10 steps (no epoch-end one, as in quick.yaml), step 23 of 23 is saved too, and resumes."""
     shutil.copytree(REPO / "configs", tmp_path / "configs")
@@ -277,6 +283,7 @@ def test_last_checkpoint_holds_the_final_step_and_resumes_from_it(tmp_path):
     assert sorted(losses(tmp_path / "lightning_logs" / "version_0")) == list(range(25))
 
 
+@pytest.mark.slow
 def test_a_finished_run_continued_for_another_epoch_trains_it_whole(tmp_path):
     """last.ckpt written at a run's end is past its last epoch: the next epoch starts at its first batch.
 
@@ -304,6 +311,7 @@ def test_a_finished_run_continued_for_another_epoch_trains_it_whole(tmp_path):
     assert logged[0] == logged[1] and sorted(logged[0]) == list(range(42))
 
 
+@pytest.mark.slow
 def test_a_run_bounded_by_epochs_saves_its_last_step_and_continues_from_it(tmp_path):
     """Checkpoints every 10 steps, epochs of 21: the run's steps 41 and 42 are in last.ckpt too, and a third epoch follows."""
     shutil.copytree(REPO / "configs", tmp_path / "configs")

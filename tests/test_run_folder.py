@@ -20,6 +20,8 @@ from minibert.machinery.checkpoint import check_checkpoint_file
 from minibert.machinery.files import atomic_write, host, owner, remove_stale_temporaries
 from minibert.machinery.run_folder import RunLock
 
+pytestmark = pytest.mark.slow  # runs are started, killed and resumed
+
 FIT = ["fit", "--config", "configs/tiny.yaml", "--trainer.max_epochs", "-1"]
 
 
@@ -79,7 +81,6 @@ def test_the_lock_of_a_killed_process_blocks_nothing(tmp_path):
     assert time.monotonic() - started < 2
 
 
-@pytest.mark.slow
 def test_two_runs_in_one_folder_the_second_is_refused_and_the_first_is_whole(workdir):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     first = subprocess.Popen(
@@ -114,7 +115,6 @@ def test_two_runs_in_one_folder_the_second_is_refused_and_the_first_is_whole(wor
 # --- a new run in a folder that holds one ----------------------------------------------------
 
 
-@pytest.mark.slow
 def test_a_new_run_never_replaces_a_run_unasked(tmp_path, monkeypatch):
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     (tmp_path / "checkpoints").mkdir()
@@ -172,7 +172,6 @@ main(sys.argv[1:])
 """
 
 
-@pytest.mark.slow
 def test_killed_while_writing_the_first_last_ckpt_resumes_from_the_step_checkpoint(workdir, monkeypatch):
     args = [*FIT, "--trainer.max_steps", "14"]
     killed = subprocess.run(
@@ -228,7 +227,6 @@ def test_last_passes_over_a_damaged_newest_checkpoint(tiny_run, tmp_path, monkey
     )
 
 
-@pytest.mark.slow
 def test_a_run_ending_on_a_validation_step_has_one_last_ckpt(workdir):
     """quick.yaml's recipe: a checkpoint at every validation, the last step one of them."""
     config = workdir / "every_20.yaml"
@@ -296,7 +294,6 @@ def test_atomic_writes_name_their_writer(tmp_path):
     assert owner() == f"{os.getpid()}@{host()}" and all(c.isalnum() or c == "-" for c in host())
 
 
-@pytest.mark.slow
 def test_a_run_removes_what_a_killed_run_left(tiny_run, tmp_path, monkeypatch):
     for name in ("configs", "tests", "data", "checkpoints", "lightning_logs"):
         shutil.copytree(tiny_run / name, tmp_path / name)
