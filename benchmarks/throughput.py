@@ -43,13 +43,13 @@ from minibert.module import MiniBert
 from minibert.static_step import compile_mode
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "europarl" / "europarl30k.fr.txt"
+DEFAULT_CORPUS = "europarl-v7-fr"  # base.yaml's: downloaded into --data-dir on first use
 MODELS = ("minibert", "hf_bert")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="corpus whose vocabulary sizes the models")
+    p.add_argument("--corpus", default=DEFAULT_CORPUS, help="corpus whose vocabulary sizes the models")
     p.add_argument("--data-dir", default=str(REPO / "data"), help="where the encoded corpus is cached")
     p.add_argument("--vocab-size", type=int, default=40_003, help="vocabulary cap, as in configs/base.yaml")
     p.add_argument("--max-sentences", type=int, default=30_000)
