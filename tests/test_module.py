@@ -29,12 +29,12 @@ def tiny_model(**options) -> MiniBert:
     return MiniBert(**{**settings, **options})
 
 
-def make_batch(scored: int, seed: int) -> dict[str, torch.Tensor]:
-    """Four sequences with ``scored`` positions labelled and the last sequence half padding."""
+def make_batch(scored: int, seed: int, rows: int = 4) -> dict[str, torch.Tensor]:
+    """``rows`` sequences with ``scored`` positions labelled and the last sequence half padding."""
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, V, (4, T), generator=generator)
-    padding = torch.zeros(4, T, dtype=torch.bool)
-    padding[3, T // 2 :] = True
+    ids = torch.randint(3, V, (rows, T), generator=generator)
+    padding = torch.zeros(rows, T, dtype=torch.bool)
+    padding[-1, T // 2 :] = True
     ids = ids.masked_fill(padding, 0)
     labels = torch.full_like(ids, IGNORE_INDEX)
     candidates = (~padding).flatten().nonzero().flatten()

@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import REPO
 from lightning.pytorch.loggers import CSVLogger
+from test_module import T, V, make_batch, tiny_model
 from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
@@ -27,33 +28,11 @@ from minibert.errors import MinibertError
 from minibert.masking import IGNORE_INDEX
 from minibert.module import MiniBert
 from minibert.static_step import StaticStep, compile_mode, static_loss
-from minibert.tokenizer import MASK_ID
 
-V, T, K = 50, 6, 5
-
-
-def tiny_model(**options) -> MiniBert:
-    settings = dict(vocab_size=V, seq_len=T, embed_dim=16, num_heads=2, num_layers=2, ff_dim=32, dropout=0.0)
-    torch.manual_seed(0)
-    return MiniBert(**{**settings, **options})
+K = 5
 
 
-def make_batch(rows: int, scored: int, seed: int) -> dict[str, torch.Tensor]:
-    """``rows`` sequences with ``scored`` positions labelled, the last sequence half padding."""
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, V, (rows, T), generator=generator)
-    padding = torch.zeros(rows, T, dtype=torch.bool)
-    padding[-1, T // 2 :] = True
-    ids = ids.masked_fill(padding, 0)
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    candidates = (~padding).flatten().nonzero().flatten()
-    chosen = candidates[torch.randperm(len(candidates), generator=generator)[:scored]]
-    labels.view(-1)[chosen] = ids.view(-1)[chosen]
-    ids.view(-1)[chosen] = MASK_ID
-    return {"input_ids": ids, "labels": labels, "padding_mask": padding}
-
-
-BATCHES = [make_batch(4, 9, seed=1), make_batch(4, 3, seed=2), make_batch(3, 7, seed=3)]  # the last smaller
+BATCHES = [make_batch(9, seed=1), make_batch(3, seed=2), make_batch(7, seed=3, rows=3)]  # the last smaller
 
 
 def lesson_step(model: MiniBert, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict, list[float]]:
