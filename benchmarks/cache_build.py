@@ -1,6 +1,6 @@
 """Time and peak memory of encoding a corpus into the cache (``build_cache`` in ``minibert/data.py``).
 
-    python benchmarks/cache_build.py ../shared/data/europarl/europarl.fr.500k.txt.gz
+    python benchmarks/cache_build.py data/europarl-v7.fr-en.fr --max_sentences 500000
 
 Builds into a fresh temporary directory (nothing reused), then prints ``build_s=`` (wall
 clock), ``cpu_s=`` (this process's CPU time: steadier on a busy machine) and ``peak_rss_mb=``

@@ -2,16 +2,17 @@
 
     python benchmarks/data_pipeline.py                 # everything (a few minutes on 2 cores)
     python benchmarks/data_pipeline.py --skip-startup  # the cache builds and the loader only
+    python benchmarks/data_pipeline.py --corpus FILE   # another corpus than Europarl v7 (downloaded)
 
 Prints three tables:
 
 1. Cache builds (tokenize, build the vocabulary, encode, write): seconds and peak resident
-   memory, each in a fresh process with an empty cache directory, for ``europarl30k.fr.txt``
-   and for the first 30k, 100k and all 500k sentences of ``europarl.fr.500k.txt.gz``.
+   memory, each in a fresh process with an empty cache directory, for the first 30k, 100k and
+   500k sentences of the corpus (base.yaml's, ``europarl-v7-fr``, downloaded on first use).
 2. Batches per second out of the DataLoader, masking included (the data module's
    ``on_after_batch_transfer``), beside the training step's demand (minibert's steps per
    second at the base configuration, measured here as in ``throughput.py``).
-3. Start-up with a warm cache: ``lightning fit`` on the 100k and 500k corpora with two
+3. Start-up with a warm cache: ``lightning fit`` on the first 100k and 500k sentences with two
    DataLoader workers: seconds from process start to the first training step, and the
    memory of the training process and its workers (RSS, and USS: the memory that is the
    process's own, which excludes the shared memory-mapped arrays).
@@ -32,14 +33,13 @@ from pathlib import Path
 
 import lightning as L
 
+from minibert.machinery.download import EUROPARL_V7_FR, corpus_file
+
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
-EUROPARL = REPO.parent / "shared" / "data" / "europarl"
-CORPUS_30K = EUROPARL / "europarl30k.fr.txt"
-CORPUS_500K = EUROPARL / "europarl.fr.500k.txt.gz"
 VOCAB_SIZE = 40_003  # configs/base.yaml
-BUILDS = ((CORPUS_30K, None), (CORPUS_500K, 30_000), (CORPUS_500K, 100_000), (CORPUS_500K, None))
-STARTUPS = (100_000, None)  # max_sentences of the 500k corpus
+BUILDS = (30_000, 100_000, 500_000)  # max_sentences of the corpus
+STARTUPS = (100_000, 500_000)
 MIB = 1024 * 1024
 sys.path.insert(0, str(BENCHMARKS))  # throughput.py, beside this file
 
@@ -88,12 +88,12 @@ def build_child(corpus: Path, max_sentences: int | None, data_dir: Path) -> dict
 # --- 2. the loader against the training step ------------------------------------------------
 
 
-def loader_rate(data_dir: Path, num_workers: int, batches: int = 200) -> float:
+def loader_rate(corpus: Path, data_dir: Path, num_workers: int, batches: int = 200) -> float:
     """Batches per second: DataLoader (base configuration) + masking, after a few warm-up batches."""
     from minibert.data import EuroparlDataModule
 
     data = EuroparlDataModule(
-        corpus=str(CORPUS_30K),
+        corpus=str(corpus),
         data_dir=str(data_dir),
         vocab_size=VOCAB_SIZE,
         max_sentences=30_000,
@@ -109,13 +109,15 @@ def loader_rate(data_dir: Path, num_workers: int, batches: int = 200) -> float:
     return batches / (time.perf_counter() - start)
 
 
-def training_step_rate(data_dir: Path) -> float:
+def training_step_rate(corpus: Path, data_dir: Path) -> float:
     """minibert's training steps per second at the base configuration (median of a few)."""
     import throughput
 
     warnings.filterwarnings("ignore", message=".*self.log.*")  # training_step logs; no Trainer here to log to
 
-    args = throughput.parse_args(["--data-dir", str(data_dir), "--warmup", "3", "--steps", "7"])
+    args = throughput.parse_args(
+        ["--corpus", str(corpus), "--data-dir", str(data_dir), "--warmup", "3", "--steps", "7"]
+    )
     batches, vocab_size = throughput.masked_batches(args, count=8)
     _, step = throughput.make_minibert(args, vocab_size)
     times = throughput.timed_interleaved({"minibert": step}, batches, args)["minibert"]
@@ -154,8 +156,8 @@ class StartupProbe(L.Callback):
         Path(self.out).write_text(json.dumps(info))
 
 
-def startup_child(max_sentences: int | None, data_dir: Path, steps: int = 10) -> dict:
-    """A second ``lightning fit`` on the 500k corpus (its cache already built), two workers."""
+def startup_child(corpus: Path, max_sentences: int, data_dir: Path, steps: int = 10) -> dict:
+    """A second ``lightning fit`` on the corpus's first ``max_sentences`` (their cache already built), two workers."""
     with tempfile.TemporaryDirectory() as cwd:
         out = Path(cwd) / "startup.json"
         (Path(cwd) / "benchmarks").symlink_to(BENCHMARKS)  # base.yaml names benchmarks/*.tsv from here
@@ -167,11 +169,11 @@ def startup_child(max_sentences: int | None, data_dir: Path, steps: int = 10) ->
             "--config",
             str(REPO / "configs" / "base.yaml"),
             "--data.corpus",
-            str(CORPUS_500K),
+            str(corpus),
             "--data.data_dir",
             str(data_dir),
             "--data.max_sentences",
-            str(max_sentences or "null"),
+            str(max_sentences),
             "--data.num_workers",
             "2",
             "--trainer.accelerator",
@@ -195,6 +197,11 @@ def startup_child(max_sentences: int | None, data_dir: Path, steps: int = 10) ->
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--corpus",
+        default=EUROPARL_V7_FR,
+        help="one sentence a line; europarl-v7-fr is downloaded into data/",
+    )
     p.add_argument("--skip-startup", action="store_true", help="skip the warm-cache start-up runs")
     p.add_argument("--build", help=argparse.SUPPRESS)  # a child process building one cache
     p.add_argument("--max-sentences", type=int, help=argparse.SUPPRESS)
@@ -206,6 +213,7 @@ def main() -> None:
 
     import torch
 
+    corpus = corpus_file(args.corpus, REPO / "data")
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory() as scratch:
         print(
@@ -213,21 +221,21 @@ def main() -> None:
         )
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         data_dirs = {}
-        for corpus, max_sentences in BUILDS:
-            data_dir = data_dirs[(corpus, max_sentences)] = Path(scratch) / f"{corpus.name}-{max_sentences}"
+        for max_sentences in BUILDS:
+            data_dir = data_dirs[max_sentences] = Path(scratch) / f"first-{max_sentences}"
             r = build_child(corpus, max_sentences, data_dir)
-            name = corpus.name + (f" (first {max_sentences:,})" if max_sentences else "")
+            name = f"{corpus.name} (first {max_sentences:,})"
             print(
                 f"| {name} | {r['sentences']:,} | {r['tokens']:,} | {r['vocab']:,} | {r['cache_mib']:.0f} "
                 f"| {r['seconds']:.1f} | {r['peak_mib']:.0f} | {r['baseline_mib']:.0f} |"
             )
 
-        data_30k = data_dirs[(CORPUS_30K, None)]
-        demand = training_step_rate(data_30k)
+        data_30k = data_dirs[30_000]
+        demand = training_step_rate(corpus, data_30k)
         print("\n| loader (batch 128 x 20, masking included) | batches/s | x the training step's demand |")
         print("| --- | ---: | ---: |")
         for workers in (0, 2):
-            rate = loader_rate(data_30k, workers)
+            rate = loader_rate(corpus, data_30k, workers)
             print(f"| num_workers={workers} | {rate:.0f} | {rate / demand:.0f}x |")
         print(f"| (training step, minibert, base configuration) | {demand:.2f} steps/s | |")
 
@@ -237,8 +245,8 @@ def main() -> None:
             )
             print("| --- | ---: | ---: | ---: | ---: | ---: |")
             for max_sentences in STARTUPS:
-                r = startup_child(max_sentences, data_dirs[(CORPUS_500K, max_sentences)])
-                name = f"{max_sentences:,} sentences" if max_sentences else "all 500,000 sentences"
+                r = startup_child(corpus, max_sentences, data_dirs[max_sentences])
+                name = f"{max_sentences:,} sentences"
                 workers_rss = " + ".join(f"{w['rss'] / MIB:.0f}" for w in r["workers"])
                 workers_uss = " + ".join(f"{w['uss'] / MIB:.0f}" for w in r["workers"])
                 print(

@@ -5,14 +5,15 @@ The measures are :mod:`minibert.explore.evaluation`'s, the same as ``lightning e
 similarity over the whole vocabulary, special tokens and the word itself excluded, that
 belong to its own group, averaged over the group words) and 3CosAdd analogy accuracy per
 section, with coverage (questions in word2vec's format; ``benchmarks/analogies.fr.txt`` by
-default). ``--word2vec`` scores gensim's word2vec trained on the same sentences.
+default). ``--word2vec`` scores gensim's word2vec trained on the same sentences: the first
+30,000 of ``--corpus`` (base.yaml's, ``europarl-v7-fr``, downloaded into ``data/`` on first use).
 
     python benchmarks/embedding_quality.py --ckpt_path checkpoints/last.ckpt
     python benchmarks/embedding_quality.py --word2vec      # the yardstick (needs gensim: pip install -e ".[bench]")
     python benchmarks/embedding_quality.py --word2vec --skip-gram   # word2vec's skip-gram instead of CBOW
 
-The categories file has one group a line, ``name<TAB>word word ...``; lines starting with
-``#`` are comments.
+The categories file (``benchmarks/categories.demo.tsv`` by default) has one group a line,
+``name<TAB>word word ...``; lines starting with ``#`` are comments.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -35,10 +37,12 @@ from minibert.explore.evaluation import (
     read_analogies,
     read_groups,
 )
+from minibert.machinery.download import EUROPARL_V7_FR, corpus_file
 
-DEFAULT_CATEGORIES = "../shared/data/categories.dev.tsv"
-DEFAULT_CORPUS = "../shared/data/europarl/europarl30k.fr.txt"
+DEFAULT_CATEGORIES = "benchmarks/categories.demo.tsv"
+DEFAULT_CORPUS = EUROPARL_V7_FR  # base.yaml's corpus
 DEFAULT_ANALOGIES = "benchmarks/analogies.fr.txt"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # where base.yaml keeps the download
 
 
 def checkpoint_embeddings(ckpt_path: str, source: str) -> tuple[Tensor, list[str], int]:
@@ -62,7 +66,7 @@ def word2vec_embeddings(
 
     from minibert.tokenizer import tokenize
 
-    with open(corpus, encoding="utf-8") as file:
+    with open(corpus_file(corpus, DATA_DIR), encoding="utf-8") as file:
         sentences = [tokenize(line) for _, line in zip(range(max_sentences), file)]
     started = time.perf_counter()
     w2v = Word2Vec(sentences, vector_size=128, window=5, min_count=1, sg=int(skip_gram), epochs=5, seed=seed)
@@ -89,7 +93,9 @@ def main(argv: list[str] | None = None) -> None:
         "--analogies", default=DEFAULT_ANALOGIES, help="analogy questions in word2vec's format; '' for none"
     )
     parser.add_argument(
-        "--corpus", default=DEFAULT_CORPUS, help="word2vec's training text, one sentence a line"
+        "--corpus",
+        default=DEFAULT_CORPUS,
+        help="word2vec's training text, one sentence a line (europarl-v7-fr: downloaded into data/)",
     )
     parser.add_argument("--max_sentences", type=int, default=30_000)
     parser.add_argument("--k", type=int, default=5)

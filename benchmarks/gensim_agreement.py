@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--source", choices=("input", "output"), default="input")
     parser.add_argument("--analogies", default=DEFAULT_ANALOGIES, help="questions in word2vec's format")
-    parser.add_argument("--corpus", default=DEFAULT_CORPUS)
+    parser.add_argument(
+        "--corpus", default=DEFAULT_CORPUS, help="word2vec's training text (europarl-v7-fr: downloaded)"
+    )
     parser.add_argument("--max_sentences", type=int, default=30_000)
     args = parser.parse_args(argv)
     from gensim.models import KeyedVectors  # the bench extra: imported after --help

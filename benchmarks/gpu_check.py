@@ -58,8 +58,6 @@ import torch  # noqa: E402
 from minibert.data import EuroparlDataModule  # noqa: E402
 from minibert.masking import IGNORE_INDEX, mask_tokens  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "data"
-DEV_GROUPS = SHARED / "categories.dev.tsv"
 DEMO_GROUPS = REPO / "benchmarks" / "categories.demo.tsv"
 PARTS = ("machine", "loader", "fit", "throughput")
 PROGRESS_BAR = re.compile(
@@ -91,8 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--groups",
-        default=str(DEV_GROUPS if DEV_GROUPS.exists() else DEMO_GROUPS),
-        help="word groups for purity@5 of the trained embeddings (the dev groups where present, else the demo ones)",
+        default=str(DEMO_GROUPS),
+        help="word groups for purity@5 of the trained embeddings",
     )
     p.add_argument("--device", default="cuda", help="cuda, or cpu for the smoke run")
     p.add_argument(

@@ -1,10 +1,13 @@
 """How well the sentence splitter agrees with the release's own sentence splitting.
 
-The lines of ``europarl30k.fr.txt`` were cut from the same raw sessions by the release's
-tools (and then aligned with English, which drops or merges a few), so the share of our
-sentences that appear verbatim among those lines measures the splitter:
+The lines of ``europarl-v7.fr-en.fr`` were cut from the raw session files (``txt/fr/`` of the
+release's ``europarl.tgz``) by the release's tools, and then aligned with English, which drops
+or merges a few; so the share of our sentences that appear verbatim among those lines
+measures the splitter:
 
-    python benchmarks/sentence_split.py [RAW_DIR] [LINES_FILE]
+    python benchmarks/sentence_split.py RAW_DIR [LINES_FILE]
+
+LINES_FILE is ``europarl-v7-fr`` by default: base.yaml's corpus, downloaded into ``data/``.
 
 The last line printed is ``verbatim=<fraction>``.
 """
@@ -15,8 +18,9 @@ import argparse
 from pathlib import Path
 
 from minibert.corpus import read_sentences
+from minibert.machinery.download import EUROPARL_V7_FR, corpus_file
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "europarl"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # where base.yaml keeps the download
 
 
 def verbatim_fraction(raw: Path, lines_file: Path) -> tuple[float, list[str]]:
@@ -29,21 +33,18 @@ def verbatim_fraction(raw: Path, lines_file: Path) -> tuple[float, list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "raw", nargs="?", type=Path, default=SHARED / "raw" / "fr", help="raw session file or directory"
-    )
+    parser.add_argument("raw", type=Path, help="raw session file or directory")
     parser.add_argument(
         "lines",
         nargs="?",
-        type=Path,
-        default=SHARED / "europarl30k.fr.txt",
-        help="sentence-per-line reference",
+        default=EUROPARL_V7_FR,
+        help="sentence-per-line reference (europarl-v7-fr: downloaded)",
     )
     parser.add_argument(
         "--show", type=int, default=0, help="print this many sentences that are not reference lines"
     )
     args = parser.parse_args()
-    fraction, misses = verbatim_fraction(args.raw, args.lines)
+    fraction, misses = verbatim_fraction(args.raw, corpus_file(args.lines, DATA_DIR))
     for sentence in misses[: args.show]:
         print("miss:", sentence)
     print(f"sentences={round(len(misses) / (1 - fraction)) if fraction < 1 else 'all'} misses={len(misses)}")

@@ -20,7 +20,7 @@ from conftest import EUROPARL_30K, REPO, SHARED_DATA, TEST_DATA, requires_shared
 from minibert.corpus import read_sentences, split_sentences
 from minibert.data import EuroparlDataModule
 from minibert.errors import MinibertError
-from minibert.machinery.download import FRENCH_MEMBER, fetch_europarl_fr
+from minibert.machinery.download import FRENCH_MEMBER, corpus_file, fetch_europarl_fr
 
 SESSIONS = TEST_DATA / "sessions"
 RAW_FR = SHARED_DATA / "europarl" / "raw" / "fr"
@@ -303,6 +303,14 @@ def test_download_extracts_only_french_once(server, tmp_path):
     )
     assert again.load_vocabulary().itos == vocab.itos
     assert requests == ["/fr-en.tgz"]  # the second use did not download again
+
+
+def test_the_benchmarks_corpus_option_finds_the_download_or_takes_a_path(tmp_path):
+    """benchmarks/*.py's --corpus: europarl-v7-fr is the file base.yaml downloaded (here already whole), else a path."""
+    (tmp_path / FRENCH_MEMBER).write_text("une phrase .\n", encoding="utf-8")
+    # No network here: the file is found, not fetched.
+    assert corpus_file("europarl-v7-fr", tmp_path) == tmp_path / FRENCH_MEMBER
+    assert corpus_file("other.fr.txt", tmp_path) == Path("other.fr.txt")
 
 
 def test_a_download_cut_short_later_is_fetched_again(server, tmp_path, caplog):

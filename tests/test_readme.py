@@ -1,8 +1,7 @@
 """Every command in the README and in docs/*.md runs, here or in CI, so the docs cannot go stale.
 
 The commands are read from the ```bash blocks of the README, then of docs/*.md. Each runs in a fresh folder laid
-out like a clone, with ``../shared`` beside it holding fixture files at the paths the
-README names. Training commands run as written, followed by arguments that shrink them
+out like a clone after its first download, with nothing beside it (users have no ``../shared``). Training commands run as written, followed by arguments that shrink them
 to seconds (LightningCLI lets later arguments win): 60 sentences of the fixture corpus, a
 tiny model, one epoch.
 """
@@ -63,7 +62,7 @@ def steps(argv: list[str]) -> list[list[str]]:
 
 
 def clone(root: Path) -> Path:
-    """A folder like a fresh clone after its first download, with ``../shared`` beside it holding the fixture files."""
+    """A folder like a fresh clone after its first download (nothing beside it: users have no ``../shared``)."""
     repo = root / "minibert"
     for folder in ("configs", "benchmarks"):
         shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
@@ -74,10 +73,6 @@ def clone(root: Path) -> Path:
     shutil.copy(
         SAMPLE_CORPUS, repo / "data" / "europarl-v7.fr-en.fr"
     )  # where the configs' download puts Europarl
-    shared = root / "shared" / "data"
-    (shared / "europarl").mkdir(parents=True)
-    shutil.copy(SAMPLE_CORPUS, shared / "europarl" / "europarl30k.fr.txt")
-    shutil.copy(TEST_DATA / "categories.tsv", shared / "categories.dev.tsv")
     return repo
 
 
@@ -238,6 +233,14 @@ def test_readme_command_runs(argv: list[str], trained: Path, tmp_path: Path) -> 
     else:
         workdir = clone(tmp_path)
     how(argv, workdir)
+
+
+def test_no_command_and_no_benchmark_default_reads_shared():
+    """Users never have ../shared: no command of the pages names it, and no benchmark falls back on it."""
+    assert not [argv for argv in COMMANDS if any("../shared" in arg for arg in argv)]
+    for path in sorted((REPO / "benchmarks").glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        assert "../shared" not in text and '"shared"' not in text, path.name
 
 
 def test_every_look_inside_command_is_run_from_the_docs():

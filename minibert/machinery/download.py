@@ -54,6 +54,11 @@ def fetch_europarl_fr(data_dir: Path, url: str = EUROPARL_V7_URL) -> Path:
     return target
 
 
+def corpus_file(corpus: str, data_dir: Path) -> Path:
+    """The file a ``--corpus`` option names: ``europarl-v7-fr`` is fetched into ``data_dir`` (once), anything else is a path."""
+    return fetch_europarl_fr(data_dir) if corpus == EUROPARL_V7_FR else Path(corpus)
+
+
 def is_whole(path: Path) -> bool:
     """Whether ``path`` exists with the size recorded when it was fetched (a file without a record is trusted)."""
     if not path.is_file():
