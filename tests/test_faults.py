@@ -26,6 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from minibert.cli import main
 from minibert.machinery.checkpoint import AtomicCheckpointIO, check_checkpoint_file
+from minibert.machinery.failures import explain
 from minibert.module import MiniBert
 from minibert.windows import TokenWindows
 
@@ -327,6 +328,20 @@ def kill_worker_after_step_10(windows, index):
 MAIN_PID, GET_WINDOW = os.getpid(), TokenWindows.__getitem__
 
 
+def test_the_dataloader_message_names_one_worker_or_several():
+    """PyTorch's two reports of dead workers, as minibert words them (no trainer: before training)."""
+    one = explain(RuntimeError("DataLoader worker (pid 5120) is killed by signal: Killed. "), None, False)
+    several = explain(
+        RuntimeError("DataLoader worker (pid(s) 12588, 12589) exited unexpectedly"), None, False
+    )
+    assert str(one).startswith(
+        "a DataLoader worker (process 5120) was killed (signal: Killed) before training"
+    )
+    assert str(several).startswith(
+        "DataLoader workers (processes 12588, 12589) exited unexpectedly before training"
+    )
+
+
 def test_a_killed_dataloader_worker_is_one_line(workdir, monkeypatch, capsys):
     monkeypatch.setattr(TokenWindows, "__getitem__", kill_worker_after_step_10)
     with pytest.raises(SystemExit) as stop:
@@ -338,7 +353,8 @@ def test_a_killed_dataloader_worker_is_one_line(workdir, monkeypatch, capsys):
     # SIGCHLD handler ("is killed by signal: Killed") or its wait for the next batch, which
     # names every dead worker ("pid(s) 12588, 12589 exited unexpectedly"; both workers die here).
     assert re.fullmatch(
-        rf"error: a DataLoader worker \(process [\d, ]+\) (was killed \(signal: Killed\)|exited unexpectedly) at step \d+, "
+        rf"error: (a DataLoader worker \(process \d+\) (was killed \(signal: Killed\)|exited unexpectedly)"
+        rf"|DataLoader workers \(processes \d+(, \d+)+\) exited unexpectedly) at step \d+, "
         rf"most often by the system for want "
         rf"of memory; the newest checkpoint, {re.escape(str(workdir))}/checkpoints/\S+.ckpt \(step 10\), is whole: "
         r"continue with the same command and --ckpt_path last, with fewer --data.num_workers \(0 reads the data in the "

@@ -73,8 +73,14 @@ def explain(error: BaseException, trainer: L.Trainer | None, training_started: b
                 f"free some space, then {_how_to_go_on(trainer)}"
             )
         if match := _WORKER.search(str(cause)):
+            pids = match[1].strip()
+            who = (
+                f"DataLoader workers (processes {pids})"
+                if "," in pids
+                else f"a DataLoader worker (process {pids})"
+            )
             return MinibertError(
-                f"a DataLoader worker (process {match[1]}) {_ended(match[2])}"
+                f"{who} {_ended(match[2])}"
                 f"{_when(trainer, training_started)}, most often by the system for want of memory; {_saved(trainer)}: "
                 f"{_how_to_go_on(trainer)}, with fewer --data.num_workers (0 reads the data in the main process)"
             )
