@@ -1,7 +1,8 @@
 """Every command in the README and in docs/*.md runs, here or in CI, so the docs cannot go stale.
 
-The commands are read from the ```bash blocks of the README, then of docs/*.md. Each runs in a fresh folder laid
-out like a clone after its first download, with nothing beside it (users have no ``../shared``). Training commands run as written, followed by arguments that shrink them
+The commands are read from the ```bash blocks of the README, then of docs/*.md. Each runs in a
+fresh folder laid out like a clone after its first download, with nothing beside it (users
+have no ``../shared``). Training commands run as written, followed by arguments that shrink them
 to seconds (LightningCLI lets later arguments win): 60 sentences of the fixture corpus, a
 tiny model, one epoch.
 """
