@@ -79,21 +79,25 @@ def block_loss_no_grad(logits: Tensor, bias: Tensor | None, labels: Tensor) -> t
 
 
 class CompiledOnce:
-    """``function`` compiled by ``torch.compile`` on first use, or run as it is where compiling fails."""
+    """``function`` compiled by ``torch.compile`` on first use, or run as it is where compiling fails.
 
-    def __init__(self, function) -> None:
-        self.function, self.compiled, self.failed = function, None, False
+    ``dynamic=False`` compiles once per shape of the arguments; ``dynamic=True`` once for all sizes.
+    """
+
+    def __init__(self, function, dynamic: bool = False) -> None:
+        self.function, self.dynamic, self.compiled, self.failed = function, dynamic, None, False
 
     def __call__(self, *args: Tensor):
         if self.failed:
             return self.function(*args)
         try:
             if self.compiled is None:
-                self.compiled = torch.compile(self.function, dynamic=False)
+                self.compiled = torch.compile(self.function, dynamic=self.dynamic)
             return self.compiled(*args)
         except Exception as error:  # no C++ compiler, a platform inductor does not support, ...
             self.failed = True
-            log.warning("the loss runs uncompiled: torch.compile failed (%s)", str(error).splitlines()[0])
+            name = self.function.__name__
+            log.warning("%s runs uncompiled: torch.compile failed (%s)", name, str(error).splitlines()[0])
             return self.function(*args)
 
 

@@ -6,7 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from minibert.fast import ROW_MULTIPLE, CpuDropout, FastEncoder, FusedSelfAttention
+from minibert.fast import (
+    COMPILE_FROM_ELEMENTS,
+    ROW_MULTIPLE,
+    CpuDropout,
+    FastEncoder,
+    FusedSelfAttention,
+    compiled_dropout_scale,
+    dropout_scale,
+    random_words,
+)
 from minibert.model import Encoder, EncoderConfig, MultiHeadSelfAttention
 
 D, H, F_DIM, V, T = 16, 4, 32, 50, 7
@@ -141,6 +150,35 @@ def test_dropout_backward_uses_the_forward_mask_and_is_seeded():
     torch.manual_seed(5)
     torch.testing.assert_close(dropout(x), out)
     assert not torch.equal(dropout(x), out)  # a new draw, a new mask
+
+
+def splitmix64(state: int) -> int:
+    """SplitMix64's output for one state, by the reference's unsigned 64-bit arithmetic."""
+    mask = 2**64 - 1
+    z = (state * 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+@pytest.mark.parametrize("seed", [0, 12345, -(2**62), 2**62 - 3])
+def test_random_words_are_splitmix64_of_the_counters(seed):
+    words = random_words(torch.tensor(seed), 5)
+    expected = [splitmix64((seed + i) % 2**64) for i in range(5)]
+    assert [w % 2**64 for w in words.tolist()] == expected  # int64 read as unsigned
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_dropout_factors_are_the_uncompiled_ones(dtype):
+    n = COMPILE_FROM_ELEMENTS + 3  # what CpuDropout compiles; not a multiple of 4
+    seed = torch.tensor(7)
+    compiled = compiled_dropout_scale(seed, n, 3277, dtype)
+    assert not compiled_dropout_scale.failed
+    assert torch.equal(compiled, dropout_scale(seed, n, 3277, dtype))
+    assert compiled.dtype == dtype and set(compiled.unique().tolist()) == {
+        0.0,
+        torch.tensor(2**15 / (2**15 - 3277), dtype=dtype).item(),
+    }
 
 
 def test_dropout_is_the_identity_in_eval_mode_or_at_zero():
