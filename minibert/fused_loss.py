@@ -132,9 +132,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, block_rows):
         (N, D), dtype = hidden.shape, hidden.dtype
-        # (D, V), cast and transposed in one pass: the blocks' products read it row by row, 1.5
-        # times faster than weight.T.
-        w_t = torch.empty(weight.T.shape, dtype=dtype, device=weight.device).copy_(weight.T)
+        # (D, V): the blocks' products read it row by row, 1.5 times faster than weight.T. Cast
+        # first: PyTorch transposes in cache-sized tiles only within one dtype (3 times faster).
+        w_t = weight.to(dtype).T.contiguous()
         scored = labels != IGNORE_INDEX  # (N,)
         row_weight = scored.float() / scored.sum().clamp(min=1)  # (N,)
         labels = torch.where(scored, labels, 0)
@@ -182,6 +182,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, grad_ranks):
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        scale = lambda grad: None if grad is None else grad * grad_loss.to(grad.dtype)  # noqa: E731
-        return scale(grad_hidden), scale(grad_weight), scale(grad_bias), None, None
+        grads = ctx.saved_tensors  # the hidden states', the weight's and the bias's (or None)
+        if grad_loss.device.type == "cpu" and grad_loss.item() == 1.0:
+            # loss.backward() itself: nothing to scale (a pass over the weight's 3M gradients
+            # saved). Autograd copies these before it adds anything to them, as they are still held.
+            return *grads, None, None
+        return *(None if g is None else g * grad_loss.to(g.dtype) for g in grads), None, None

@@ -68,6 +68,22 @@ def test_a_tied_weight_gets_both_gradients():
     torch.testing.assert_close(grads(loss, (weight,))[0], grads(expected, (weight,))[0], rtol=1e-5, atol=1e-6)
 
 
+def test_loss_backward_unscaled_accumulates_and_leaves_the_saved_gradients_alone():
+    # loss.backward() hands the saved gradients over unscaled: autograd must not add into them.
+    hidden, weight, b, labels = inputs(9)
+    ids = torch.tensor([[1, 2, 3]])
+    loss = linear_cross_entropy(hidden, weight, b, labels, 4)[0] + F.embedding(ids, weight).sum()
+    expected = reference(hidden, weight, b, labels)[0] + F.embedding(ids, weight).sum()
+    want = grads(expected, (hidden, weight, b))
+    loss.backward(retain_graph=True)
+    firsts = [t.grad.clone() for t in (hidden, weight, b)]
+    loss.backward(retain_graph=True)
+    loss.backward()  # a gradient added into a saved one would make this 4 times the first
+    for first, total, w in zip(firsts, (hidden.grad, weight.grad, b.grad), want):
+        torch.testing.assert_close(first, w, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(total, 3 * first)
+
+
 def test_without_gradients_it_only_scores():
     hidden, weight, b, labels = inputs(10)
     with torch.no_grad():
