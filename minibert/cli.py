@@ -42,6 +42,7 @@ try:  # Ctrl-C in the seconds that these imports take: one line, not a traceback
         run_settings,
         use_atomic_checkpoints,
     )
+    from minibert.machinery.denormals import flush_denormals
     from minibert.machinery.failures import explain, newest_checkpoint, quiet_threads_on_a_full_disk
     from minibert.machinery.files import atomic_write, check_output_folder, remove_stale_temporaries
     from minibert.machinery.options import parse_error, trainer_error
@@ -326,6 +327,7 @@ def main(args: list[str] | None = None) -> None:
         else:
             signals.install()
             quiet_threads_on_a_full_disk()
+            flush_denormals()  # before PyTorch starts its threads, so that they flush too
             MiniBertCLI(
                 MiniBert,
                 EuroparlDataModule,
