@@ -169,9 +169,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # The weight's gradient made as (D, N) @ (N, V), twice as fast as grad_logits.T @ hidden.
             # A row of ones under hidden.T makes the bias's gradient, the sum of the rows, in the
             # same product: faster than a pass of its own over the (N, V) block.
-            if bias is not None:
-                hidden = torch.cat([hidden, hidden.new_ones(N, 1)], dim=1)  # (N, D + 1)
-            grads = hidden.T @ grad_logits  # (D or D + 1, V)
+            lhs = (
+                hidden if bias is None else torch.cat([hidden, hidden.new_ones(N, 1)], dim=1)
+            )  # (N, D or D + 1)
+            grads = lhs.T @ grad_logits  # (D or D + 1, V)
             # Stored (V, D) like the weight: autograd then adds the word embeddings' gradient to it
             # without a strided pass, and keeps the sum as the weight's .grad without a copy.
             grad_weight = torch.empty_like(weight).copy_(grads[:D].T)  # (V, D)
