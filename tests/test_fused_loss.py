@@ -53,10 +53,13 @@ def test_loss_ranks_and_every_gradient_equal_cross_entropy_on_the_whole_logits(n
 def test_ranks_count_ties_against_the_right_word():
     logits = torch.tensor([[1.0, 3.0, 3.0, 0.0], [5.0, 1.0, 5.0, 2.0], [2.0, 1.0, 0.0, 0.0]])
     grad = torch.full_like(logits, float("nan"))
-    losses, ranks = block_loss(logits, None, torch.tensor([1, 0, 0]), torch.full((3,), 1 / 3), grad)
+    labels = torch.tensor([1, 0, 0])
+    losses, ranks, right_grads = block_loss(logits, None, labels, torch.full((3,), 1 / 3), grad)
     assert ranks.tolist() == [1, 1, 0]  # a tie for first place is not a right first guess
-    torch.testing.assert_close(losses, F.cross_entropy(logits, torch.tensor([1, 0, 0]), reduction="none"))
-    expected = (logits.softmax(dim=-1) - F.one_hot(torch.tensor([1, 0, 0]), 4)) / 3  # written in place
+    torch.testing.assert_close(losses, F.cross_entropy(logits, labels, reduction="none"))
+    expected = (logits.softmax(dim=-1) - F.one_hot(labels, 4)) / 3
+    torch.testing.assert_close(right_grads, expected[torch.arange(3), labels])
+    fused_loss.set_right_words(grad, labels, right_grads)  # softmax / 3 was written in place
     torch.testing.assert_close(grad, expected)
 
 
