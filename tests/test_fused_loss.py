@@ -112,12 +112,13 @@ def test_under_bf16_autocast_the_products_are_bf16_and_the_loss_float32():
 
 @pytest.mark.slow
 def test_the_compiled_block_computes_what_the_plain_one_does(monkeypatch):
-    """torch.compile fuses the block's element-wise passes; the numbers stay those of block_loss."""
+    """torch.compile fuses the block's element-wise passes and the transposes; the numbers stay the plain ones."""
     monkeypatch.setattr(fused_loss, "COMPILE_FROM_VOCAB", V)
     hidden, weight, b, labels = inputs(11)
     expected_loss, expected_ranks = reference(hidden, weight, b, labels)
     loss, ranks = linear_cross_entropy(hidden, weight, b, labels, 4)
     assert fused_loss.compiled_block_loss.compiled is not None and not fused_loss.compiled_block_loss.failed
+    assert fused_loss.compiled_transpose.compiled is not None and not fused_loss.compiled_transpose.failed
     torch.testing.assert_close(loss, expected_loss, rtol=1e-6, atol=1e-6)
     scored = labels != IGNORE_INDEX
     assert torch.equal(ranks[scored], expected_ranks[scored])
