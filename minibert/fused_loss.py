@@ -110,21 +110,17 @@ compiled_block_loss = CompiledOnce(block_loss)
 
 
 def transpose(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """``x.T`` in ``dtype``, stored contiguous: (a, b) -> (b, a)."""
+    """``x.T`` in ``dtype``, stored contiguous: (a, b) -> (b, a).
+
+    Compiled (:data:`compiled_transpose`) for the head's sizes: PyTorch's copy transposes a
+    (23,562, 128) float32 matrix in 4.8 ms on 2 threads here, and casts and transposes the
+    head's weight in 3.6 ms (two passes); inductor's loop, which transposes in vector-sized
+    tiles and casts in the same pass, takes 1.4 and 1.1 ms.
+    """
     return x.to(dtype).T.contiguous()
 
 
 compiled_transpose = CompiledOnce(transpose)
-
-
-def transposed(x: Tensor, dtype: torch.dtype, compile: bool) -> Tensor:
-    """:func:`transpose`, compiled where ``compile`` says (a shape seen often enough to pay for it).
-
-    PyTorch's copy transposes a (23,562, 128) float32 matrix in 4.8 ms on 2 threads here, and
-    casts and transposes the head's weight in 3.6 ms (two passes); inductor's loop, which
-    transposes in vector-sized tiles and casts in the same pass, takes 1.4 and 1.1 ms.
-    """
-    return compiled_transpose(x, dtype) if compile else transpose(x, dtype)
 
 
 def set_right_words(grad: Tensor, labels: Tensor, values: Tensor) -> None:
@@ -167,8 +163,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, labels, block_rows):
         (N, D), dtype = hidden.shape, hidden.dtype
         # (D, V): the blocks' products read it row by row, 1.5 times faster than weight.T.
-        large = weight.shape[0] >= COMPILE_FROM_VOCAB
-        w_t = transposed(weight, dtype, large)
+        large = weight.shape[0] >= COMPILE_FROM_VOCAB  # worth compiling the passes over (V, D) or (n, V)
+        transpose_fn = compiled_transpose if large else transpose
+        w_t = transpose_fn(weight, dtype)
         scored = labels != IGNORE_INDEX  # (N,)
         row_weight = scored.float() / scored.sum().clamp(min=1)  # (N,)
         labels = torch.where(scored, labels, 0)
@@ -210,7 +207,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grads = lhs.T @ grad_logits  # (D or D + 1, V)
             # Stored (V, D) like the weight: autograd then adds the word embeddings' gradient to it
             # without a strided pass, and keeps the sum as the weight's .grad without a copy.
-            grad_weight = transposed(grads[:D], weight.dtype, large)  # (V, D)
+            grad_weight = transpose_fn(grads[:D], weight.dtype)  # (V, D)
             grad_bias = None if bias is None else grads[D].to(bias.dtype)  # (V,)
             ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.mark_non_differentiable(ranks)
