@@ -17,9 +17,10 @@ each have to be added into float32, a pass over the (V, D) matrix per block. The
 only scales those gradients by the incoming one.
 
 The arithmetic per block is a handful of element-wise passes over the block's logits;
-``torch.compile`` fuses them into one or two loops (twice as fast on a CPU at base.yaml's sizes).
-It is compiled where that pays off (a vocabulary of at least ``COMPILE_FROM_VOCAB`` words), and
-run as it is elsewhere or where compiling fails.
+``torch.compile`` fuses them into three loops (the maximum and the ranks; the exponentials and
+their sum; the softmax), twice as fast on a CPU at base.yaml's sizes. It is compiled where that
+pays off (a vocabulary of at least ``COMPILE_FROM_VOCAB`` words), as are the transposes of the
+head's weight and of its gradient, and run as it is elsewhere or where compiling fails.
 """
 
 from __future__ import annotations
