@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from minibert import fused_loss
-from minibert.fused_loss import IGNORE_INDEX, block_loss, linear_cross_entropy
+from minibert.fused_loss import IGNORE_INDEX, block_loss, fast_block_loss, linear_cross_entropy
+from minibert.machinery.c_library import CLibrary
 
 D, V = 8, 37
 
@@ -110,14 +113,82 @@ def test_under_bf16_autocast_the_products_are_bf16_and_the_loss_float32():
         torch.testing.assert_close(got, want, rtol=5e-2, atol=5e-3)
 
 
+def block(dtype: torch.dtype, bias: bool, n: int = 12, words: int = 3000):
+    """A block of logits with ties (bf16 has 8 bits of mantissa), an ignored row and a far-off row."""
+    generator = torch.Generator().manual_seed(1)
+    logits = (torch.randn(n, words, generator=generator) * 4).to(dtype)
+    logits[1, :40] = 30.0  # 40 words tie for first place, the right word among them
+    logits[2, 5] = 200.0  # a word far above the rest: exp underflows to 0 everywhere else
+    b = torch.randn(words, generator=generator) if bias else None
+    if bias:
+        b[:40] = 0.5
+    labels = torch.randint(0, words, (n,), generator=generator)
+    labels[1] = 0
+    row_weight = torch.full((n,), 1 / (n - 1))
+    row_weight[3] = 0.0  # an ignored row: no gradient
+    return logits, b, labels, row_weight
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_c_loop_computes_what_block_loss_does(dtype, bias):
+    logits, b, labels, row_weight = block(dtype, bias)
+    want_grad, got_grad = torch.empty_like(logits), torch.empty_like(logits)
+    want = block_loss(logits, b, labels, row_weight, want_grad)
+    got = fast_block_loss(logits, b, labels, row_weight, got_grad)
+    assert fused_loss.c_library.get() is not None, "cc builds fused_loss.c on this machine"
+    torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-5)  # losses
+    assert torch.equal(got[1], want[1])  # ranks, ties included
+    assert got[1][1] == 39
+    # The gradients: float32 within a few steps of float32, bf16 within one step of bf16.
+    tolerance = {"rtol": 1e-5, "atol": 1e-9} if dtype == torch.float32 else {"rtol": 8e-3, "atol": 1e-9}
+    torch.testing.assert_close(got_grad, want_grad, **tolerance)
+    torch.testing.assert_close(got[2], want[2], **tolerance)
+    assert got[2].dtype == dtype and not got_grad[3].any()
+
+
+def test_the_c_loop_refuses_a_label_outside_the_vocabulary():
+    logits, b, labels, row_weight = block(torch.float32, True, words=100)
+    labels[4] = 100
+    with pytest.raises(IndexError, match="vocabulary of 100 words"):
+        fast_block_loss(logits, b, labels, row_weight, torch.empty_like(logits))
+
+
+def test_without_a_c_compiler_the_block_is_computed_by_pytorch(monkeypatch, caplog):
+    monkeypatch.setenv("CC", "no-such-compiler")
+    library = CLibrary(fused_loss.c_library.source)
+    with caplog.at_level(logging.WARNING):
+        assert library.get() is None
+    assert "fused_loss.c not built by no-such-compiler" in caplog.text
+    monkeypatch.setattr(fused_loss, "c_library", library)
+    monkeypatch.setattr(fused_loss, "compiled_block_loss", block_loss)  # what torch.compile would run
+    logits, b, labels, row_weight = block(torch.float32, True)
+    want_grad, got_grad = torch.empty_like(logits), torch.empty_like(logits)
+    want = block_loss(logits, b, labels, row_weight, want_grad)
+    got = fast_block_loss(logits, b, labels, row_weight, got_grad)
+    assert all(torch.equal(x, y) for x, y in zip(got, want)) and torch.equal(got_grad, want_grad)
+
+
+class NoCompiler:
+    def get(self):
+        return None
+
+
 @pytest.mark.slow
-def test_the_compiled_block_computes_what_the_plain_one_does(monkeypatch):
-    """torch.compile fuses the block's element-wise passes and the transposes; the numbers stay the plain ones."""
+@pytest.mark.parametrize("loop", ["c", "compiled"])
+def test_the_compiled_block_computes_what_the_plain_one_does(monkeypatch, loop):
+    """The C loop, or torch.compile's loops, and the compiled transposes; the numbers stay the plain ones."""
     monkeypatch.setattr(fused_loss, "COMPILE_FROM_VOCAB", V)
+    if loop == "compiled":
+        monkeypatch.setattr(fused_loss, "c_library", NoCompiler())
     hidden, weight, b, labels = inputs(11)
     expected_loss, expected_ranks = reference(hidden, weight, b, labels)
     loss, ranks = linear_cross_entropy(hidden, weight, b, labels, 4)
-    assert fused_loss.compiled_block_loss.compiled is not None and not fused_loss.compiled_block_loss.failed
+    compiled = fused_loss.compiled_block_loss
+    if loop == "compiled":
+        assert compiled.compiled is not None and not compiled.failed
+    else:
+        assert fused_loss.c_library.get() is not None
     assert fused_loss.compiled_transpose.compiled is not None and not fused_loss.compiled_transpose.failed
     torch.testing.assert_close(loss, expected_loss, rtol=1e-6, atol=1e-6)
     scored = labels != IGNORE_INDEX

@@ -1,0 +1,55 @@
+"""A C file of this package, built by the system's C compiler and loaded with ctypes, once per process.
+
+Speed code only (``minibert/fused_loss.c``): where there is no C compiler, or it fails, the
+caller is told so by a ``None`` and a warning, and computes the same numbers another way.
+Built in a folder of its own that is removed once the library is loaded, so that nothing is
+left behind and two processes never share a half-written file; it takes under a second.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# -march=native: built where it runs, for the vector instructions of this CPU. The reordered
+# float sums (-fassociative-math and the flags it needs) are what a vector loop computes.
+FLAGS = (
+    "-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
+    "-fno-trapping-math", "-ffinite-math-only", "-shared", "-fPIC",
+)  # fmt: skip
+
+
+class CLibrary:
+    """The shared library built from ``source``, or None where it cannot be built: :meth:`get`."""
+
+    def __init__(self, source: Path) -> None:
+        self.source, self.library, self.tried = source, None, False
+
+    def get(self) -> ctypes.CDLL | None:
+        """The loaded library; built on the first call (a warning and None if that fails)."""
+        if not self.tried:
+            self.tried = True
+            self.library = self.build()
+        return self.library
+
+    def build(self) -> ctypes.CDLL | None:
+        compiler = os.environ.get("CC", "cc")
+        with tempfile.TemporaryDirectory(prefix="minibert-") as folder:
+            library = Path(folder) / f"{self.source.stem}.so"
+            command = [compiler, *FLAGS, str(self.source), "-o", str(library)]
+            try:
+                subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+                return ctypes.CDLL(str(library))  # mapped into the process: the file may go
+            except (OSError, subprocess.SubprocessError) as error:
+                detail = getattr(error, "stderr", None) or str(error)
+                reason = (detail.strip().splitlines() or [type(error).__name__])[0]
+                log.warning(
+                    "%s not built by %s (%s): using the PyTorch version", self.source.name, compiler, reason
+                )
+                return None
