@@ -13,11 +13,15 @@ outputs and gradients. Four changes, each measured at the base configuration on 
 
 from __future__ import annotations
 
+import ctypes
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from minibert.fused_loss import IGNORE_INDEX, CompiledOnce, linear_cross_entropy
+from minibert.machinery.c_library import CLibrary
 from minibert.model import Encoder, EncoderConfig, MultiHeadSelfAttention
 
 # SplitMix64's constants (Steele, Lea and Flood, 2014), as signed 64-bit integers.
@@ -50,6 +54,38 @@ def dropout_scale(seed: Tensor, n: int, dropped: int, dtype: torch.dtype) -> Ten
 
 compiled_dropout_scale = CompiledOnce(dropout_scale, dynamic=True)
 COMPILE_FROM_ELEMENTS = 2**16  # smaller tensors draw uncompiled: compiling costs a few seconds once
+c_library = CLibrary(Path(__file__).with_name("fast.c"))
+C_DROPOUT = {torch.bfloat16: "dropout_bf16", torch.float32: "dropout_float"}
+
+
+def c_dropout(x: Tensor, seed: int, dropped: int) -> Tensor:
+    """``x * dropout_scale(seed, x.numel(), dropped, x.dtype).view(x.shape)`` in one pass, by ``fast.c``.
+
+    The same numbers bit for bit, eight times as fast on 2 threads here (0.43 -> 0.06 ms for
+    a (128, 20, 128) bfloat16 tensor): the words are drawn in vector loops, and no tensor of
+    factors is written. ``x`` is float32 or bfloat16 on a CPU, and ``fast.c`` is built.
+    """
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    factor = torch.tensor(2**15 / (2**15 - dropped), dtype=x.dtype).item()  # in x's precision
+    getattr(c_library.get(), C_DROPOUT[x.dtype])(
+        ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(out.data_ptr()), ctypes.c_int64(x.numel()),
+        ctypes.c_int64(seed), ctypes.c_int32(dropped), ctypes.c_float(factor), ctypes.c_int(torch.get_num_threads()),
+    )  # fmt: skip
+    return out
+
+
+class _CDropout(torch.autograd.Function):
+    """:func:`c_dropout` with its backward: the gradient times the same factors, drawn again from the seed."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, seed: int, dropped: int) -> Tensor:
+        ctx.seed, ctx.dropped = seed, dropped  # nothing but the seed is kept for the backward
+        return c_dropout(x, seed, dropped)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return c_dropout(grad, ctx.seed, ctx.dropped), None, None
 
 
 class CpuDropout(nn.Dropout):
@@ -58,13 +94,15 @@ class CpuDropout(nn.Dropout):
 
     PyTorch's CPU dropout draws one random number per element: at the base configuration
     that is about a tenth of a training step. Here each element gets a 15-bit number cut from
-    a 64-bit word of :func:`random_words`, and the factors it is multiplied by are made in one
-    compiled loop (:func:`dropout_scale`; uncompiled for small tensors), in about half the
-    time. The words start from a seed drawn from PyTorch's generator, so ``torch.manual_seed``
-    and a resumed run's restored generator give the same dropout. An element is dropped with
-    probability ``round(p * 2^15) / 2^15`` (within 2^-16 of ``p``) and the survivors are scaled
-    by exactly the inverse of their share, so the expected output is still the input. On other
-    devices, and inside ``torch.compile``, PyTorch's own dropout is used.
+    a 64-bit word of :func:`random_words`, and is multiplied by its factor (:func:`dropout_scale`)
+    in one C loop (:func:`c_dropout`), whose backward draws the factors again from the seed
+    instead of keeping them; where ``fast.c`` cannot be built, the factors are made in one
+    compiled loop (uncompiled for small tensors) and multiplied by. The words start from a seed
+    drawn from PyTorch's generator, so ``torch.manual_seed`` and a resumed run's restored
+    generator give the same dropout. An element is dropped with probability
+    ``round(p * 2^15) / 2^15`` (within 2^-16 of ``p``) and the survivors are scaled by exactly
+    the inverse of their share, so the expected output is still the input. On other devices,
+    and inside ``torch.compile``, PyTorch's own dropout is used.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -73,8 +111,11 @@ class CpuDropout(nn.Dropout):
         if x.device.type != "cpu" or torch.compiler.is_compiling():
             return super().forward(x)
         seed = torch.randint(-(2**62), 2**62, ())  # from PyTorch's generator
+        dropped = round(self.p * 2**15)
+        if x.dtype in C_DROPOUT and c_library.get() is not None:
+            return _CDropout.apply(x, int(seed), dropped)
         make = compiled_dropout_scale if x.numel() >= COMPILE_FROM_ELEMENTS else dropout_scale
-        scale = make(seed, x.numel(), round(self.p * 2**15), x.dtype)  # (n,)
+        scale = make(seed, x.numel(), dropped, x.dtype)  # (n,)
         return x * scale.view(x.shape)
 
 

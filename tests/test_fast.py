@@ -6,12 +6,14 @@ import pytest
 import torch
 from torch import nn
 
+from minibert import fast
 from minibert.fast import (
     COMPILE_FROM_ELEMENTS,
     ROW_MULTIPLE,
     CpuDropout,
     FastEncoder,
     FusedSelfAttention,
+    c_dropout,
     compiled_dropout_scale,
     dropout_scale,
     random_words,
@@ -179,6 +181,36 @@ def test_compiled_dropout_factors_are_the_uncompiled_ones(dtype):
         0.0,
         torch.tensor(2**15 / (2**15 - 3277), dtype=dtype).item(),
     }
+
+
+@pytest.mark.parametrize("seed", [7, -(2**62)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_c_loop_drops_what_dropout_scale_drops_bit_for_bit(dtype, seed):
+    n = 3 * 4096 + 3  # across the C loop's chunks of 4,096 elements; not a multiple of 4
+    x = torch.randn(n, generator=torch.Generator().manual_seed(0)).to(dtype)
+    got = c_dropout(x, seed, 3277)
+    assert fast.c_library.get() is not None, "cc builds fast.c on this machine"
+    assert got.dtype == dtype and torch.equal(got, x * dropout_scale(torch.tensor(seed), n, 3277, dtype))
+
+
+class NoCompiler:
+    def get(self):
+        return None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_without_a_c_compiler_dropout_draws_the_same_masks(monkeypatch, dtype):
+    x = torch.randn(5, 300, dtype=dtype, requires_grad=True)
+    results = []
+    for library in (fast.c_library, NoCompiler()):  # fast.c's loop, then PyTorch's
+        monkeypatch.setattr(fast, "c_library", library)
+        torch.manual_seed(3)
+        out = CpuDropout(0.25).train()(x)
+        (grad,) = torch.autograd.grad(out, x, torch.arange(1500.0).view(5, 300).to(dtype))
+        results.append((out, grad))
+    (c_out, c_grad), (torch_out, torch_grad) = results
+    assert torch.equal(c_out, torch_out) and torch.equal(c_grad, torch_grad)
+    assert (c_out == 0).any() and c_grad.dtype == dtype
 
 
 def test_dropout_is_the_identity_in_eval_mode_or_at_zero():
