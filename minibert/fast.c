@@ -8,34 +8,10 @@
 // minibert/machinery/c_library.py); nothing but the output is written.
 
 #include <stdint.h>
-#include <string.h>
+
+#include "cpu_math.h"
 
 #define CHUNK_WORDS 1024  // 64-bit words a thread draws at once: 8 KB, in its first-level cache
-
-// SplitMix64 (Steele, Lea and Flood, 2014) of the counters first, first + 1, ...: words (count,).
-static void draw(uint64_t *words, uint64_t first, int64_t count) {
-    for (int64_t k = 0; k < count; k++) {
-        uint64_t z = (first + (uint64_t)k) * 0x9E3779B97F4A7C15ull;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        words[k] = z ^ (z >> 31);
-    }
-}
-
-static inline float bf16_to_float(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t float_to_bf16(float f) {  // round to nearest, ties to even, as PyTorch does
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-
-static inline float float_to_float(float f) { return f; }
 
 // dropout_bf16 and dropout_float: out = x * the dropout factors, for n contiguous elements of T.
 // factor is 2^15 / (2^15 - dropped) in T's precision (PyTorch multiplies by it in T).
@@ -46,7 +22,8 @@ static inline float float_to_float(float f) { return f; }
         for (int64_t start = 0; start < n; start += chunk) {                                          \
             uint64_t words[CHUNK_WORDS];                                                              \
             int64_t stop = start + chunk < n ? start + chunk : n;                                     \
-            draw(words, (uint64_t)seed + (uint64_t)(start / 4), (stop - start + 3) / 4);              \
+            for (int64_t k = 0; k < (stop - start + 3) / 4; k++)                                      \
+                words[k] = splitmix64((uint64_t)seed + (uint64_t)(start / 4 + k));                    \
             const uint16_t *quarters = (const uint16_t *)words; /* as view(torch.int16) cuts them */ \
             for (int64_t i = start; i < stop; i++) {                                                  \
                 int32_t bits = quarters[i - start] & 0x7FFF;                                          \

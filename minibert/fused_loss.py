@@ -124,7 +124,7 @@ def fast_block_loss(
 
     torch.compile's three loops each run over the whole block (6 MB at base.yaml's sizes in
     bfloat16), so each reads it back from the last level of cache; the C loop gives each thread
-    whole rows, which stay in the core's own cache for all three passes: 2.2 -> 1.2 ms a block
+    whole rows, which stay in the core's own cache for all three passes: 2.3 -> 1.2 ms a block
     of 128 rows in bfloat16 on 2 threads (docs/benchmarks.md). Same numbers: its exponential is
     within two float32 steps of PyTorch's, and its sums are added in another order.
     """
