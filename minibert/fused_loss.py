@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from minibert.machinery.c_library import CLibrary
+from minibert.machinery.c_library import C_DTYPES, CLibrary
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,6 @@ class CompiledOnce:
 
 compiled_block_loss = CompiledOnce(block_loss)
 c_library = CLibrary(Path(__file__).with_name("fused_loss.c"))
-C_FUNCTIONS = {torch.bfloat16: "block_loss_bf16", torch.float32: "block_loss_float"}
 
 
 def fast_block_loss(
@@ -125,12 +124,11 @@ def fast_block_loss(
     torch.compile's three loops each run over the whole block (6 MB at base.yaml's sizes in
     bfloat16), so each reads it back from the last level of cache; the C loop gives each thread
     whole rows, which stay in the core's own cache for all three passes: 2.3 -> 1.2 ms a block
-    of 128 rows in bfloat16 on 2 threads (docs/benchmarks.md). Same numbers: its exponential is
-    within two float32 steps of PyTorch's, and its sums are added in another order.
+    of 128 rows in bfloat16 on 2 threads (docs/benchmarks.md). The same numbers up to rounding:
+    its exponential is within two float32 steps of PyTorch's, and its sums are added in another order.
     """
-    ok = logits.device.type == "cpu" and logits.dtype in C_FUNCTIONS and grad_out.is_contiguous()
-    library = c_library.get() if ok else None
-    if library is None:
+    ok = logits.device.type == "cpu" and logits.dtype in C_DTYPES and grad_out.is_contiguous()
+    if not ok or c_library.get() is None:
         return compiled_block_loss(logits, bias, labels, row_weight, grad_out)
     n, V = logits.shape
     if n and not 0 <= int(labels.min()) <= int(labels.max()) < V:
@@ -140,10 +138,9 @@ def fast_block_loss(
     logits = logits.contiguous()
     losses, right_grads = logits.new_empty(n, dtype=torch.float32), logits.new_empty(n, dtype=torch.float32)
     ranks = labels.new_empty(n, dtype=torch.long)
-    pointers = (logits, bias, labels, row_weight, grad_out, losses, ranks, right_grads)
-    getattr(library, C_FUNCTIONS[logits.dtype])(
-        *(None if t is None else ctypes.c_void_p(t.data_ptr()) for t in pointers),
-        ctypes.c_int64(n), ctypes.c_int64(V), ctypes.c_int(torch.get_num_threads()),
+    c_library.call(
+        "block_loss", logits.dtype, logits, bias, labels, row_weight, grad_out, losses, ranks, right_grads,
+        ctypes.c_int64(n), ctypes.c_int64(V),
     )  # fmt: skip
     return losses, ranks, right_grads.to(grad_out.dtype)
 

@@ -1,7 +1,8 @@
 """A C file of this package, built by the system's C compiler and loaded with ctypes, once per process.
 
-Speed code only (``minibert/fused_loss.c``): where there is no C compiler, or it fails, the
-caller is told so by a ``None`` and a warning, and computes the same numbers another way.
+Speed code only (``minibert/fused_loss.c``, ``minibert/fast.c``): where there is no C compiler,
+or it fails, the caller is told so by a ``None`` and a warning, and computes the same numbers
+another way.
 Built in a folder of its own that is removed once the library is loaded, so that nothing is
 left behind and two processes never share a half-written file; it takes under a second.
 """
@@ -15,7 +16,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+from torch import Tensor
+
 log = logging.getLogger(__name__)
+
+# The dtypes the C files compute in, and the suffix of each function's name for them.
+C_DTYPES = {torch.bfloat16: "bf16", torch.float32: "float"}
 
 # -march=native: built where it runs, for the vector instructions of this CPU. The reordered
 # float sums (-fassociative-math and the flags it needs) are what a vector loop computes.
@@ -37,6 +44,15 @@ class CLibrary:
             self.tried = True
             self.library = self.build()
         return self.library
+
+    def call(self, function: str, dtype: torch.dtype, *args: object) -> None:
+        """Call ``function`` for ``dtype`` (``function_bf16`` or ``function_float``), building the library first.
+
+        A tensor goes as a pointer to its memory (the caller makes it contiguous), None as NULL,
+        a ctypes value as it is; the last argument is the number of threads, PyTorch's.
+        """
+        pointers = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, Tensor) else a for a in args]
+        getattr(self.get(), f"{function}_{C_DTYPES[dtype]}")(*pointers, ctypes.c_int(torch.get_num_threads()))
 
     def build(self) -> ctypes.CDLL | None:
         compiler = os.environ.get("CC", "cc")
