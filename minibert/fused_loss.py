@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from minibert.machinery.allocator import KeptBuffer
 from minibert.machinery.c_library import C_DTYPES, CLibrary
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,10 @@ class CompiledOnce:
 
 compiled_block_loss = CompiledOnce(block_loss)
 c_library = CLibrary(Path(__file__).with_name("fused_loss.c"))
+# The (N, V) gradient of the logits, the same memory every step on a CPU: glibc's malloc gives a
+# block this large (48 to 100 MB) back to the kernel when it is freed, and the kernel faults it
+# in and zeroes it again at the next step (see minibert/machinery/allocator.py).
+logits_gradient = KeptBuffer()
 
 
 def fast_block_loss(
@@ -209,7 +214,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ranks = torch.zeros(N, dtype=torch.long, device=hidden.device)
         with_grad = any(ctx.needs_input_grad[:3])
         if with_grad:
-            grad_logits = hidden.new_empty(N, w_t.shape[1])  # (N, V), in the compute dtype
+            # (N, V), in the compute dtype: scratch, used up before this function returns.
+            grad_logits = logits_gradient.take(N, w_t.shape[1], like=hidden)
         # Every block is full: the last one is moved back to end at row N, and the rows it shares
         # with the one before keep their results (a row weight of 0 here: no gradient). One shape
         # of block is one compilation.

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from minibert import fused_loss
 from minibert.fused_loss import IGNORE_INDEX, block_loss, fast_block_loss, linear_cross_entropy
+from minibert.machinery.allocator import KeptBuffer
 from minibert.machinery.c_library import CLibrary
 
 D, V = 8, 37
@@ -88,6 +89,30 @@ def test_loss_backward_unscaled_accumulates_and_leaves_the_saved_gradients_alone
     for first, total, w in zip(firsts, (hidden.grad, weight.grad, b.grad), want):
         torch.testing.assert_close(first, w, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(total, 3 * first)
+
+
+def test_the_logits_gradient_is_kept_memory_that_no_result_refers_to():
+    # A second forward writes the same scratch memory before the first's backward: the first's
+    # gradients were made from it in its own forward and do not depend on it afterwards.
+    first, second = inputs(13, seed=1), inputs(11, seed=2)
+    loss_1 = linear_cross_entropy(*first, 4)[0]
+    scratch = fused_loss.logits_gradient.block
+    loss_2 = linear_cross_entropy(*second, 4)[0]
+    assert fused_loss.logits_gradient.block.data_ptr() == scratch.data_ptr()  # 11 x 37 fits in it
+    for loss, tensors in ((loss_1, first), (loss_2, second)):
+        expected = reference(*tensors)[0]
+        for got, want in zip(grads(loss, tensors[:3]), grads(expected, tensors[:3])):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_kept_buffer_grows_when_asked_for_more_and_follows_the_dtype():
+    kept, like = KeptBuffer(), torch.zeros(1)
+    a = kept.take(4, 5, like=like)
+    assert a.shape == (4, 5) and kept.take(2, 3, like=like).data_ptr() == a.data_ptr()
+    b = kept.take(6, 5, like=like)
+    assert b.shape == (6, 5) and kept.block.numel() == 30
+    c = kept.take(2, 2, like=like.bfloat16())
+    assert c.dtype == torch.bfloat16 and kept.block.dtype == torch.bfloat16
 
 
 def test_without_gradients_it_only_scores():
