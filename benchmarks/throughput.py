@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                      # CPU, base.yaml's step, fp32 then bf16-mixed
     python benchmarks/throughput.py --precision bf16-mixed --threads 2 --steps 30
     python benchmarks/throughput.py --mask-prob 0.15     # BERT's 15% instead of base.yaml's 40%
+    python benchmarks/throughput.py --keep-freed-memory  # both models with training's allocator setting
     python benchmarks/throughput.py --device cuda --precision bf16-mixed [--compile]
     python benchmarks/gpu_check.py --out DIR             # all of the GPU's figures in one run
 
@@ -16,6 +17,11 @@ The script also prints the peak resident memory of each model's training (in a f
 process each), the machine, a roofline (one large ``torch.mm``) and a profile of minibert's
 step. It ends with ``speedup_vs_hf=<ratio>`` for each precision (tokens/s of minibert over
 BertForMaskedLM's).
+
+Both models run with glibc's allocator as a user has it: BertForMaskedLM's step then faults in
+its 240 MB of logits afresh every step, where minibert's keeps its largest block from one step
+to the next. ``--keep-freed-memory`` gives both the setting that ``lightning fit`` gives a CPU
+run, which makes the peer much faster (docs/benchmarks.md, "The allocator").
 Needs the ``bench`` extra: ``pip install -e ".[bench]"``.
 """
 
@@ -38,6 +44,7 @@ from pathlib import Path
 import torch
 
 from minibert.data import EuroparlDataModule
+from minibert.machinery.allocator import keep_freed_memory
 from minibert.masking import IGNORE_INDEX, mask_tokens
 from minibert.module import MiniBert
 from minibert.static_step import compile_mode
@@ -91,6 +98,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--compile-backend", default="inductor", help="torch.compile's backend (aot_eager: a quick check)"
+    )
+    p.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="both models with the allocator setting of training (minibert/machinery/allocator.py)",
     )
     p.add_argument("--no-subprocess", action="store_true", help="skip the per-model peak-memory runs")
     p.add_argument("--no-profile", action="store_true", help="skip the profile of one minibert step")
@@ -337,6 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:  # process-wide: both models
+        keep_freed_memory()
     warnings.filterwarnings("ignore", message=".*self.log.*")  # training_step logs; no Trainer here to log to
     batches, vocab_size = masked_batches(args, count=8)
     if args.only:  # a child run measuring one model's peak memory
@@ -351,7 +365,8 @@ def main(argv: list[str] | None = None) -> None:
         f"setup: batch {args.batch_size} x {args.seq_len} tokens, D {args.embed_dim}, {args.num_heads} heads, {args.num_layers} layers, "
         f"FF {args.ff_dim}, vocabulary {vocab_size}, {scored:.0f} scored positions a batch on average "
         f"(mask_prob {args.mask_prob}); device {args.device}, compile {args.compile}, {args.threads} threads, "
-        f"{args.warmup} warm-up + {args.steps} timed steps each, interleaved"
+        f"{args.warmup} warm-up + {args.steps} timed steps each, interleaved; malloc "
+        f"{'keeps freed memory (--keep-freed-memory)' if args.keep_freed_memory else 'as glibc sets it'}"
     )
     print(f"roofline: torch.mm 2048x2048 fp32 {matmul_peak_gflops(args.device):.1f} GFLOP/s")
     speedups = {}

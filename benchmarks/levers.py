@@ -1,0 +1,125 @@
+"""One speed lever of minibert, on and off, in one process: base.yaml's step, the two versions alternating.
+
+    python benchmarks/levers.py --lever c_loops                      # bf16-mixed, 40 pairs
+    python benchmarks/levers.py --lever kept_buffer --precision 32-true --pairs 20
+    python benchmarks/levers.py --lever c_loops --keep-freed-memory  # as lightning fit runs
+
+A shared machine's speed drifts (on this project's 2-core KVM guest the same step took from 154
+to 256 ms within an hour), so two runs one after the other compare the hours as much as the
+code. Here one model trains with the lever on and off in turn, step after step (the order flips
+every pair), and the script prints each version's median step and the median of the paired
+differences, which the drift mostly cancels. The levers are the switches of the speed code that
+can be turned at run time:
+
+- ``c_loops``: both C files (``minibert/fused_loss.c`` and ``minibert/fast.c``) against the
+  PyTorch code they replace (torch.compile's loops for the block loss, compiled dropout factors);
+- ``c_block_loss`` and ``c_dropout``: each of them alone;
+- ``kept_buffer``: the logits' gradient in memory kept from step to step (``KeptBuffer`` in
+  ``minibert/machinery/allocator.py``) against a fresh block every step.
+
+The model, data and recipe options are ``benchmarks/throughput.py``'s (base.yaml's step by
+default). Needs the ``bench`` extra: ``pip install -e ".[bench]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from throughput import make_minibert, masked_batches, parse_args
+
+from minibert import fast, fused_loss
+from minibert.machinery.allocator import keep_freed_memory
+from minibert.machinery.denormals import flush_denormals
+
+
+class NoCompiler:
+    """A C library that cannot be built: the code computes with PyTorch instead."""
+
+    def get(self) -> None:
+        return None
+
+
+class FreshBlock:
+    """:class:`KeptBuffer`'s interface, with a new tensor every call."""
+
+    def take(self, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+        return like.new_empty(rows, cols)
+
+
+def switch(module, name: str, off_value: object) -> Callable[[bool], None]:
+    """A switch that sets ``module.name`` to its own value (on) or to ``off_value`` (off)."""
+    on_value = getattr(module, name)
+    return lambda on: setattr(module, name, on_value if on else off_value)
+
+
+def lever_switches() -> dict[str, Callable[[bool], None]]:
+    c_block_loss = switch(fused_loss, "c_library", NoCompiler())
+    c_dropout = switch(fast, "c_library", NoCompiler())
+    return {
+        "c_loops": lambda on: (c_block_loss(on), c_dropout(on)),
+        "c_block_loss": c_block_loss,
+        "c_dropout": c_dropout,
+        "kept_buffer": switch(fused_loss, "logits_gradient", FreshBlock()),
+    }
+
+
+LEVERS = tuple(lever_switches())
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
+    parser.add_argument("--lever", choices=LEVERS, required=True)
+    parser.add_argument("--pairs", type=int, default=40, help="timed steps of each version")
+    parser.add_argument("--precision", default="bf16-mixed", choices=("32-true", "bf16-mixed"))
+    if {"-h", "--help"} & set(argv):
+        parser.print_help()
+        print("\nand benchmarks/throughput.py's model and data options:")
+        parse_args(["--help"])  # prints them and exits
+    ours, rest = parser.parse_known_args(argv)
+    args = parse_args([*rest, "--precision", ours.precision, "--device", "cpu"])
+    torch.set_num_threads(args.threads)
+    flush_denormals()  # as the command line does
+    if args.keep_freed_memory:
+        keep_freed_memory()
+    warnings.filterwarnings("ignore", message=".*self.log.*")  # training_step logs; no Trainer here
+
+    batches, vocab_size = masked_batches(args, count=8)
+    torch.manual_seed(0)
+    _, step = make_minibert(args, vocab_size)
+    turn = lever_switches()[ours.lever]
+    for on in (True, False):  # builds, compiles and first-shape kernels out of the timing
+        turn(on)
+        for i in range(args.warmup):
+            step(batches[i % len(batches)], i)
+
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(ours.pairs):
+        for on in (True, False) if i % 2 == 0 else (False, True):
+            turn(on)
+            start = time.perf_counter()
+            step(batches[i % len(batches)], i)
+            seconds[on].append(time.perf_counter() - start)
+    turn(True)
+
+    on, off = (statistics.median(seconds[v]) * 1e3 for v in (True, False))
+    paired = statistics.median(b - a for a, b in zip(seconds[True], seconds[False])) * 1e3
+    print(
+        f"lever {ours.lever}, {ours.precision}, {args.threads} threads, {ours.pairs} pairs, mask_prob {args.mask_prob}"
+    )
+    print("| version | median step ms | fastest ms |")
+    print("| --- | ---: | ---: |")
+    for name, version in (("off", False), ("on", True)):
+        print(
+            f"| {name} | {statistics.median(seconds[version]) * 1e3:.1f} | {min(seconds[version]) * 1e3:.1f} |"
+        )
+    print(f"off - on, median of the paired differences: {paired:.1f} ms; off / on: {off / on:.3f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

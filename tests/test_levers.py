@@ -1,0 +1,67 @@
+"""benchmarks/levers.py: each lever turns its speed code off and on again, and the script prints its table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, TEST_DATA
+
+from minibert import fast, fused_loss
+
+
+def test_each_lever_turns_its_code_off_and_on_again(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import levers
+
+    monkeypatch.setattr(fused_loss, "c_library", fused_loss.c_library)  # restored after the test
+    monkeypatch.setattr(fast, "c_library", fast.c_library)
+    monkeypatch.setattr(fused_loss, "logits_gradient", fused_loss.logits_gradient)
+    originals = fused_loss.c_library, fast.c_library, fused_loss.logits_gradient
+    switches = levers.lever_switches()
+    assert set(switches) == set(levers.LEVERS)
+    switches["c_loops"](False)
+    assert fused_loss.c_library.get() is None and fast.c_library.get() is None
+    switches["c_dropout"](True)
+    assert fused_loss.c_library.get() is None and fast.c_library is originals[1]
+    switches["kept_buffer"](False)
+    like = torch.zeros(1)
+    first, second = (fused_loss.logits_gradient.take(2, 3, like) for _ in range(2))
+    assert first.data_ptr() != second.data_ptr()  # a new block every step, where the kept one is reused
+    for turn in switches.values():
+        turn(True)
+    assert (fused_loss.c_library, fast.c_library, fused_loss.logits_gradient) == originals
+
+
+@pytest.mark.slow
+def test_the_script_times_both_versions(tmp_path):
+    tiny = [
+        "--embed-dim",
+        "16",
+        "--num-heads",
+        "2",
+        "--num-layers",
+        "1",
+        "--ff-dim",
+        "32",
+        "--batch-size",
+        "8",
+    ]
+    command = [sys.executable, str(REPO / "benchmarks" / "levers.py"), "--lever", "c_loops", "--pairs", "3"]
+    command += [
+        "--warmup",
+        "1",
+        "--corpus",
+        str(TEST_DATA / "sample.fr.txt"),
+        "--data-dir",
+        str(tmp_path),
+        *tiny,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("lever c_loops, bf16-mixed, ") and "3 pairs" in lines[0]
+    assert lines[3].startswith("| off | ") and lines[4].startswith("| on | ")
+    assert lines[5].startswith("off - on, median of the paired differences: ")
