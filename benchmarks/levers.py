@@ -35,14 +35,8 @@ from throughput import make_minibert, masked_batches, parse_args
 
 from minibert import fast, fused_loss
 from minibert.machinery.allocator import keep_freed_memory
+from minibert.machinery.c_library import SwitchedOff
 from minibert.machinery.denormals import flush_denormals
-
-
-class NoCompiler:
-    """A C library that cannot be built: the code computes with PyTorch instead."""
-
-    def get(self) -> None:
-        return None
 
 
 class FreshBlock:
@@ -59,8 +53,8 @@ def switch(module, name: str, off_value: object) -> Callable[[bool], None]:
 
 
 def lever_switches() -> dict[str, Callable[[bool], None]]:
-    c_block_loss = switch(fused_loss, "c_library", NoCompiler())
-    c_dropout = switch(fast, "c_library", NoCompiler())
+    c_block_loss = switch(fused_loss, "c_library", SwitchedOff())
+    c_dropout = switch(fast, "c_library", SwitchedOff())
     return {
         "c_loops": lambda on: (c_block_loss(on), c_dropout(on)),
         "c_block_loss": c_block_loss,

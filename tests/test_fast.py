@@ -18,6 +18,7 @@ from minibert.fast import (
     dropout_scale,
     random_words,
 )
+from minibert.machinery.c_library import SwitchedOff
 from minibert.model import Encoder, EncoderConfig, MultiHeadSelfAttention
 
 D, H, F_DIM, V, T = 16, 4, 32, 50, 7
@@ -193,16 +194,11 @@ def test_the_c_loop_drops_what_dropout_scale_drops_bit_for_bit(dtype, seed):
     assert got.dtype == dtype and torch.equal(got, x * dropout_scale(torch.tensor(seed), n, 3277, dtype))
 
 
-class NoCompiler:
-    def get(self):
-        return None
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_without_a_c_compiler_dropout_draws_the_same_masks(monkeypatch, dtype):
     x = torch.randn(5, 300, dtype=dtype, requires_grad=True)
     results = []
-    for library in (fast.c_library, NoCompiler()):  # fast.c's loop, then PyTorch's
+    for library in (fast.c_library, SwitchedOff()):  # fast.c's loop, then PyTorch's
         monkeypatch.setattr(fast, "c_library", library)
         torch.manual_seed(3)
         out = CpuDropout(0.25).train()(x)

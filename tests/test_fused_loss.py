@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from minibert import fused_loss
 from minibert.fused_loss import IGNORE_INDEX, block_loss, fast_block_loss, linear_cross_entropy
 from minibert.machinery.allocator import KeptBuffer
-from minibert.machinery.c_library import CLibrary
+from minibert.machinery.c_library import CLibrary, SwitchedOff
 
 D, V = 8, 37
 
@@ -194,18 +194,13 @@ def test_without_a_c_compiler_the_block_is_computed_by_pytorch(monkeypatch, capl
     assert all(torch.equal(x, y) for x, y in zip(got, want)) and torch.equal(got_grad, want_grad)
 
 
-class NoCompiler:
-    def get(self):
-        return None
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("loop", ["c", "compiled"])
 def test_the_compiled_block_computes_what_the_plain_one_does(monkeypatch, loop):
     """The C loop, or torch.compile's loops, and the compiled transposes; the numbers stay the plain ones."""
     monkeypatch.setattr(fused_loss, "COMPILE_FROM_VOCAB", V)
     if loop == "compiled":
-        monkeypatch.setattr(fused_loss, "c_library", NoCompiler())
+        monkeypatch.setattr(fused_loss, "c_library", SwitchedOff())
     hidden, weight, b, labels = inputs(11)
     expected_loss, expected_ranks = reference(hidden, weight, b, labels)
     loss, ranks = linear_cross_entropy(hidden, weight, b, labels, 4)

@@ -69,3 +69,13 @@ class CLibrary:
                     "%s not built by %s (%s): using the PyTorch version", self.source.name, compiler, reason
                 )
                 return None
+
+
+class SwitchedOff:
+    """A C library switched off: :meth:`get` gives None, so its caller computes with PyTorch.
+
+    Put in a module's ``c_library`` by the tests and ``benchmarks/levers.py``, to compare both paths.
+    """
+
+    def get(self) -> None:
+        return None
