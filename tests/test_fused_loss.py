@@ -115,7 +115,8 @@ def test_kept_buffer_grows_when_asked_for_more_and_follows_the_dtype():
     assert c.dtype == torch.bfloat16 and kept.block.dtype == torch.bfloat16
 
 
-def test_without_gradients_it_only_scores():
+def test_without_gradients_it_only_scores(monkeypatch):
+    monkeypatch.setattr(fused_loss, "logits_gradient", KeptBuffer())
     hidden, weight, b, labels = inputs(10)
     with torch.no_grad():
         loss, ranks = linear_cross_entropy(hidden, weight, b, labels, 4)
@@ -124,6 +125,8 @@ def test_without_gradients_it_only_scores():
     assert not loss.requires_grad
     scored = labels != IGNORE_INDEX
     assert torch.equal(ranks[scored], expected_ranks[scored])
+    # The inputs require gradients, but under no_grad (validation) none are computed.
+    assert fused_loss.logits_gradient.block is None
 
 
 def test_under_bf16_autocast_the_products_are_bf16_and_the_loss_float32():
@@ -215,3 +218,7 @@ def test_the_compiled_block_computes_what_the_plain_one_does(monkeypatch, loop):
     assert torch.equal(ranks[scored], expected_ranks[scored])
     for got, want in zip(grads(loss, (hidden, weight, b)), grads(expected_loss, (hidden, weight, b))):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # validation: the same loop, no gradient kept
+        scoring_loss, scoring_ranks = linear_cross_entropy(hidden, weight, b, labels, 4)
+    torch.testing.assert_close(scoring_loss, expected_loss, rtol=1e-6, atol=1e-6)
+    assert torch.equal(scoring_ranks[scored], expected_ranks[scored])
