@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--work", help="scratch folder for the caches and the training run (default: a new temporary one)"
     )
-    p.add_argument("--fit-timeout", type=float, default=240, help="seconds the training run may take")
+    p.add_argument("--fit-timeout", type=float, default=420, help="seconds the training run may take")
     p.add_argument(
         "--fit-args", default="", help="more options for the training run, e.g. '--data.num_workers 4'"
     )
