@@ -11,9 +11,10 @@ every pair), and the script prints each version's median step and the median of 
 differences, which the drift mostly cancels. The levers are the switches of the speed code that
 can be turned at run time:
 
-- ``c_loops``: both C files (``minibert/fused_loss.c`` and ``minibert/fast.c``) against the
-  PyTorch code they replace (torch.compile's loops for the block loss, compiled dropout factors);
-- ``c_block_loss`` and ``c_dropout``: each of them alone;
+- ``c_loops``: the three C files (``minibert/fused_loss.c``, ``minibert/fast.c`` and
+  ``minibert/attention.c``) against the PyTorch code they replace (torch.compile's loops for the
+  block loss, compiled dropout factors, attention's explicit steps);
+- ``c_block_loss``, ``c_dropout`` and ``c_attention``: each of them alone;
 - ``kept_buffer``: the logits' gradient in memory kept from step to step (``KeptBuffer`` in
   ``minibert/machinery/allocator.py``) against a fresh block every step.
 
@@ -55,10 +56,12 @@ def switch(module, name: str, off_value: object) -> Callable[[bool], None]:
 def lever_switches() -> dict[str, Callable[[bool], None]]:
     c_block_loss = switch(fused_loss, "c_library", SwitchedOff())
     c_dropout = switch(fast, "c_library", SwitchedOff())
+    c_attention = switch(fast, "attention_library", SwitchedOff())
     return {
-        "c_loops": lambda on: (c_block_loss(on), c_dropout(on)),
+        "c_loops": lambda on: (c_block_loss(on), c_dropout(on), c_attention(on)),
         "c_block_loss": c_block_loss,
         "c_dropout": c_dropout,
+        "c_attention": c_attention,
         "kept_buffer": switch(fused_loss, "logits_gradient", FreshBlock()),
     }
 

@@ -6,7 +6,8 @@ outputs and gradients. Four changes, each measured at the base configuration on 
 
 - :class:`CpuDropout`: cheaper random numbers for dropout on a CPU, drawn and applied in one C
   pass (``fast.c``) where a C compiler builds it (about a tenth of a step);
-- :class:`FusedSelfAttention`: PyTorch's fused attention kernel on a GPU;
+- :class:`FusedSelfAttention`: attention's core in one kernel: PyTorch's fused one on a GPU, a
+  C loop over 16 heads at once on a CPU (``attention.c``);
 - :meth:`FastEncoder.forward`: the last layer's feed-forward runs on the scored positions only;
 - :meth:`FastEncoder.loss_and_ranks`: the head and the loss together, a block of rows at a time
   (:mod:`minibert.fused_loss`, whose per-block loss is a C loop on a CPU).
@@ -119,21 +120,74 @@ class CpuDropout(nn.Dropout):
         return x * scale.view(x.shape)
 
 
-class FusedSelfAttention(MultiHeadSelfAttention):
-    """The same attention through ``F.scaled_dot_product_attention`` on a GPU: one kernel, no (B, H, T, T) tensor kept.
+attention_library = CLibrary(Path(__file__).with_name("attention.c"))
 
-    On a CPU the explicit steps of :class:`MultiHeadSelfAttention` (with :class:`CpuDropout`)
-    are as fast or faster at these sizes: PyTorch's CPU kernel has no fused path with dropout,
-    and in bfloat16 it took 5 times as long as the explicit steps (docs/benchmarks.md).
+
+class _CAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(d)) v with dropout on the weights, every head, by ``attention.c``: (B, T, 3D) -> (B, T, D).
+
+    Only the projection's output is kept for the backward, which computes the weights and their
+    dropout again from it and from the seed.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: Tensor, attend: Tensor | None, heads: int, seed: int, dropped: int) -> Tensor:
+        B, T, D = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        factor = torch.tensor(2**15 / (2**15 - dropped), dtype=qkv.dtype).item()  # as CpuDropout's
+        ctx.sizes = [ctypes.c_int64(n) for n in (B, T, heads, D // heads, seed)]
+        ctx.dropout = ctypes.c_int32(dropped), ctypes.c_float(factor)
+        ctx.save_for_backward(qkv, attend)
+        y = qkv.new_empty(B, T, D)
+        attention_library.call("attention", qkv.dtype, qkv, attend, y, *ctx.sizes, *ctx.dropout)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        qkv, attend = ctx.saved_tensors
+        grad_y = grad_y.to(qkv.dtype).contiguous()
+        grad_qkv = torch.empty_like(qkv)
+        attention_library.call(
+            "attention_backward", qkv.dtype, qkv, attend, grad_y, grad_qkv, *ctx.sizes, *ctx.dropout
+        )
+        return grad_qkv, None, None, None, None
+
+
+class FusedSelfAttention(MultiHeadSelfAttention):
+    """The same attention in one kernel: PyTorch's fused one on a GPU, ``attention.c``'s on a CPU.
+
+    On a GPU, ``F.scaled_dot_product_attention``: no (B, H, T, T) tensor kept. On a CPU,
+    PyTorch's fused kernel has no path with dropout, and in bfloat16 it took 5 times as long as
+    the explicit steps (docs/benchmarks.md); ``attention.c`` computes 16 (sequence, head) pairs
+    at once, one in each lane of a vector, in float32, straight from the projection's output to
+    the merged heads, and drops the weights that :class:`CpuDropout` would drop for the same
+    seed. Where it cannot be built, the explicit steps of :class:`MultiHeadSelfAttention`.
     """
 
     def forward(self, x: Tensor, attend: Tensor | None = None) -> Tensor:
         if x.device.type == "cpu":
-            return super().forward(x, attend)
+            if not self.c_applies(x):
+                return super().forward(x, attend)
+            qkv = self.qkv(x).contiguous()  # (B, T, 3D)
+            dropping = self.training and self.attn_dropout.p > 0
+            seed = int(torch.randint(-(2**62), 2**62, ())) if dropping else 0  # as CpuDropout draws it
+            dropped = round(self.attn_dropout.p * 2**15) if dropping else 0
+            keys = None if attend is None else attend[:, 0, 0, :].to(torch.uint8).contiguous()  # (B, T)
+            return self.out_proj(_CAttention.apply(qkv, keys, self.num_heads, seed, dropped))  # (B, T, D)
         q, k, v = self.heads(x)  # 3 x (B, H, T, D/H)
         p = self.attn_dropout.p if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=p)  # (B, H, T, D/H)
         return self.merge_heads(y)  # (B, T, D)
+
+    def c_applies(self, x: Tensor) -> bool:
+        """Whether ``attention.c`` computes this call: bfloat16 or float32, an even head size, outside torch.compile, built."""
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        even_heads = (x.shape[-1] // self.num_heads) % 2 == 0  # its bfloat16 loads take two numbers at once
+        return (
+            dtype in C_DTYPES
+            and even_heads
+            and not torch.compiler.is_compiling()
+            and attention_library.get() is not None
+        )
 
 
 def use_fast_kernels(module: nn.Module) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from minibert import fast
+from minibert import fast, model
 from minibert.fast import (
     COMPILE_FROM_ELEMENTS,
     ROW_MULTIPLE,
@@ -18,7 +18,7 @@ from minibert.fast import (
     dropout_scale,
     random_words,
 )
-from minibert.machinery.c_library import SwitchedOff
+from minibert.machinery.c_library import CLibrary, SwitchedOff
 from minibert.model import Encoder, EncoderConfig, MultiHeadSelfAttention
 
 D, H, F_DIM, V, T = 16, 4, 32, 50, 7
@@ -97,9 +97,8 @@ def test_without_rows_the_fast_encoder_gives_every_position():
 
 
 @pytest.mark.parametrize("with_mask", [False, True])
-def test_cpu_attention_with_dropout_takes_the_plain_steps(with_mask):
-    # PyTorch's CPU attention has no fused kernel with dropout: the fast one then computes the
-    # plain steps with CpuDropout, so it draws what a plain encoder with CpuDropout draws.
+def test_cpu_attention_drops_what_the_plain_steps_with_cpu_dropout_drop(with_mask):
+    # attention.c draws its dropout from the seed that CpuDropout would draw, element for element.
     plain, fast = twins(dropout=0.2)
     for module in plain.modules():
         if type(module) is nn.Dropout:
@@ -110,6 +109,84 @@ def test_cpu_attention_with_dropout_takes_the_plain_steps(with_mask):
     ours = fast.train()(ids, mask)  # no rows: the last feed-forward draws for every position
     torch.manual_seed(3)
     torch.testing.assert_close(plain.train()(ids, mask), ours, atol=1e-6, rtol=0)
+
+
+# --- attention.c against the explicit steps ------------------------------------------------------
+
+
+def attention_twins(
+    dropout: float, embed_dim: int = 16, heads: int = 4
+) -> tuple[FusedSelfAttention, MultiHeadSelfAttention]:
+    """A FusedSelfAttention and a plain MultiHeadSelfAttention (with CpuDropout) of the same weights."""
+    config = EncoderConfig(vocab_size=V, seq_len=T, embed_dim=embed_dim, num_heads=heads, dropout=dropout)
+    torch.manual_seed(0)
+    plain = MultiHeadSelfAttention(config)
+    plain.attn_dropout.__class__ = CpuDropout
+    fused = MultiHeadSelfAttention(config)
+    fused.load_state_dict(plain.state_dict())
+    fused.__class__, fused.attn_dropout.__class__ = FusedSelfAttention, CpuDropout
+    return fused, plain
+
+
+def attend_and_grad(module: nn.Module, x: torch.Tensor, attend, precision: torch.dtype):
+    """The module's output on x (B, T, D) and the gradients of x and of its weights, under autocast for bfloat16."""
+    x = x.clone().requires_grad_()
+    torch.manual_seed(3)  # the dropout's seed
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == torch.bfloat16):
+        out = module.train()(x, attend)
+    out.float().backward(torch.linspace(-1, 1, out.numel()).view(out.shape))
+    return out.float(), [x.grad] + [p.grad.float() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_c_attention_computes_the_explicit_steps(precision, with_mask):
+    # 5 sequences x 4 heads: one group of 16 lanes and one of 4, whose 12 empty lanes are never written.
+    fused, plain = attention_twins(dropout=0.3)
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(5, T, 16, generator=generator)
+    attend = None
+    if with_mask:  # (B, 1, 1, T): padded keys, and a row whose only key is the first
+        padding = torch.zeros(5, T, dtype=torch.bool)
+        padding[1, -3:], padding[4, 1:] = True, True
+        attend = model.attention_mask(padding)
+    fused_out, fused_grads = attend_and_grad(fused, x, attend, precision)
+    assert fast.attention_library.get() is not None, "cc builds attention.c on this machine"
+    plain_out, plain_grads = attend_and_grad(plain, x, attend, precision)
+    # In bfloat16 the explicit steps round the scores and weights to bfloat16; attention.c keeps
+    # float32 between its loads and stores.
+    tolerance = dict(atol=1e-6, rtol=1e-5) if precision == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(fused_out, plain_out, **tolerance)
+    for fused_grad, plain_grad in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(fused_grad, plain_grad, **tolerance)
+
+
+def test_c_attention_without_avx512_computes_the_same(tmp_path, monkeypatch):
+    # Where the CPU has no AVX-512, attention.c's gathers are plain loops: built here without it.
+    compiler = tmp_path / "cc-without-avx512"
+    compiler.write_text('#!/bin/sh\nexec cc "$@" -mno-avx512f\n')
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    fused, _ = attention_twins(dropout=0.3)
+    x = torch.randn(5, T, 16, generator=torch.Generator().manual_seed(4))
+    results = []
+    for library in (fast.attention_library, CLibrary(fast.attention_library.source)):
+        monkeypatch.setattr(fast, "attention_library", library)
+        for precision in (torch.float32, torch.bfloat16):
+            results.append(attend_and_grad(fused, x, None, precision))
+            fused.zero_grad()
+    assert fast.attention_library.get() is not None, "built without AVX-512"
+    for (with_out, with_grads), (without_out, without_grads) in zip(results[:2], results[2:]):
+        torch.testing.assert_close(without_out, with_out, atol=1e-6, rtol=0)
+        for a, b in zip(without_grads, with_grads):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_odd_head_sizes_take_the_explicit_steps():
+    fused, _ = attention_twins(dropout=0.0, embed_dim=6, heads=2)  # heads of 3 numbers
+    assert not fused.c_applies(torch.zeros(1, T, 6))
+    even, _ = attention_twins(dropout=0.0)
+    assert even.c_applies(torch.zeros(1, T, 16))
 
 
 # --- CpuDropout against nn.Dropout --------------------------------------------------------------

@@ -13,5 +13,5 @@ Nothing here is needed to understand how minibert learns; it keeps a run exact a
 - ``options.py``: option errors as one line;
 - ``lightning_internals.py``: every use of a private part of Lightning, each behind one small function;
 - ``allocator.py``: CPU runs reuse freed memory from one step to the next (speed only);
-- ``c_library.py``: a C file of the package (``fused_loss.c``, ``fast.c``, speed only) built and loaded once per process.
+- ``c_library.py``: a C file of the package (``fused_loss.c``, ``fast.c``, ``attention.c``, speed only) built and loaded once per process.
 """

@@ -1,6 +1,6 @@
 """A C file of this package, built by the system's C compiler and loaded with ctypes, once per process.
 
-Speed code only (``minibert/fused_loss.c``, ``minibert/fast.c``): where there is no C compiler,
+Speed code only (``minibert/fused_loss.c``, ``minibert/fast.c``, ``minibert/attention.c``): where there is no C compiler,
 or it fails, the caller is told so by a ``None`` and a warning, and computes the same numbers
 another way.
 Built in a folder of its own that is removed once the library is loaded, so that nothing is

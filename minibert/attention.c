@@ -1,0 +1,273 @@
+// Attention's core for MultiHeadSelfAttention on a CPU: softmax(q k^T / sqrt(d)) v, with dropout
+// on the weights, for every sequence b and head h, straight from the projection's output to the
+// merged heads. PyTorch computes it as about ten separate passes of tiny batched products
+// (20 x 16 matrices at base.yaml's sizes) and copies between layouts. Here a thread takes
+// LANES (sequence, head) pairs at once, one per vector lane: every product, the softmax and the
+// dropout are then element-wise across lanes, in float32, with no sums inside a vector and no
+// loop whose length is T or d. The backward computes the weights and their dropout again.
+//
+// qkv: (B, T, 3, H, d), the projection's output; y and grad_y: (B, T, H, d); attend: (B, T)
+// bytes, 0 for a key no query may attend to (every row has one it may), or NULL. The weight of
+// query t on key s of head h in sequence b is element ((b H + h) T + t) T + s of a (B, H, T, T)
+// tensor, dropped as fast.c's `dropout` drops that element (seed, dropped, factor); dropped = 0:
+// no dropout. Built with -O3 -march=native by minibert/machinery/c_library.py; where AVX-512 is
+// there, the gathers below use its instructions.
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#include "cpu_math.h"
+
+#define LANES 16  // (sequence, head) pairs a thread computes at once: one float32 vector of AVX-512
+_Static_assert(LANES == 16, "the AVX-512 gathers below move 16 lanes");
+#define EACH_LANE _Pragma("omp simd") for (int l = 0; l < LANES; l++)
+
+// The dropout factors keep (T, T, LANES) of the LANES heads: factor or 0 (1 without dropout).
+// first[l]: the place of lane l's element (0, 0) in the (B, H, T, T) weights.
+static void keep_factors(float *restrict keep, const int64_t *restrict first, int64_t T, int64_t seed,
+                         int32_t dropped, float factor) {
+    if (dropped == 0) {
+        for (int64_t i = 0; i < T * T * LANES; i++) keep[i] = 1.0f;
+        return;
+    }
+    for (int64_t i = 0; i < T * T; i++) EACH_LANE {
+        const uint64_t at = (uint64_t)(first[l] + i);
+        const uint64_t word = splitmix64((uint64_t)seed + (at >> 2));
+        const uint32_t bits = (uint32_t)(word >> (16 * (at & 3))) & 0x7FFF;  // as view(torch.int16) cuts it
+        keep[i * LANES + l] = bits >= (uint32_t)dropped ? factor : 0.0f;
+    }
+}
+
+// The weights w (T, T, LANES) of the LANES heads whose q and k are (T, d, LANES): the softmax over
+// the keys s of the scaled scores; 0 for a key whose `open` (T, LANES) is 0.
+static void softmax_weights(const float *restrict q, const float *restrict k, const float *restrict open,
+                            float *restrict w, int64_t T, int64_t d) {
+    const float scale = 1.0f / sqrtf((float)d);
+    for (int64_t t = 0; t < T; t++) {
+        float *restrict row = w + t * T * LANES;  // (T, LANES): query t's weights over the keys
+        float top[LANES], total[LANES];
+        EACH_LANE top[l] = -1e30f, total[l] = 0.0f;
+        for (int64_t s = 0; s < T; s++) {
+            float score[LANES] = {0};
+            for (int64_t e = 0; e < d; e++) EACH_LANE score[l] += q[(t * d + e) * LANES + l] * k[(s * d + e) * LANES + l];
+            EACH_LANE {
+                row[s * LANES + l] = open[s * LANES + l] > 0.0f ? score[l] * scale : -1e30f;
+                top[l] = row[s * LANES + l] > top[l] ? row[s * LANES + l] : top[l];
+            }
+        }
+        for (int64_t s = 0; s < T; s++) EACH_LANE {
+            row[s * LANES + l] = exp_nonpositive(row[s * LANES + l] - top[l]);  // a masked key: 0
+            total[l] += row[s * LANES + l];
+        }
+        EACH_LANE total[l] = 1.0f / total[l];
+        for (int64_t s = 0; s < T; s++) EACH_LANE row[s * LANES + l] *= total[l];
+    }
+}
+
+// Per thread: LANES heads in float32, lane innermost (q[(t d + e) LANES + lane]).
+typedef struct {
+    float *q, *k, *v, *dy, *dq, *dk, *dv;  // (T, d, LANES) each
+    float *w, *keep, *dS, *A;              // (T, T, LANES): the weights, their dropout factors; gradients
+    float *open;                           // (T, LANES): 1 for a key that may be attended to, else 0
+} Heads;
+
+static Heads heads_alloc(int64_t T, int64_t d) {
+    const int64_t n = T * d * LANES, nn = T * T * LANES;
+    Heads a;
+    a.q = malloc(sizeof(float) * (size_t)(7 * n + 4 * nn + T * LANES));
+    a.k = a.q + n, a.v = a.k + n, a.dy = a.v + n, a.dq = a.dy + n, a.dk = a.dq + n, a.dv = a.dk + n;
+    a.w = a.dv + n, a.keep = a.w + nn, a.dS = a.keep + nn, a.A = a.dS + nn, a.open = a.A + nn;
+    return a;
+}
+
+static void heads_free(Heads *a) { free(a->q); }
+
+// y (T, d, LANES) = (w keep) v: the dropped weights times the values.
+static void weighted_values(const float *restrict w, const float *restrict keep, const float *restrict v,
+                            float *restrict y, int64_t T, int64_t d) {
+    for (int64_t t = 0; t < T; t++) {
+        float *restrict out = y + t * d * LANES;
+        for (int64_t i = 0; i < d * LANES; i++) out[i] = 0.0f;
+        for (int64_t s = 0; s < T; s++) {
+            float ws[LANES];
+            EACH_LANE ws[l] = w[(t * T + s) * LANES + l] * keep[(t * T + s) * LANES + l];
+            for (int64_t e = 0; e < d; e++) EACH_LANE out[e * LANES + l] += ws[l] * v[(s * d + e) * LANES + l];
+        }
+    }
+}
+
+// dq, dk, dv (T, d, LANES) from dy (T, d, LANES). With A = w keep (the dropped weights):
+// dv = A^T dy; dA = dy v^T; dS = w (dA keep - rowsum(w dA keep)) / sqrt(d); dq = dS k; dk = dS^T q.
+// dS and A (T, T, LANES) are made first, so that each product then sums in a register.
+static void attention_gradients(const float *restrict q, const float *restrict k, const float *restrict v,
+                                const float *restrict w, const float *restrict keep, const float *restrict dy,
+                                float *restrict dq, float *restrict dk, float *restrict dv, float *restrict dS,
+                                float *restrict A, int64_t T, int64_t d) {
+    const float scale = 1.0f / sqrtf((float)d);
+    for (int64_t t = 0; t < T; t++) {
+        float *restrict row = dS + t * T * LANES;  // (T, LANES): dA keep, then dS, of query t
+        float rowsum[LANES] = {0};
+        for (int64_t s = 0; s < T; s++) {
+            float g[LANES] = {0};
+            for (int64_t e = 0; e < d; e++) EACH_LANE g[l] += dy[(t * d + e) * LANES + l] * v[(s * d + e) * LANES + l];
+            EACH_LANE {
+                row[s * LANES + l] = g[l] * keep[(t * T + s) * LANES + l];
+                rowsum[l] += w[(t * T + s) * LANES + l] * row[s * LANES + l];
+            }
+        }
+        for (int64_t s = 0; s < T; s++) EACH_LANE {
+            const int64_t ts = (t * T + s) * LANES + l;
+            A[ts] = w[ts] * keep[ts];
+            row[s * LANES + l] = w[ts] * (row[s * LANES + l] - rowsum[l]) * scale;
+        }
+    }
+    for (int64_t t = 0; t < T; t++)  // dq[t] = sum over s of dS[t, s] k[s]
+        for (int64_t e = 0; e < d; e++) {
+            float sum[LANES] = {0};
+            for (int64_t s = 0; s < T; s++) EACH_LANE sum[l] += dS[(t * T + s) * LANES + l] * k[(s * d + e) * LANES + l];
+            EACH_LANE dq[(t * d + e) * LANES + l] = sum[l];
+        }
+    for (int64_t s = 0; s < T; s++)  // dk[s] = sum over t of dS[t, s] q[t]; dv[s] = sum over t of A[t, s] dy[t]
+        for (int64_t e = 0; e < d; e++) {
+            float sum_k[LANES] = {0}, sum_v[LANES] = {0};
+            for (int64_t t = 0; t < T; t++) EACH_LANE {
+                sum_k[l] += dS[(t * T + s) * LANES + l] * q[(t * d + e) * LANES + l];
+                sum_v[l] += A[(t * T + s) * LANES + l] * dy[(t * d + e) * LANES + l];
+            }
+            EACH_LANE dk[(s * d + e) * LANES + l] = sum_k[l], dv[(s * d + e) * LANES + l] = sum_v[l];
+        }
+}
+
+// Between a (B, T, H, d) layout of row stride `stride` (from `x`: x's rows) and a (T, d, LANES)
+// one: lane l is the head at offset at[l] of x. The gathers and scatters are vector instructions
+// over the lanes; bfloat16 moves two elements a 32-bit word (d and the strides are even).
+static void gather_float(float *restrict dst, const float *restrict x, const int64_t *restrict at, int64_t stride,
+                         int64_t T, int64_t d) {
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t e = 0; e < d; e++) {
+            const float *from = x + t * stride + e;
+            float *to = dst + (t * d + e) * LANES;
+#ifdef __AVX512F__
+            _mm512_storeu_ps(to, _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_i64gather_ps(_mm512_loadu_si512(at), from, 4)),
+                                                    _mm512_i64gather_ps(_mm512_loadu_si512(at + 8), from, 4), 1));
+#else
+            EACH_LANE to[l] = from[at[l]];
+#endif
+        }
+}
+
+static void gather_bf16(float *restrict dst, const uint16_t *restrict x, const int64_t *restrict at, int64_t stride,
+                        int64_t T, int64_t d) {
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t e = 0; e < d; e += 2) {
+            const uint16_t *from = x + t * stride + e;
+            float *to = dst + (t * d + e) * LANES;
+#ifdef __AVX512F__
+            // 32-bit words: elements e and e + 1 of each lane's row, e in the low half.
+            const __m512i pairs = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm512_i64gather_epi32(_mm512_loadu_si512(at), from, 2)),
+                _mm512_i64gather_epi32(_mm512_loadu_si512(at + 8), from, 2), 1);
+            _mm512_storeu_si512(to, _mm512_slli_epi32(pairs, 16));
+            _mm512_storeu_si512(to + LANES, _mm512_and_si512(pairs, _mm512_set1_epi32((int)0xFFFF0000)));
+#else
+            EACH_LANE to[l] = bf16_to_float(from[at[l]]), to[LANES + l] = bf16_to_float(from[at[l] + 1]);
+#endif
+        }
+}
+
+// `lanes`: how many lanes hold a head (the last group of B H may hold fewer).
+static void scatter_float(float *restrict x, const float *restrict src, const int64_t *restrict at, int64_t stride,
+                          int64_t T, int64_t d, int lanes) {
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t e = 0; e < d; e++) EACH_LANE if (l < lanes) x[at[l] + t * stride + e] = src[(t * d + e) * LANES + l];
+}
+
+static void scatter_bf16(uint16_t *restrict x, const float *restrict src, const int64_t *restrict at, int64_t stride,
+                         int64_t T, int64_t d, int lanes) {
+    uint32_t *pairs = (uint32_t *)x;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t e = 0; e < d; e += 2) EACH_LANE if (l < lanes) {
+            const uint32_t low = float_to_bf16(src[(t * d + e) * LANES + l]);
+            const uint32_t high = float_to_bf16(src[(t * d + e + 1) * LANES + l]);
+            pairs[(at[l] + t * stride + e) >> 1] = low | high << 16;
+        }
+}
+
+// The LANES (sequence, head) pairs first, first + 1, ... of B H: where each starts in the (B, T, H, d)
+// layouts (`rows`: at[l] = b T stride + h d) and in the (B, H, T, T) weights. Lanes past the last
+// pair repeat it: they are computed for nothing and never stored.
+static int lanes_at(int64_t *restrict rows, int64_t *restrict weights, int64_t first, int64_t B, int64_t T,
+                    int64_t H, int64_t d, int64_t stride) {
+    for (int l = 0; l < LANES; l++) {
+        const int64_t bh = first + l < B * H ? first + l : B * H - 1;
+        rows[l] = bh / H * T * stride + bh % H * d, weights[l] = bh * T * T;
+    }
+    return first + LANES <= B * H ? LANES : (int)(B * H - first);
+}
+
+#define ATTENTION(SUFFIX, T_)                                                                         \
+    /* q, k, v, the open keys and the dropout factors of LANES pairs, then their weights. */         \
+    static int load_##SUFFIX(Heads *a, int64_t *restrict at, const T_ *restrict qkv, const uint8_t *restrict attend, \
+                             int64_t first, int64_t B, int64_t T, int64_t H, int64_t d, int64_t seed, \
+                             int32_t dropped, float factor) {                                         \
+        const int64_t D = H * d;                                                                      \
+        int64_t weights_at[LANES];                                                                    \
+        const int lanes = lanes_at(at, weights_at, first, B, T, H, d, 3 * D);                         \
+        gather_##SUFFIX(a->q, qkv, at, 3 * D, T, d);                                                  \
+        gather_##SUFFIX(a->k, qkv + D, at, 3 * D, T, d);                                              \
+        gather_##SUFFIX(a->v, qkv + 2 * D, at, 3 * D, T, d);                                          \
+        for (int64_t s = 0; s < T; s++) EACH_LANE {                                                   \
+            const int64_t b = (first + l < B * H ? first + l : B * H - 1) / H;                        \
+            a->open[s * LANES + l] = !attend || attend[b * T + s] ? 1.0f : 0.0f;                      \
+        }                                                                                             \
+        keep_factors(a->keep, weights_at, T, seed, dropped, factor);                                  \
+        softmax_weights(a->q, a->k, a->open, a->w, T, d);                                             \
+        return lanes;                                                                                 \
+    }                                                                                                 \
+                                                                                                      \
+    void attention_##SUFFIX(const T_ *restrict qkv, const uint8_t *restrict attend, T_ *restrict y,   \
+                            int64_t B, int64_t T, int64_t H, int64_t d, int64_t seed, int32_t dropped, \
+                            float factor, int threads) {                                              \
+        _Pragma("omp parallel num_threads(threads)") {                                                \
+            Heads a = heads_alloc(T, d);                                                              \
+            _Pragma("omp for schedule(static)")                                                       \
+            for (int64_t first = 0; first < B * H; first += LANES) {                                  \
+                int64_t at[LANES], y_at[LANES], unused[LANES];                                        \
+                const int lanes = load_##SUFFIX(&a, at, qkv, attend, first, B, T, H, d, seed, dropped, factor); \
+                weighted_values(a.w, a.keep, a.v, a.dq, T, d); /* dq as scratch for the output */     \
+                lanes_at(y_at, unused, first, B, T, H, d, H * d);                                     \
+                scatter_##SUFFIX(y, a.dq, y_at, H * d, T, d, lanes);                                  \
+            }                                                                                         \
+            heads_free(&a);                                                                           \
+        }                                                                                             \
+    }                                                                                                 \
+                                                                                                      \
+    /* grad_qkv (B, T, 3, H, d) from grad_y (B, T, H, d) */                                           \
+    void attention_backward_##SUFFIX(const T_ *restrict qkv, const uint8_t *restrict attend,          \
+                                     const T_ *restrict grad_y, T_ *restrict grad_qkv, int64_t B,     \
+                                     int64_t T, int64_t H, int64_t d, int64_t seed, int32_t dropped,  \
+                                     float factor, int threads) {                                     \
+        const int64_t D = H * d;                                                                      \
+        _Pragma("omp parallel num_threads(threads)") {                                                \
+            Heads a = heads_alloc(T, d);                                                              \
+            _Pragma("omp for schedule(static)")                                                       \
+            for (int64_t first = 0; first < B * H; first += LANES) {                                  \
+                int64_t at[LANES], y_at[LANES], unused[LANES];                                        \
+                const int lanes = load_##SUFFIX(&a, at, qkv, attend, first, B, T, H, d, seed, dropped, factor); \
+                lanes_at(y_at, unused, first, B, T, H, d, D);                                         \
+                gather_##SUFFIX(a.dy, grad_y, y_at, D, T, d);                                         \
+                attention_gradients(a.q, a.k, a.v, a.w, a.keep, a.dy, a.dq, a.dk, a.dv, a.dS, a.A, T, d); \
+                scatter_##SUFFIX(grad_qkv, a.dq, at, 3 * D, T, d, lanes);                             \
+                scatter_##SUFFIX(grad_qkv + D, a.dk, at, 3 * D, T, d, lanes);                         \
+                scatter_##SUFFIX(grad_qkv + 2 * D, a.dv, at, 3 * D, T, d, lanes);                     \
+            }                                                                                         \
+            heads_free(&a);                                                                           \
+        }                                                                                             \
+    }
+
+ATTENTION(bf16, uint16_t)
+ATTENTION(float, float)
