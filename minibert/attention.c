@@ -30,11 +30,22 @@ _Static_assert(LANES == 16, "the AVX-512 gathers below move 16 lanes");
 // first[l]: the place of lane l's element (0, 0) in the (B, H, T, T) weights.
 static void keep_factors(float *restrict keep, const int64_t *restrict first, int64_t T, int64_t seed,
                          int32_t dropped, float factor) {
+    const int64_t n = T * T;
     if (dropped == 0) {
-        for (int64_t i = 0; i < T * T * LANES; i++) keep[i] = 1.0f;
+        for (int64_t i = 0; i < n * LANES; i++) keep[i] = 1.0f;
         return;
     }
-    for (int64_t i = 0; i < T * T; i++) EACH_LANE {
+    if (n % 4 == 0) {  // every lane's first element (b H + h) T T starts a word: one word per four elements
+        for (int64_t j = 0; j < n / 4; j++) EACH_LANE {
+            const uint64_t word = splitmix64((uint64_t)seed + (uint64_t)(first[l] / 4 + j));
+            for (int quarter = 0; quarter < 4; quarter++) {  // as view(torch.int16) cuts the word
+                const uint32_t bits = (uint32_t)(word >> (16 * quarter)) & 0x7FFF;
+                keep[(4 * j + quarter) * LANES + l] = bits >= (uint32_t)dropped ? factor : 0.0f;
+            }
+        }
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) EACH_LANE {
         const uint64_t at = (uint64_t)(first[l] + i);
         const uint64_t word = splitmix64((uint64_t)seed + (at >> 2));
         const uint32_t bits = (uint32_t)(word >> (16 * (at & 3))) & 0x7FFF;  // as view(torch.int16) cuts it
@@ -53,7 +64,8 @@ static void softmax_weights(const float *restrict q, const float *restrict k, co
         EACH_LANE top[l] = -1e30f, total[l] = 0.0f;
         for (int64_t s = 0; s < T; s++) {
             float score[LANES] = {0};
-            for (int64_t e = 0; e < d; e++) EACH_LANE score[l] += q[(t * d + e) * LANES + l] * k[(s * d + e) * LANES + l];
+            for (int64_t e = 0; e < d; e++)
+                EACH_LANE score[l] += q[(t * d + e) * LANES + l] * k[(s * d + e) * LANES + l];
             EACH_LANE {
                 row[s * LANES + l] = open[s * LANES + l] > 0.0f ? score[l] * scale : -1e30f;
                 top[l] = row[s * LANES + l] > top[l] ? row[s * LANES + l] : top[l];
@@ -86,18 +98,16 @@ static Heads heads_alloc(int64_t T, int64_t d) {
 
 static void heads_free(Heads *a) { free(a->q); }
 
-// y (T, d, LANES) = (w keep) v: the dropped weights times the values.
-static void weighted_values(const float *restrict w, const float *restrict keep, const float *restrict v,
-                            float *restrict y, int64_t T, int64_t d) {
-    for (int64_t t = 0; t < T; t++) {
-        float *restrict out = y + t * d * LANES;
-        for (int64_t i = 0; i < d * LANES; i++) out[i] = 0.0f;
-        for (int64_t s = 0; s < T; s++) {
-            float ws[LANES];
-            EACH_LANE ws[l] = w[(t * T + s) * LANES + l] * keep[(t * T + s) * LANES + l];
-            for (int64_t e = 0; e < d; e++) EACH_LANE out[e * LANES + l] += ws[l] * v[(s * d + e) * LANES + l];
+// y (T, d, LANES) = A v: the dropped weights A = w keep (T, T, LANES) times the values.
+static void weighted_values(const float *restrict A, const float *restrict v, float *restrict y, int64_t T,
+                            int64_t d) {
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t e = 0; e < d; e++) {
+            float sum[LANES] = {0};
+            for (int64_t s = 0; s < T; s++)
+                EACH_LANE sum[l] += A[(t * T + s) * LANES + l] * v[(s * d + e) * LANES + l];
+            EACH_LANE y[(t * d + e) * LANES + l] = sum[l];
         }
-    }
 }
 
 // dq, dk, dv (T, d, LANES) from dy (T, d, LANES). With A = w keep (the dropped weights):
@@ -113,7 +123,8 @@ static void attention_gradients(const float *restrict q, const float *restrict k
         float rowsum[LANES] = {0};
         for (int64_t s = 0; s < T; s++) {
             float g[LANES] = {0};
-            for (int64_t e = 0; e < d; e++) EACH_LANE g[l] += dy[(t * d + e) * LANES + l] * v[(s * d + e) * LANES + l];
+            for (int64_t e = 0; e < d; e++)
+                EACH_LANE g[l] += dy[(t * d + e) * LANES + l] * v[(s * d + e) * LANES + l];
             EACH_LANE {
                 row[s * LANES + l] = g[l] * keep[(t * T + s) * LANES + l];
                 rowsum[l] += w[(t * T + s) * LANES + l] * row[s * LANES + l];
@@ -128,7 +139,8 @@ static void attention_gradients(const float *restrict q, const float *restrict k
     for (int64_t t = 0; t < T; t++)  // dq[t] = sum over s of dS[t, s] k[s]
         for (int64_t e = 0; e < d; e++) {
             float sum[LANES] = {0};
-            for (int64_t s = 0; s < T; s++) EACH_LANE sum[l] += dS[(t * T + s) * LANES + l] * k[(s * d + e) * LANES + l];
+            for (int64_t s = 0; s < T; s++)
+                EACH_LANE sum[l] += dS[(t * T + s) * LANES + l] * k[(s * d + e) * LANES + l];
             EACH_LANE dq[(t * d + e) * LANES + l] = sum[l];
         }
     for (int64_t s = 0; s < T; s++)  // dk[s] = sum over t of dS[t, s] q[t]; dv[s] = sum over t of A[t, s] dy[t]
@@ -145,23 +157,24 @@ static void attention_gradients(const float *restrict q, const float *restrict k
 // Between a (B, T, H, d) layout of row stride `stride` (from `x`: x's rows) and a (T, d, LANES)
 // one: lane l is the head at offset at[l] of x. The gathers and scatters are vector instructions
 // over the lanes; bfloat16 moves two elements a 32-bit word (d and the strides are even).
-static void gather_float(float *restrict dst, const float *restrict x, const int64_t *restrict at, int64_t stride,
-                         int64_t T, int64_t d) {
+static void gather_float(float *restrict dst, const float *restrict x, const int64_t *restrict at,
+                         int64_t stride, int64_t T, int64_t d) {
     for (int64_t t = 0; t < T; t++)
         for (int64_t e = 0; e < d; e++) {
             const float *from = x + t * stride + e;
             float *to = dst + (t * d + e) * LANES;
 #ifdef __AVX512F__
-            _mm512_storeu_ps(to, _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_i64gather_ps(_mm512_loadu_si512(at), from, 4)),
-                                                    _mm512_i64gather_ps(_mm512_loadu_si512(at + 8), from, 4), 1));
+            const __m256 low = _mm512_i64gather_ps(_mm512_loadu_si512(at), from, 4);  // lanes 0 to 7
+            const __m256 high = _mm512_i64gather_ps(_mm512_loadu_si512(at + 8), from, 4);
+            _mm512_storeu_ps(to, _mm512_insertf32x8(_mm512_castps256_ps512(low), high, 1));
 #else
             EACH_LANE to[l] = from[at[l]];
 #endif
         }
 }
 
-static void gather_bf16(float *restrict dst, const uint16_t *restrict x, const int64_t *restrict at, int64_t stride,
-                        int64_t T, int64_t d) {
+static void gather_bf16(float *restrict dst, const uint16_t *restrict x, const int64_t *restrict at,
+                        int64_t stride, int64_t T, int64_t d) {
     for (int64_t t = 0; t < T; t++)
         for (int64_t e = 0; e < d; e += 2) {
             const uint16_t *from = x + t * stride + e;
@@ -180,14 +193,15 @@ static void gather_bf16(float *restrict dst, const uint16_t *restrict x, const i
 }
 
 // `lanes`: how many lanes hold a head (the last group of B H may hold fewer).
-static void scatter_float(float *restrict x, const float *restrict src, const int64_t *restrict at, int64_t stride,
-                          int64_t T, int64_t d, int lanes) {
+static void scatter_float(float *restrict x, const float *restrict src, const int64_t *restrict at,
+                          int64_t stride, int64_t T, int64_t d, int lanes) {
     for (int64_t t = 0; t < T; t++)
-        for (int64_t e = 0; e < d; e++) EACH_LANE if (l < lanes) x[at[l] + t * stride + e] = src[(t * d + e) * LANES + l];
+        for (int64_t e = 0; e < d; e++)
+            EACH_LANE if (l < lanes) x[at[l] + t * stride + e] = src[(t * d + e) * LANES + l];
 }
 
-static void scatter_bf16(uint16_t *restrict x, const float *restrict src, const int64_t *restrict at, int64_t stride,
-                         int64_t T, int64_t d, int lanes) {
+static void scatter_bf16(uint16_t *restrict x, const float *restrict src, const int64_t *restrict at,
+                         int64_t stride, int64_t T, int64_t d, int lanes) {
     uint32_t *pairs = (uint32_t *)x;
     for (int64_t t = 0; t < T; t++)
         for (int64_t e = 0; e < d; e += 2) EACH_LANE if (l < lanes) {
@@ -211,9 +225,9 @@ static int lanes_at(int64_t *restrict rows, int64_t *restrict weights, int64_t f
 
 #define ATTENTION(SUFFIX, T_)                                                                         \
     /* q, k, v, the open keys and the dropout factors of LANES pairs, then their weights. */         \
-    static int load_##SUFFIX(Heads *a, int64_t *restrict at, const T_ *restrict qkv, const uint8_t *restrict attend, \
-                             int64_t first, int64_t B, int64_t T, int64_t H, int64_t d, int64_t seed, \
-                             int32_t dropped, float factor) {                                         \
+    static int load_##SUFFIX(Heads *a, int64_t *restrict at, const T_ *restrict qkv,                   \
+                             const uint8_t *restrict attend, int64_t first, int64_t B, int64_t T,     \
+                             int64_t H, int64_t d, int64_t seed, int32_t dropped, float factor) {     \
         const int64_t D = H * d;                                                                      \
         int64_t weights_at[LANES];                                                                    \
         const int lanes = lanes_at(at, weights_at, first, B, T, H, d, 3 * D);                         \
@@ -237,8 +251,10 @@ static int lanes_at(int64_t *restrict rows, int64_t *restrict weights, int64_t f
             _Pragma("omp for schedule(static)")                                                       \
             for (int64_t first = 0; first < B * H; first += LANES) {                                  \
                 int64_t at[LANES], y_at[LANES], unused[LANES];                                        \
-                const int lanes = load_##SUFFIX(&a, at, qkv, attend, first, B, T, H, d, seed, dropped, factor); \
-                weighted_values(a.w, a.keep, a.v, a.dq, T, d); /* dq as scratch for the output */     \
+                const int lanes =                                                                     \
+                    load_##SUFFIX(&a, at, qkv, attend, first, B, T, H, d, seed, dropped, factor);         \
+                for (int64_t i = 0; i < T * T * LANES; i++) a.A[i] = a.w[i] * a.keep[i];              \
+                weighted_values(a.A, a.v, a.dq, T, d); /* dq as scratch for the output */            \
                 lanes_at(y_at, unused, first, B, T, H, d, H * d);                                     \
                 scatter_##SUFFIX(y, a.dq, y_at, H * d, T, d, lanes);                                  \
             }                                                                                         \
@@ -257,7 +273,8 @@ static int lanes_at(int64_t *restrict rows, int64_t *restrict weights, int64_t f
             _Pragma("omp for schedule(static)")                                                       \
             for (int64_t first = 0; first < B * H; first += LANES) {                                  \
                 int64_t at[LANES], y_at[LANES], unused[LANES];                                        \
-                const int lanes = load_##SUFFIX(&a, at, qkv, attend, first, B, T, H, d, seed, dropped, factor); \
+                const int lanes =                                                                     \
+                    load_##SUFFIX(&a, at, qkv, attend, first, B, T, H, d, seed, dropped, factor);         \
                 lanes_at(y_at, unused, first, B, T, H, d, D);                                         \
                 gather_##SUFFIX(a.dy, grad_y, y_at, D, T, d);                                         \
                 attention_gradients(a.q, a.k, a.v, a.w, a.keep, a.dy, a.dq, a.dk, a.dv, a.dS, a.A, T, d); \

@@ -140,14 +140,15 @@ def attend_and_grad(module: nn.Module, x: torch.Tensor, attend, precision: torch
 
 @pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_mask", [False, True])
-def test_c_attention_computes_the_explicit_steps(precision, with_mask):
+@pytest.mark.parametrize("seq_len", [7, 8])  # 8: each head's T T weights start a 64-bit random word
+def test_c_attention_computes_the_explicit_steps(precision, with_mask, seq_len):
     # 5 sequences x 4 heads: one group of 16 lanes and one of 4, whose 12 empty lanes are never written.
     fused, plain = attention_twins(dropout=0.3)
     generator = torch.Generator().manual_seed(4)
-    x = torch.randn(5, T, 16, generator=generator)
+    x = torch.randn(5, seq_len, 16, generator=generator)
     attend = None
     if with_mask:  # (B, 1, 1, T): padded keys, and a row whose only key is the first
-        padding = torch.zeros(5, T, dtype=torch.bool)
+        padding = torch.zeros(5, seq_len, dtype=torch.bool)
         padding[1, -3:], padding[4, 1:] = True, True
         attend = model.attention_mask(padding)
     fused_out, fused_grads = attend_and_grad(fused, x, attend, precision)
