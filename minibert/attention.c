@@ -211,76 +211,61 @@ static void scatter_bf16(uint16_t *restrict x, const float *restrict src, const 
         }
 }
 
-// The LANES (sequence, head) pairs first, first + 1, ... of B H: where each starts in the (B, T, H, d)
-// layouts (`rows`: at[l] = b T stride + h d) and in the (B, H, T, T) weights. Lanes past the last
-// pair repeat it: they are computed for nothing and never stored.
-static int lanes_at(int64_t *restrict rows, int64_t *restrict weights, int64_t first, int64_t B, int64_t T,
-                    int64_t H, int64_t d, int64_t stride) {
+// The LANES (sequence, head) pairs first, first + 1, ... of B H: where each starts in the
+// projection's output qkv (B, T, 3, H, d), in the (B, T, H, d) attention output, and in the
+// (B, H, T, T) weights. Lanes past the last pair repeat it: they are computed for nothing and never
+// stored. Returns how many lanes hold a pair.
+static int lanes_at(int64_t *restrict qkv_at, int64_t *restrict y_at, int64_t *restrict weights_at,
+                    int64_t first, int64_t B, int64_t T, int64_t H, int64_t d) {
     for (int l = 0; l < LANES; l++) {
-        const int64_t bh = first + l < B * H ? first + l : B * H - 1;
-        rows[l] = bh / H * T * stride + bh % H * d, weights[l] = bh * T * T;
+        const int64_t bh = first + l < B * H ? first + l : B * H - 1, b = bh / H, h = bh % H;
+        qkv_at[l] = b * T * 3 * H * d + h * d, y_at[l] = b * T * H * d + h * d, weights_at[l] = bh * T * T;
     }
     return first + LANES <= B * H ? LANES : (int)(B * H - first);
 }
 
 #define ATTENTION(SUFFIX, T_)                                                                         \
     /* q, k, v, the open keys and the dropout factors of LANES pairs, then their weights. */         \
-    static int load_##SUFFIX(Heads *a, int64_t *restrict at, const T_ *restrict qkv,                   \
+    static int load_##SUFFIX(Heads *a, int64_t *restrict at, int64_t *restrict y_at, const T_ *restrict qkv, \
                              const uint8_t *restrict attend, int64_t first, int64_t B, int64_t T,     \
                              int64_t H, int64_t d, int64_t seed, int32_t dropped, float factor) {     \
         const int64_t D = H * d;                                                                      \
         int64_t weights_at[LANES];                                                                    \
-        const int lanes = lanes_at(at, weights_at, first, B, T, H, d, 3 * D);                         \
+        const int lanes = lanes_at(at, y_at, weights_at, first, B, T, H, d);                          \
         gather_##SUFFIX(a->q, qkv, at, 3 * D, T, d);                                                  \
         gather_##SUFFIX(a->k, qkv + D, at, 3 * D, T, d);                                              \
         gather_##SUFFIX(a->v, qkv + 2 * D, at, 3 * D, T, d);                                          \
-        for (int64_t s = 0; s < T; s++) EACH_LANE {                                                   \
-            const int64_t b = (first + l < B * H ? first + l : B * H - 1) / H;                        \
-            a->open[s * LANES + l] = !attend || attend[b * T + s] ? 1.0f : 0.0f;                      \
-        }                                                                                             \
+        for (int64_t s = 0; s < T; s++) /* y_at[l] / D is the lane's row b T of (B, T) */             \
+            EACH_LANE a->open[s * LANES + l] = !attend || attend[y_at[l] / D + s] ? 1.0f : 0.0f;       \
         keep_factors(a->keep, weights_at, T, seed, dropped, factor);                                  \
         softmax_weights(a->q, a->k, a->open, a->w, T, d);                                             \
         return lanes;                                                                                 \
     }                                                                                                 \
                                                                                                       \
-    void attention_##SUFFIX(const T_ *restrict qkv, const uint8_t *restrict attend, T_ *restrict y,   \
-                            int64_t B, int64_t T, int64_t H, int64_t d, int64_t seed, int32_t dropped, \
-                            float factor, int threads) {                                              \
-        _Pragma("omp parallel num_threads(threads)") {                                                \
-            Heads a = heads_alloc(T, d);                                                              \
-            _Pragma("omp for schedule(static)")                                                       \
-            for (int64_t first = 0; first < B * H; first += LANES) {                                  \
-                int64_t at[LANES], y_at[LANES], unused[LANES];                                        \
-                const int lanes =                                                                     \
-                    load_##SUFFIX(&a, at, qkv, attend, first, B, T, H, d, seed, dropped, factor);         \
-                for (int64_t i = 0; i < T * T * LANES; i++) a.A[i] = a.w[i] * a.keep[i];              \
-                weighted_values(a.A, a.v, a.dq, T, d); /* dq as scratch for the output */            \
-                lanes_at(y_at, unused, first, B, T, H, d, H * d);                                     \
-                scatter_##SUFFIX(y, a.dq, y_at, H * d, T, d, lanes);                                  \
-            }                                                                                         \
-            heads_free(&a);                                                                           \
-        }                                                                                             \
-    }                                                                                                 \
-                                                                                                      \
-    /* grad_qkv (B, T, 3, H, d) from grad_y (B, T, H, d) */                                           \
-    void attention_backward_##SUFFIX(const T_ *restrict qkv, const uint8_t *restrict attend,          \
-                                     const T_ *restrict grad_y, T_ *restrict grad_qkv, int64_t B,     \
-                                     int64_t T, int64_t H, int64_t d, int64_t seed, int32_t dropped,  \
-                                     float factor, int threads) {                                     \
+    /* Forward (grad_y NULL): out is y (B, T, H, d). Backward: out is grad_qkv (B, T, 3, H, d), from   */ \
+    /* grad_y (B, T, H, d).                                                                         */ \
+    void attention_##SUFFIX(const T_ *restrict qkv, const uint8_t *restrict attend, const T_ *restrict grad_y, \
+                            T_ *restrict out, int64_t B, int64_t T, int64_t H, int64_t d, int64_t seed,   \
+                            int32_t dropped, float factor, int threads) {                             \
         const int64_t D = H * d;                                                                      \
         _Pragma("omp parallel num_threads(threads)") {                                                \
             Heads a = heads_alloc(T, d);                                                              \
             _Pragma("omp for schedule(static)")                                                       \
             for (int64_t first = 0; first < B * H; first += LANES) {                                  \
-                int64_t at[LANES], y_at[LANES], unused[LANES];                                        \
+                int64_t at[LANES], y_at[LANES];                                                       \
                 const int lanes =                                                                     \
-                    load_##SUFFIX(&a, at, qkv, attend, first, B, T, H, d, seed, dropped, factor);         \
-                lanes_at(y_at, unused, first, B, T, H, d, D);                                         \
+                    load_##SUFFIX(&a, at, y_at, qkv, attend, first, B, T, H, d, seed, dropped, factor);   \
+                if (!grad_y) {                                                                        \
+                    for (int64_t i = 0; i < T * T * LANES; i++) a.A[i] = a.w[i] * a.keep[i];          \
+                    weighted_values(a.A, a.v, a.dq, T, d); /* dq as scratch for the output */        \
+                    scatter_##SUFFIX(out, a.dq, y_at, D, T, d, lanes);                                \
+                    continue;                                                                         \
+                }                                                                                     \
                 gather_##SUFFIX(a.dy, grad_y, y_at, D, T, d);                                         \
                 attention_gradients(a.q, a.k, a.v, a.w, a.keep, a.dy, a.dq, a.dk, a.dv, a.dS, a.A, T, d); \
-                scatter_##SUFFIX(grad_qkv, a.dq, at, 3 * D, T, d, lanes);                             \
-                scatter_##SUFFIX(grad_qkv + D, a.dk, at, 3 * D, T, d, lanes);                         \
-                scatter_##SUFFIX(grad_qkv + 2 * D, a.dv, at, 3 * D, T, d, lanes);                     \
+                scatter_##SUFFIX(out, a.dq, at, 3 * D, T, d, lanes);                                  \
+                scatter_##SUFFIX(out + D, a.dk, at, 3 * D, T, d, lanes);                              \
+                scatter_##SUFFIX(out + 2 * D, a.dv, at, 3 * D, T, d, lanes);                          \
             }                                                                                         \
             heads_free(&a);                                                                           \
         }                                                                                             \

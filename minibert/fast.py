@@ -59,6 +59,16 @@ COMPILE_FROM_ELEMENTS = 2**16  # smaller tensors draw uncompiled: compiling cost
 c_library = CLibrary(Path(__file__).with_name("fast.c"))
 
 
+def dropout_draw(p: float) -> tuple[Tensor, int]:
+    """A dropout's seed, drawn from PyTorch's generator, and how many of the 2^15 numbers are dropped for ``p``."""
+    return torch.randint(-(2**62), 2**62, ()), round(p * 2**15)
+
+
+def dropout_factor(dropped: int, dtype: torch.dtype) -> float:
+    """The survivors' factor 2^15 / (2^15 - dropped), rounded to ``dtype`` as PyTorch multiplies by it."""
+    return torch.tensor(2**15 / (2**15 - dropped), dtype=dtype).item()
+
+
 def c_dropout(x: Tensor, seed: int, dropped: int) -> Tensor:
     """``x * dropout_scale(seed, x.numel(), dropped, x.dtype).view(x.shape)`` in one pass, by ``fast.c``.
 
@@ -68,7 +78,7 @@ def c_dropout(x: Tensor, seed: int, dropped: int) -> Tensor:
     """
     x = x.contiguous()
     out = torch.empty_like(x)
-    factor = torch.tensor(2**15 / (2**15 - dropped), dtype=x.dtype).item()  # in x's precision
+    factor = dropout_factor(dropped, x.dtype)
     c_library.call(
         "dropout", x.dtype, x, out, ctypes.c_int64(x.numel()), ctypes.c_int64(seed), ctypes.c_int32(dropped),
         ctypes.c_float(factor),
@@ -111,8 +121,7 @@ class CpuDropout(nn.Dropout):
             return x
         if x.device.type != "cpu" or torch.compiler.is_compiling():
             return super().forward(x)
-        seed = torch.randint(-(2**62), 2**62, ())  # from PyTorch's generator
-        dropped = round(self.p * 2**15)
+        seed, dropped = dropout_draw(self.p)
         if x.dtype in C_DTYPES and c_library.get() is not None:
             return _CDropout.apply(x, int(seed), dropped)
         make = compiled_dropout_scale if x.numel() >= COMPILE_FROM_ELEMENTS else dropout_scale
@@ -133,12 +142,12 @@ class _CAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv: Tensor, attend: Tensor | None, heads: int, seed: int, dropped: int) -> Tensor:
         B, T, D = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
-        factor = torch.tensor(2**15 / (2**15 - dropped), dtype=qkv.dtype).item()  # as CpuDropout's
+        factor = dropout_factor(dropped, qkv.dtype)  # as CpuDropout's
         ctx.sizes = [ctypes.c_int64(n) for n in (B, T, heads, D // heads, seed)]
         ctx.dropout = ctypes.c_int32(dropped), ctypes.c_float(factor)
         ctx.save_for_backward(qkv, attend)
         y = qkv.new_empty(B, T, D)
-        attention_library.call("attention", qkv.dtype, qkv, attend, y, *ctx.sizes, *ctx.dropout)
+        attention_library.call("attention", qkv.dtype, qkv, attend, None, y, *ctx.sizes, *ctx.dropout)
         return y
 
     @staticmethod
@@ -147,7 +156,7 @@ class _CAttention(torch.autograd.Function):
         grad_y = grad_y.to(qkv.dtype).contiguous()
         grad_qkv = torch.empty_like(qkv)
         attention_library.call(
-            "attention_backward", qkv.dtype, qkv, attend, grad_y, grad_qkv, *ctx.sizes, *ctx.dropout
+            "attention", qkv.dtype, qkv, attend, grad_y, grad_qkv, *ctx.sizes, *ctx.dropout
         )
         return grad_qkv, None, None, None, None
 
@@ -168,11 +177,12 @@ class FusedSelfAttention(MultiHeadSelfAttention):
             if not self.c_applies(x):
                 return super().forward(x, attend)
             qkv = self.qkv(x).contiguous()  # (B, T, 3D)
-            dropping = self.training and self.attn_dropout.p > 0
-            seed = int(torch.randint(-(2**62), 2**62, ())) if dropping else 0  # as CpuDropout draws it
-            dropped = round(self.attn_dropout.p * 2**15) if dropping else 0
+            seed, dropped = 0, 0
+            if self.training and self.attn_dropout.p > 0:
+                seed, dropped = dropout_draw(self.attn_dropout.p)  # as CpuDropout draws them
             keys = None if attend is None else attend[:, 0, 0, :].to(torch.uint8).contiguous()  # (B, T)
-            return self.out_proj(_CAttention.apply(qkv, keys, self.num_heads, seed, dropped))  # (B, T, D)
+            y = _CAttention.apply(qkv, keys, self.num_heads, int(seed), dropped)  # (B, T, D)
+            return self.out_proj(y)
         q, k, v = self.heads(x)  # 3 x (B, H, T, D/H)
         p = self.attn_dropout.p if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=p)  # (B, H, T, D/H)
