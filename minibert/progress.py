@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
 from minibert.machinery.lightning_internals import progress_bar_due
+
+REDRAW_SECONDS = 0.5  # the bar redraws at most this often (and at the run's end)
 
 
 class RunProgressBar(TQDMProgressBar):
@@ -19,8 +22,14 @@ class RunProgressBar(TQDMProgressBar):
     the rate, steps per second, is averaged since the start (validation pauses included).
     A run bounded by epochs only (``max_steps: -1``) gets Lightning's bar.
 
+    Lightning redraws its bar, reading every logged metric for it, at every step: 1.8 ms of a
+    base.yaml step of 205 ms on 2 CPU cores, and a line per step where the output is a file.
+    This one redraws at most every ``REDRAW_SECONDS``, and at the end.
+
     The command line uses it in place of Lightning's default bar (see :mod:`minibert.cli`).
     """
+
+    drawn_at = -float("inf")  # time.monotonic() of the last redraw
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -40,9 +49,10 @@ class RunProgressBar(TQDMProgressBar):
     ) -> None:
         if trainer.max_steps <= 0:
             return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        bar = self.train_progress_bar
-        if progress_bar_due(self, trainer.global_step, bar.total):
-            bar.n = trainer.global_step
+        bar, step, now = self.train_progress_bar, trainer.global_step, time.monotonic()
+        soon = step < bar.total and now - self.drawn_at < REDRAW_SECONDS
+        if progress_bar_due(self, step, bar.total) and not soon:
+            bar.n, self.drawn_at = step, now
             bar.set_postfix(self.get_metrics(trainer, pl_module))  # also redraws the bar
 
 

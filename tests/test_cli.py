@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -15,6 +16,7 @@ from conftest import REPO, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
+from minibert import progress
 from minibert.machinery import precision
 from minibert.module import MiniBert
 
@@ -138,6 +140,22 @@ def test_the_progress_bar_counts_the_whole_run_in_steps(workdir):
         -3:
     ]  # an epoch is 42 steps
     assert "60/60 [" in frames[-1] and "step/s" in frames[-1], frames[-1]
+
+
+def test_the_progress_bar_redraws_at_most_twice_a_second_and_at_the_end(monkeypatch):
+    """Lightning's bar redraws at every step (a line per step in a log file); this one by the clock."""
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock.now)
+    bar = progress.RunProgressBar()
+    bar.train_progress_bar = progress.TQDMProgressBar().init_train_tqdm()
+    bar.train_progress_bar.reset(total=100)
+    drawn = []
+    monkeypatch.setattr(bar, "get_metrics", lambda *_: drawn.append(trainer.global_step) or {})
+    trainer = SimpleNamespace(max_steps=100, global_step=0)
+    for step in range(1, 101):  # a step every 1/8 s
+        trainer.global_step, clock.now = step, step / 8
+        bar.on_train_batch_end(trainer, None, None, None, step - 1)
+    assert drawn == [*range(1, 100, 4), 100]  # every 0.5 s, and the last step
 
 
 # --- precision ----------------------------------------------------------------------------------
