@@ -250,8 +250,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_hidden = grad_logits @ w_t.T  # (N, V) @ (V, D) -> (N, D)
             if dtype == torch.float32:
                 # In float32, (V, N) @ (N, D), straight into the weight's layout: 1.3 to 1.5 times
-                # as fast as the bfloat16 form below (AMD EPYC, 2 threads); the bias's gradient,
-                # the sum of the rows, as a row of ones times them (a column sum took 5.5 ms, this 4.2).
+                # as fast as the form below (AMD EPYC, 2 threads); the bias's gradient, the sum of
+                # the rows, as a row of ones times them (a column sum took 5.5 ms, this 4.2).
                 grad_weight = grad_logits.T @ hidden  # (V, N) @ (N, D) -> (V, D)
                 grad_bias = None if bias is None else (hidden.new_ones(1, N) @ grad_logits)[0]  # (V,)
             else:

@@ -23,7 +23,7 @@ class RunProgressBar(TQDMProgressBar):
     A run bounded by epochs only (``max_steps: -1``) gets Lightning's bar.
 
     Lightning redraws its bar, reading every logged metric for it, at every step: 1.8 ms of a
-    base.yaml step of 205 ms on 2 CPU cores, and a line per step where the output is a file.
+    base.yaml step of 205 ms on 2 cores of an AMD EPYC, and a line per step where the output is a file.
     This one redraws at most every ``REDRAW_SECONDS``, and at the end.
 
     The command line uses it in place of Lightning's default bar (see :mod:`minibert.cli`).
