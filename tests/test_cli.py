@@ -145,7 +145,7 @@ def test_the_progress_bar_counts_the_whole_run_in_steps(workdir):
 def test_the_progress_bar_redraws_at_most_twice_a_second_and_at_the_end(monkeypatch):
     """Lightning's bar redraws at every step (a line per step in a log file); this one by the clock."""
     clock = SimpleNamespace(now=0.0)
-    monkeypatch.setattr(progress.time, "monotonic", lambda: clock.now)
+    monkeypatch.setattr(progress, "time", SimpleNamespace(monotonic=lambda: clock.now))  # its clock only
     bar = progress.RunProgressBar()
     bar.train_progress_bar = progress.TQDMProgressBar().init_train_tqdm()
     bar.train_progress_bar.reset(total=100)
