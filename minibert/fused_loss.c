@@ -1,67 +1,147 @@
-// The loss of a block of rows of logits, one row at a time: minibert/fused_loss.py's `block_loss`
-// for a CPU. Not part of the lesson; fused_loss.py says what is computed and why.
+// The loss of a block of rows of logits: minibert/fused_loss.py's `block_loss` for a CPU. Not part
+// of the lesson; fused_loss.py says what is computed and why.
 //
-// torch.compile makes three loops of `block_loss`, each over the whole block (128 rows of 23,562
-// logits at base.yaml's sizes: 6 MB in bfloat16, twice that in float32), so each loop reads the
-// block back from the last level of cache. Here each thread takes whole rows: a row (94 KB in
-// float32) is read once from the logits and then stays in the core's own cache for the three
-// passes over it, and its gradient is written once.
+// The logits come one row per word, (V, n): the head's product is faster in that layout
+// (fused_loss.py). A thread takes LANES positions at once, one per vector lane, so that every
+// step over the words is element-wise across lanes, as attention.c's loops are: (1) the largest
+// logit of each position and how many words score at least as high as its right one, (2) the
+// exponentials and their sum, kept in the thread's scratch, (3) the softmax times row_weight,
+// turned (a LANES x LANES tile at a time) into the position's row of grad_out (n, V), the layout
+// of the products that follow. torch.compile's loops (the fallback) each read the whole block back
+// from the last level of cache; here the block is read twice and the scratch once.
 //
-// Built by minibert/machinery/c_library.py with -O3 -march=native: the compiler turns every loop
-// over j into vector instructions. Its flags let it reorder the sums (-fassociative-math), which
-// is what a vector loop does; the exponential is written out so that it vectorises as well.
+// Built by minibert/machinery/c_library.py with -O3 -march=native: the compiler turns the loops over
+// lanes into vector instructions. The exponential is written out so that it vectorises as well.
 
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #include "cpu_math.h"
 
-// exp(row - top) in place; returns its sum (the softmax's denominator, over e^top).
-static float exp_and_sum(float *row, int64_t V, float top) {
-    float total = 0.0f;
-    for (int64_t j = 0; j < V; j++) {
-        row[j] = exp_nonpositive(row[j] - top);
-        total += row[j];
+#define LANES 16  // positions a thread computes at once: one float32 vector of AVX-512
+#define EACH_LANE _Pragma("omp simd") for (int l = 0; l < LANES; l++)
+
+// out (LANES, LANES) = tile^T, both stored by rows: word-major values into position-major ones.
+static inline void transpose_tile(const float *restrict tile, float *restrict out) {
+#ifdef __AVX512F__
+    _Static_assert(LANES == 16, "the shuffles below transpose 16 x 16");
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(tile + 16 * i);
+    for (int i = 0; i < 16; i += 2)  // pairs of rows interleaved
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]), t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    for (int i = 0; i < 16; i += 4) {  // 4 x 4 blocks transposed inside each 128-bit quarter
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44), r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44), r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
     }
-    return total;
+    for (int c = 0; c < 4; c++) {  // then the quarters: column c + 4k gathers quarter k of each group
+        const __m512 low01 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44), high01 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xEE);
+        const __m512 low23 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44), high23 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xEE);
+        _mm512_storeu_ps(out + 16 * c, _mm512_shuffle_f32x4(low01, low23, 0x88));
+        _mm512_storeu_ps(out + 16 * (c + 4), _mm512_shuffle_f32x4(low01, low23, 0xDD));
+        _mm512_storeu_ps(out + 16 * (c + 8), _mm512_shuffle_f32x4(high01, high23, 0x88));
+        _mm512_storeu_ps(out + 16 * (c + 12), _mm512_shuffle_f32x4(high01, high23, 0xDD));
+    }
+#else
+    for (int i = 0; i < LANES; i++)
+        for (int j = 0; j < LANES; j++) out[j * LANES + i] = tile[i * LANES + j];
+#endif
 }
 
-// block_loss_bf16 and block_loss_float: the arguments of fused_loss.py's block_loss, as pointers
-// to contiguous memory. logits and grad_out are (n, V) in T; bias (V,) float32 or NULL; labels (n,)
-// in [0, V); row_weight (n,) float32. Writes losses (n,) float32, ranks (n,) int64 and right_grads
-// (n,) float32. Each row: (1) logits + bias into a float32 scratch row, with its largest entry and
-// how many entries are >= the right word's, (2) their exponentials and sum, (3) the softmax times
-// row_weight into grad_out.
-#define BLOCK_LOSS(NAME, T, TO_FLOAT, FROM_FLOAT)                                                     \
-    void NAME(const T *logits, const float *bias, const int64_t *labels, const float *row_weight,    \
-              T *grad_out, float *losses, int64_t *ranks, float *right_grads, int64_t n, int64_t V,   \
-              int threads) {                                                                          \
-        _Pragma("omp parallel num_threads(threads)") {                                                \
-            float *row = malloc(V * sizeof(float)); /* this thread's scratch row */                   \
-            _Pragma("omp for schedule(static)") for (int64_t i = 0; i < n; i++) {                     \
-                const T *x = logits + i * V;                                                          \
-                T *grad = grad_out + i * V;                                                           \
-                float right = TO_FLOAT(x[labels[i]]) + (bias ? bias[labels[i]] : 0.0f);              \
-                float top = -FLT_MAX;                                                                 \
-                int32_t above = 0; /* int32: a narrower vector count than int64 */                    \
-                for (int64_t j = 0; j < V; j++) {                                                     \
-                    row[j] = TO_FLOAT(x[j]) + (bias ? bias[j] : 0.0f);                                \
-                    top = row[j] > top ? row[j] : top;                                                \
-                    above += row[j] >= right; /* a tie counts against the right word */               \
-                }                                                                                     \
-                float total = exp_and_sum(row, V, top);                                               \
-                float scale = row_weight[i] / total;                                                  \
-                for (int64_t j = 0; j < V; j++) grad[j] = FROM_FLOAT(row[j] * scale);                \
-                float log_norm = top + logf(total);                                                   \
-                losses[i] = log_norm - right;                                                         \
-                ranks[i] = above - 1;                                                                 \
-                right_grads[i] = (expf(right - log_norm) - 1.0f) * row_weight[i];                    \
+// One strip: the LANES positions whose logits are x[j * stride + l] (word j, lane l). bias[j *
+// bias_step] is word j's bias (a step of 0 over a single 0 without one: no branch in the loops).
+// Writes grad (LANES, V), each lane's top logit, sum of exponentials over e^top, and rank.
+#define STRIP(SUFFIX, T, TO_FLOAT, FROM_FLOAT)                                                          \
+    static void strip_##SUFFIX(const T *restrict x, int64_t stride, const float *restrict bias,          \
+                               int64_t bias_step, const float *restrict right,                         \
+                               const float *restrict row_weight, T *restrict grad, float *restrict top, \
+                               float *restrict total, int32_t *restrict above, float *restrict scratch, \
+                               int64_t V) {                                                            \
+        EACH_LANE top[l] = -FLT_MAX, total[l] = 0.0f, above[l] = 0;                                   \
+        for (int64_t j = 0; j < V; j++) {                                                             \
+            const float b = bias[j * bias_step];                                                      \
+            EACH_LANE {                                                                               \
+                const float v = TO_FLOAT(x[j * stride + l]) + b;                                      \
+                top[l] = v > top[l] ? v : top[l];                                                     \
+                above[l] += v >= right[l]; /* a tie counts against the right word */                  \
             }                                                                                         \
-            free(row);                                                                                \
+        }                                                                                             \
+        for (int64_t j = 0; j < V; j++) {                                                             \
+            const float b = bias[j * bias_step];                                                      \
+            EACH_LANE {                                                                               \
+                const float e = exp_nonpositive(TO_FLOAT(x[j * stride + l]) + b - top[l]);            \
+                scratch[j * LANES + l] = e;                                                           \
+                total[l] += e;                                                                        \
+            }                                                                                         \
+        }                                                                                             \
+        float scale[LANES], tile[LANES * LANES], rows[LANES * LANES];                                 \
+        EACH_LANE scale[l] = row_weight[l] / total[l];                                                \
+        for (int64_t j0 = 0; j0 < V; j0 += LANES) {                                                   \
+            const int words = V - j0 < LANES ? (int)(V - j0) : LANES;                                 \
+            for (int w = 0; w < LANES; w++) /* past the last word: repeats it, never stored */         \
+                EACH_LANE tile[w * LANES + l] = scratch[(j0 + (w < words ? w : 0)) * LANES + l] * scale[l]; \
+            transpose_tile(tile, rows);                                                               \
+            for (int l = 0; l < LANES; l++) {                                                         \
+                _Pragma("omp simd") for (int w = 0; w < words; w++)                                   \
+                    grad[l * V + j0 + w] = FROM_FLOAT(rows[l * LANES + w]);                           \
+            }                                                                                         \
         }                                                                                             \
     }
 
-BLOCK_LOSS(block_loss_bf16, uint16_t, bf16_to_float, float_to_bf16)
-BLOCK_LOSS(block_loss_float, float, float_to_float, float_to_float)
+STRIP(bf16, uint16_t, bf16_to_float, float_to_bf16)
+STRIP(float, float, float_to_float, float_to_float)
+
+// block_loss_bf16 and block_loss_float: the arguments of fused_loss.py's block_loss, as pointers to
+// contiguous memory, with the logits one row per word. word_logits (V, n) and grad_out (n, V) in T;
+// bias (V,) float32 or NULL; labels (n,) in [0, V); row_weight (n,) float32. Writes losses (n,)
+// float32, ranks (n,) int64 and right_grads (n,) float32. A last strip of fewer than LANES
+// positions is copied into a whole one first (n is a multiple of LANES in training).
+#define BLOCK_LOSS(SUFFIX, T, TO_FLOAT)                                                                \
+    void block_loss_##SUFFIX(const T *word_logits, const float *bias, const int64_t *labels,             \
+                             const float *row_weight, T *grad_out, float *losses, int64_t *ranks,       \
+                             float *right_grads, int64_t n, int64_t V, int threads) {                   \
+        static const float no_bias = 0.0f;                                                            \
+        const float *bias_at = bias ? bias : &no_bias;                                                \
+        const int64_t bias_step = bias ? 1 : 0;                                                       \
+        _Pragma("omp parallel num_threads(threads)") {                                                \
+            float *scratch = malloc(sizeof(float) * V * LANES); /* this thread's exponentials */       \
+            T *part = NULL;                                  /* a short strip's logits and gradient */ \
+            _Pragma("omp for schedule(static)") for (int64_t p0 = 0; p0 < n; p0 += LANES) {           \
+                const int lanes = n - p0 < LANES ? (int)(n - p0) : LANES;                             \
+                float right[LANES], weight[LANES], top[LANES], total[LANES];                          \
+                int32_t above[LANES];                                                                 \
+                for (int l = 0; l < LANES; l++) { /* lanes past the last position repeat it */        \
+                    const int64_t p = p0 + (l < lanes ? l : lanes - 1), label = labels[p];             \
+                    right[l] = TO_FLOAT(word_logits[label * n + p]) + bias_at[label * bias_step];     \
+                    weight[l] = l < lanes ? row_weight[p] : 0.0f;                                     \
+                }                                                                                     \
+                if (lanes == LANES) {                                                                 \
+                    strip_##SUFFIX(word_logits + p0, n, bias_at, bias_step, right, weight,            \
+                                   grad_out + p0 * V, top, total, above, scratch, V);                 \
+                } else {                                                                              \
+                    if (!part) part = malloc(sizeof(T) * V * LANES * 2);                              \
+                    for (int64_t j = 0; j < V; j++)                                                   \
+                        for (int l = 0; l < LANES; l++)                                               \
+                            part[j * LANES + l] = word_logits[j * n + p0 + (l < lanes ? l : lanes - 1)]; \
+                    strip_##SUFFIX(part, LANES, bias_at, bias_step, right, weight, part + V * LANES,  \
+                                   top, total, above, scratch, V);                                    \
+                    memcpy(grad_out + p0 * V, part + V * LANES, sizeof(T) * V * lanes);               \
+                }                                                                                     \
+                for (int l = 0; l < lanes; l++) {                                                     \
+                    const float log_norm = top[l] + logf(total[l]);                                   \
+                    losses[p0 + l] = log_norm - right[l];                                             \
+                    ranks[p0 + l] = above[l] - 1;                                                     \
+                    right_grads[p0 + l] = (expf(right[l] - log_norm) - 1.0f) * weight[l];             \
+                }                                                                                     \
+            }                                                                                         \
+            free(scratch), free(part);                                                                \
+        }                                                                                             \
+    }
+
+BLOCK_LOSS(bf16, uint16_t, bf16_to_float)
+BLOCK_LOSS(float, float, float_to_float)

@@ -18,10 +18,10 @@ only scales those gradients by the incoming one.
 
 The arithmetic per block is a handful of element-wise passes over the block's logits. Where
 that pays off (a vocabulary of at least ``COMPILE_FROM_VOCAB`` words) they run fused
-(:func:`fast_block_loss`): on a CPU as one C loop over rows (``fused_loss.c``, built by the
-system's C compiler), elsewhere as the three loops ``torch.compile`` makes of them (the maximum
-and the ranks; the exponentials and their sum; the softmax); the transposes of the head's
-weight and of its gradient are compiled too. Where neither can be built, they run as written.
+(:func:`fast_block_loss`): on a CPU as one C loop (``fused_loss.c``, built by the system's C
+compiler), elsewhere as the three loops ``torch.compile`` makes of them (the maximum and the
+ranks; the exponentials and their sum; the softmax); the transpose of the weight's gradient is
+compiled too. Where neither can be built, they run as written.
 """
 
 from __future__ import annotations
@@ -122,30 +122,32 @@ logits_gradient = KeptBuffer()
 
 
 def fast_block_loss(
-    logits: Tensor, bias: Tensor | None, labels: Tensor, row_weight: Tensor, grad_out: Tensor
+    word_logits: Tensor, bias: Tensor | None, labels: Tensor, row_weight: Tensor, grad_out: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`block_loss`, the fastest way here: on a CPU, ``fused_loss.c``'s loop over rows; else compiled.
+    """``block_loss(word_logits.T, ...)``, the fastest way here: on a CPU, ``fused_loss.c``'s loop; else compiled.
 
-    torch.compile's three loops each run over the whole block (6 MB at base.yaml's sizes in
-    bfloat16), so each reads it back from the last level of cache; the C loop gives each thread
-    whole rows, which stay in the core's own cache for all three passes: 2.3 -> 1.2 ms a block
-    of 128 rows in bfloat16 on 2 threads (docs/benchmarks.md). The same numbers up to rounding:
-    its exponential is within two float32 steps of PyTorch's, and its sums are added in another order.
+    ``word_logits`` is (V, n), a row per word, as :func:`linear_cross_entropy` computes it;
+    ``grad_out`` is (n, V). torch.compile's three loops each run over the whole block (6 MB at
+    base.yaml's sizes in bfloat16), so each reads it back from the last level of cache; the C loop
+    takes 16 positions at once and reads the block twice (docs/benchmarks.md). The same numbers up
+    to rounding: its exponential is within two float32 steps of PyTorch's, and its sums are added
+    in another order.
     """
-    ok = logits.device.type == "cpu" and logits.dtype in C_DTYPES and grad_out.is_contiguous()
+    ok = word_logits.device.type == "cpu" and word_logits.dtype in C_DTYPES and grad_out.is_contiguous()
     if not ok or c_library.get() is None:
-        return compiled_block_loss(logits, bias, labels, row_weight, grad_out)
-    n, V = logits.shape
+        return compiled_block_loss(word_logits.T, bias, labels, row_weight, grad_out)
+    V, n = word_logits.shape
     if n and not 0 <= int(labels.min()) <= int(labels.max()) < V:
         raise IndexError(f"a label outside the vocabulary of {V} words")  # as gather would
     labels, row_weight = labels.long().contiguous(), row_weight.float().contiguous()
     bias = None if bias is None else bias.float().contiguous()
-    logits = logits.contiguous()
-    losses, right_grads = logits.new_empty(n, dtype=torch.float32), logits.new_empty(n, dtype=torch.float32)
+    word_logits = word_logits.contiguous()
+    losses = word_logits.new_empty(n, dtype=torch.float32)
+    right_grads = word_logits.new_empty(n, dtype=torch.float32)
     ranks = labels.new_empty(n, dtype=torch.long)
     c_library.call(
-        "block_loss", logits.dtype, logits, bias, labels, row_weight, grad_out, losses, ranks, right_grads,
-        ctypes.c_int64(n), ctypes.c_int64(V),
+        "block_loss", word_logits.dtype, word_logits, bias, labels, row_weight, grad_out, losses, ranks,
+        right_grads, ctypes.c_int64(n), ctypes.c_int64(V),
     )  # fmt: skip
     return losses, ranks, right_grads.to(grad_out.dtype)
 
@@ -154,9 +156,9 @@ def transpose(x: Tensor, dtype: torch.dtype) -> Tensor:
     """``x.T`` in ``dtype``, stored contiguous: (a, b) -> (b, a).
 
     Compiled (:data:`compiled_transpose`) for the head's sizes: PyTorch's copy transposes a
-    (23,562, 128) float32 matrix in 4.8 ms on 2 threads here, and casts and transposes the
-    head's weight in 3.6 ms (two passes); inductor's loop, which transposes in vector-sized
-    tiles and casts in the same pass, takes 1.4 and 1.1 ms.
+    (128, 23,562) float32 matrix in 4.8 ms on 2 threads here, and casts a bfloat16 one to
+    float32 and transposes it in 3.6 ms (two passes); inductor's loop, which transposes in
+    vector-sized tiles and casts in the same pass, takes 1.4 and 1.1 ms.
     """
     return x.to(dtype).T.contiguous()
 
@@ -208,10 +210,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, block_rows, with_grad):
         (N, D), dtype = hidden.shape, hidden.dtype
-        # (D, V): the blocks' products read it row by row, 1.5 times faster than weight.T.
         large = weight.shape[0] >= COMPILE_FROM_VOCAB  # worth compiling the passes over (V, D) or (n, V)
-        transpose_fn = compiled_transpose if large else transpose
-        w_t = transpose_fn(weight, dtype)
+        weight_c = weight.to(dtype)  # (V, D) in the compute dtype: the weight itself in float32
         scored = labels != IGNORE_INDEX  # (N,)
         row_weight = scored.float() / scored.sum().clamp(min=1)  # (N,)
         labels = torch.where(scored, labels, 0)
@@ -219,7 +219,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ranks = torch.zeros(N, dtype=torch.long, device=hidden.device)
         if with_grad:
             # (N, V), in the compute dtype: scratch, used up before this function returns.
-            grad_logits = logits_gradient.take(N, w_t.shape[1], like=hidden)
+            grad_logits = logits_gradient.take(N, weight.shape[0], like=hidden)
         # Every block is full: the last one is moved back to end at row N, and the rows it shares
         # with the one before keep their results (a row weight of 0 here: no gradient). One shape
         # of block is one compilation.
@@ -228,7 +228,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             new = slice(start, min(start + block_rows, N))  # the rows this block adds
             rows = slice(max(min(start, N - block_rows), 0), new.stop)  # the rows it computes
             done = new.start - rows.start  # of those, the ones the block before computed
-            logits = hidden[rows] @ w_t  # (n, D) @ (D, V) -> (n, V)
+            # (V, D) @ (D, n) -> (V, n): a row per word. In this layout the product took 0.6 times
+            # as long as hidden[rows] @ weight.T in float32, 0.8 times in bfloat16 (AMD EPYC, 2 threads).
+            word_logits = weight_c @ hidden[rows].T
+            logits = word_logits.T  # (n, V), a view
             if not (with_grad or fused):
                 losses[new], ranks[new] = (x[done:] for x in block_loss_no_grad(logits, bias, labels[rows]))
                 continue
@@ -238,16 +241,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # block, as does every block without gradients: the fused loop, which writes one, is
             # still faster than block_loss_no_grad's separate passes (a bf16 validation step took
             # 1.4 times as long with those).
-            grad = grad_logits[rows] if with_grad and done == 0 else torch.empty_like(logits)  # (n, V)
-            loss_fn = fast_block_loss if fused else block_loss
-            block_losses, block_ranks, right_grads = loss_fn(logits, bias, labels[rows], weights, grad)
+            grad = grad_logits[rows] if with_grad and done == 0 else hidden.new_empty(logits.shape)  # (n, V)
+            if fused:  # the C loop reads the block a row per word, as the product wrote it
+                results = fast_block_loss(word_logits, bias, labels[rows], weights, grad)
+            else:
+                results = block_loss(logits, bias, labels[rows], weights, grad)
+            block_losses, block_ranks, right_grads = results
             losses[new], ranks[new] = block_losses[done:], block_ranks[done:]
             if with_grad:
                 set_right_words(grad, labels[rows], right_grads)
                 if done:
                     grad_logits[new] = grad[done:]
         if with_grad:
-            grad_hidden = grad_logits @ w_t.T  # (N, V) @ (V, D) -> (N, D)
+            grad_hidden = grad_logits @ weight_c  # (N, V) @ (V, D) -> (N, D)
             if dtype == torch.float32:
                 # In float32, (V, N) @ (N, D), straight into the weight's layout: 1.3 to 1.5 times
                 # as fast as the form below (AMD EPYC, 2 threads); the bias's gradient, the sum of
@@ -264,6 +270,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grads = lhs_t.contiguous() @ grad_logits  # (D or D + 1, N) @ (N, V) -> (D or D + 1, V)
                 # Stored (V, D) like the weight: autograd then adds the word embeddings' gradient to
                 # it without a strided pass, and keeps the sum as the weight's .grad without a copy.
+                transpose_fn = compiled_transpose if large else transpose
                 grad_weight = transpose_fn(grads[:D], weight.dtype)  # (V, D)
                 grad_bias = None if bias is None else grads[D].to(bias.dtype)  # (V,)
             ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
