@@ -38,7 +38,10 @@ from minibert.machinery.c_library import C_DTYPES, CLibrary
 
 log = logging.getLogger(__name__)
 
-BLOCK_ROWS = 128  # rows of logits computed at once: 12 MB in float32 at 23,562 words
+# Rows of logits computed at once: 6 MB in float32 at 23,562 words. A multiple of fast.ROW_MULTIPLE
+# (64), so that no block computes rows of the one before; 64 rows took 2.4 ms a step less than 128
+# in bfloat16, 4.7 in float32, and 32 rows 10.6 and 18.8 more than 64 (base.yaml, paired, AMD EPYC).
+BLOCK_ROWS = 64
 COMPILE_FROM_VOCAB = 4096  # below this, compiling costs more time than it saves
 IGNORE_INDEX = -100  # a label that is not scored (as in minibert.masking)
 
@@ -127,7 +130,7 @@ def fast_block_loss(
     """``block_loss(word_logits.T, ...)``, the fastest way here: on a CPU, ``fused_loss.c``'s loop; else compiled.
 
     ``word_logits`` is (V, n), a row per word, as :func:`linear_cross_entropy` computes it;
-    ``grad_out`` is (n, V). torch.compile's three loops each run over the whole block (6 MB at
+    ``grad_out`` is (n, V). torch.compile's three loops each run over the whole block (3 MB at
     base.yaml's sizes in bfloat16), so each reads it back from the last level of cache; the C loop
     takes 16 positions at once and reads the block twice (docs/benchmarks.md). The same numbers up
     to rounding: its exponential is within two float32 steps of PyTorch's, and its sums are added
