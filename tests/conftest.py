@@ -6,9 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from minibert.machinery.checkpoint import check_checkpoint_file
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO / "tests" / "data"
@@ -61,3 +65,32 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def requires_shared(path: Path):
     """Tests on the real corpus run where ../shared exists (CI, developers) and say so elsewhere."""
     return pytest.mark.skipif(not path.exists(), reason=f"{path} is not here (fresh clone without ../shared)")
+
+
+def wait_for_last_checkpoint(
+    process: subprocess.Popen,
+    folder: Path,
+    after_step: int,
+    timeout: float = 240,
+    while_waiting: Callable[[], None] = lambda: None,
+) -> int:
+    """Wait until ``last.ckpt`` holds a step later than ``after_step``; that step.
+
+    A run's ``step=N.ckpt`` lives only until the next one replaces it, a few milliseconds on a
+    fast machine, so waiting for one by name can miss it; ``last.ckpt`` stays."""
+    deadline, seen = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        last = folder / "last.ckpt"
+        stamp = last.stat().st_mtime_ns if last.exists() else None
+        if stamp != seen and stamp is not None:
+            seen = stamp
+            if (step := check_checkpoint_file(last)["global_step"]) > after_step:
+                return step
+        if process.poll() is not None:
+            stderr = process.communicate()[1] or ""
+            raise AssertionError(f"fit ended before a new checkpoint:\n{stderr[-3000:]}")
+        while_waiting()
+        time.sleep(0.05)
+    process.kill()  # before anything reads its output: a run left going would make that wait for its end
+    process.wait()
+    raise AssertionError("no new checkpoint in time")
