@@ -92,7 +92,7 @@ static void softmax_weights(const float *restrict q, const float *restrict k, co
             top[l] = row[s * LANES + l] > top[l] ? row[s * LANES + l] : top[l];
         }
         for (int64_t s = 0; s < T; s++) EACH_LANE {
-            row[s * LANES + l] = exp_nonpositive(row[s * LANES + l] - top[l]);  // a masked key: 0
+            row[s * LANES + l] = exp_to_88(row[s * LANES + l] - top[l]);  // a masked key: 0
             total[l] += row[s * LANES + l];
         }
         EACH_LANE total[l] = 1.0f / total[l];

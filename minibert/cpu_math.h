@@ -22,11 +22,11 @@ static inline uint16_t float_to_bf16(float f) {  // round to nearest, ties to ev
 
 static inline float float_to_float(float f) { return f; }
 
-// exp(x) for x <= 0 (Cephes' expf, within 2 float32 steps of the exact value):
-// x = n ln2 + r with |r| <= ln2 / 2, exp(x) = 2^n exp(r), exp(r) by its polynomial.
-// Plain arithmetic, so that a loop of it becomes a vector loop (libm's expf would not).
-static inline float exp_nonpositive(float x) {
-    float clamped = x < -87.0f ? -87.0f : x;  // 2^n stays a normal float32
+// exp(x) for x <= 88, the largest float32 being e^88.7 (Cephes' expf, within 2 float32 steps of
+// the exact value): x = n ln2 + r with |r| <= ln2 / 2, exp(x) = 2^n exp(r), exp(r) by its
+// polynomial. Plain arithmetic, so that a loop of it becomes a vector loop (libm's expf would not).
+static inline float exp_to_88(float x) {
+    float clamped = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;  // 2^n stays a normal float32
     float n = floorf(clamped * 1.44269504088896341f + 0.5f);
     float r = clamped - n * 0.693359375f + n * 2.12194440e-4f;  // ln2 in two parts: r stays exact
     float p = 1.9875691500e-4f;

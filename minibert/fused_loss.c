@@ -3,12 +3,12 @@
 //
 // The logits come one row per word, (V, n): the head's product is faster in that layout
 // (fused_loss.py). A thread takes LANES positions at once, one per vector lane, so that every
-// step over the words is element-wise across lanes, as attention.c's loops are: (1) the largest
-// logit of each position and how many words score at least as high as its right one, (2) the
-// exponentials and their sum, kept in the thread's scratch, (3) the softmax times row_weight,
-// turned (a LANES x LANES tile at a time) into the position's row of grad_out (n, V), the layout
-// of the products that follow. torch.compile's loops (the fallback) each read the whole block back
-// from the last level of cache; here the block is read twice and the scratch once.
+// step over the words is element-wise across lanes, as attention.c's loops are. Two passes: (1)
+// the largest logit of each position, how many words score at least as high as its right one,
+// and the exponentials and their sum, kept in the thread's scratch; (2) the softmax times
+// row_weight, turned (a LANES x LANES tile at a time) into the position's row of grad_out (n, V),
+// the layout of the products that follow. torch.compile's loops (the fallback) each read the whole
+// block back from the last level of cache; here the block is read once and the scratch once.
 //
 // Built by minibert/machinery/c_library.py with -O3 -march=native: the compiler turns the loops over
 // lanes into vector instructions. The exponential is written out so that it vectorises as well.
@@ -53,15 +53,22 @@ static inline void transpose_tile(const float *restrict tile, float *restrict ou
 #endif
 }
 
+// The exponentials are shifted by each position's right logit, known before the loop, so that
+// one pass over the block finds the top logit, the rank and the exponentials together. A word
+// scoring more than SHIFT_LIMIT above the right one (their sum could leave float32) makes the strip
+// compute them again, shifted by the top logit: the usual softmax, one more pass.
+#define SHIFT_LIMIT 64.0f  // e^64 times a vocabulary of a billion words stays under float32's e^88.7
+
 // One strip: the LANES positions whose logits are x[j * stride + l] (word j, lane l). bias[j *
 // bias_step] is word j's bias (a step of 0 over a single 0 without one: no branch in the loops).
-// Writes grad (LANES, V), each lane's top logit, sum of exponentials over e^top, and rank.
+// Writes grad (LANES, V), and each lane's shift, sum of exponentials over e^shift, and rank.
 #define STRIP(SUFFIX, T, TO_FLOAT, FROM_FLOAT)                                                          \
-    static void strip_##SUFFIX(const T *restrict x, int64_t stride, const float *restrict bias,          \
-                               int64_t bias_step, const float *restrict right,                         \
-                               const float *restrict row_weight, T *restrict grad, float *restrict top, \
-                               float *restrict total, int32_t *restrict above, float *restrict scratch, \
-                               int64_t V) {                                                            \
+    /* One pass over the strip: the top logit, the rank, and the exponentials over e^shift. */        \
+    static void exponentials_##SUFFIX(const T *restrict x, int64_t stride, const float *restrict bias,    \
+                                      int64_t bias_step, const float *restrict right,                  \
+                                      const float *restrict shift, float *restrict top,                \
+                                      float *restrict total, int32_t *restrict above,                  \
+                                      float *restrict scratch, int64_t V) {                            \
         EACH_LANE top[l] = -FLT_MAX, total[l] = 0.0f, above[l] = 0;                                   \
         for (int64_t j = 0; j < V; j++) {                                                             \
             const float b = bias[j * bias_step];                                                      \
@@ -69,15 +76,26 @@ static inline void transpose_tile(const float *restrict tile, float *restrict ou
                 const float v = TO_FLOAT(x[j * stride + l]) + b;                                      \
                 top[l] = v > top[l] ? v : top[l];                                                     \
                 above[l] += v >= right[l]; /* a tie counts against the right word */                  \
-            }                                                                                         \
-        }                                                                                             \
-        for (int64_t j = 0; j < V; j++) {                                                             \
-            const float b = bias[j * bias_step];                                                      \
-            EACH_LANE {                                                                               \
-                const float e = exp_nonpositive(TO_FLOAT(x[j * stride + l]) + b - top[l]);            \
+                const float e = exp_to_88(v - shift[l]);                                              \
                 scratch[j * LANES + l] = e;                                                           \
                 total[l] += e;                                                                        \
             }                                                                                         \
+        }                                                                                             \
+    }                                                                                                 \
+                                                                                                      \
+    static void strip_##SUFFIX(const T *restrict x, int64_t stride, const float *restrict bias,          \
+                               int64_t bias_step, const float *restrict right,                         \
+                               const float *restrict row_weight, T *restrict grad, float *restrict shift, \
+                               float *restrict total, int32_t *restrict above, float *restrict scratch, \
+                               int64_t V) {                                                            \
+        float top[LANES];                                                                             \
+        EACH_LANE shift[l] = right[l];                                                                \
+        exponentials_##SUFFIX(x, stride, bias, bias_step, right, shift, top, total, above, scratch, V); \
+        int again = 0;                                                                                \
+        for (int l = 0; l < LANES; l++) again |= top[l] - right[l] > SHIFT_LIMIT;                     \
+        if (again) {                                                                                  \
+            EACH_LANE shift[l] = top[l];                                                              \
+            exponentials_##SUFFIX(x, stride, bias, bias_step, right, shift, top, total, above, scratch, V); \
         }                                                                                             \
         float scale[LANES], tile[LANES * LANES], rows[LANES * LANES];                                 \
         EACH_LANE scale[l] = row_weight[l] / total[l];                                                \
@@ -113,7 +131,7 @@ STRIP(float, float, float_to_float, float_to_float)
             T *part = NULL;                                  /* a short strip's logits and gradient */ \
             _Pragma("omp for schedule(static)") for (int64_t p0 = 0; p0 < n; p0 += LANES) {           \
                 const int lanes = n - p0 < LANES ? (int)(n - p0) : LANES;                             \
-                float right[LANES], weight[LANES], top[LANES], total[LANES];                          \
+                float right[LANES], weight[LANES], shift[LANES], total[LANES];                          \
                 int32_t above[LANES];                                                                 \
                 for (int l = 0; l < LANES; l++) { /* lanes past the last position repeat it */        \
                     const int64_t p = p0 + (l < lanes ? l : lanes - 1), label = labels[p];             \
@@ -122,18 +140,18 @@ STRIP(float, float, float_to_float, float_to_float)
                 }                                                                                     \
                 if (lanes == LANES) {                                                                 \
                     strip_##SUFFIX(word_logits + p0, n, bias_at, bias_step, right, weight,            \
-                                   grad_out + p0 * V, top, total, above, scratch, V);                 \
+                                   grad_out + p0 * V, shift, total, above, scratch, V);                 \
                 } else {                                                                              \
                     if (!part) part = malloc(sizeof(T) * V * LANES * 2);                              \
                     for (int64_t j = 0; j < V; j++)                                                   \
                         for (int l = 0; l < LANES; l++)                                               \
                             part[j * LANES + l] = word_logits[j * n + p0 + (l < lanes ? l : lanes - 1)]; \
                     strip_##SUFFIX(part, LANES, bias_at, bias_step, right, weight, part + V * LANES,  \
-                                   top, total, above, scratch, V);                                    \
+                                   shift, total, above, scratch, V);                                    \
                     memcpy(grad_out + p0 * V, part + V * LANES, sizeof(T) * V * lanes);               \
                 }                                                                                     \
                 for (int l = 0; l < lanes; l++) {                                                     \
-                    const float log_norm = top[l] + logf(total[l]);                                   \
+                    const float log_norm = shift[l] + logf(total[l]);                                   \
                     losses[p0 + l] = log_norm - right[l];                                             \
                     ranks[p0 + l] = above[l] - 1;                                                     \
                     right_grads[p0 + l] = (expf(right[l] - log_norm) - 1.0f) * weight[l];             \

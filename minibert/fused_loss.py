@@ -132,9 +132,9 @@ def fast_block_loss(
     ``word_logits`` is (V, n), a row per word, as :func:`linear_cross_entropy` computes it;
     ``grad_out`` is (n, V). torch.compile's three loops each run over the whole block (3 MB at
     base.yaml's sizes in bfloat16), so each reads it back from the last level of cache; the C loop
-    takes 16 positions at once and reads the block twice (docs/benchmarks.md). The same numbers up
-    to rounding: its exponential is within two float32 steps of PyTorch's, and its sums are added
-    in another order.
+    takes 16 positions at once and reads the block once (docs/benchmarks.md). The same numbers up
+    to rounding: its exponential is within two float32 steps of PyTorch's, its sums are added in
+    another order, and shifted by the right word's logit rather than the largest one.
     """
     ok = word_logits.device.type == "cpu" and word_logits.dtype in C_DTYPES and grad_out.is_contiguous()
     if not ok or c_library.get() is None:

@@ -142,16 +142,19 @@ def test_under_bf16_autocast_the_products_are_bf16_and_the_loss_float32():
 
 
 def block(dtype: torch.dtype, bias: bool, n: int = 12, words: int = 3000):
-    """A block of logits with ties (bf16 has 8 bits of mantissa), an ignored row and a far-off row."""
+    """A block of logits with ties (bf16 has 8 bits of mantissa), an ignored row and two far-off rows."""
     generator = torch.Generator().manual_seed(1)
     logits = (torch.randn(n, words, generator=generator) * 4).to(dtype)
     logits[1, :40] = 30.0  # 40 words tie for first place, the right word among them
-    logits[2, 5] = 200.0  # a word far above the rest: exp underflows to 0 everywhere else
+    logits[2, 5] = 200.0  # a word far above the rest (and the right one): exp underflows to 0 elsewhere,
+    # and fused_loss.c computes the strip again, shifted by the top logit instead of the right one
     b = torch.randn(words, generator=generator) if bias else None
     if bias:
         b[:40] = 0.5
     labels = torch.randint(0, words, (n,), generator=generator)
     labels[1] = 0
+    # A word 60 above the right one, under fused_loss.c's limit: the sum of e^(logit - right) holds e^60.
+    logits[6, (labels[6] + 1) % words] = logits[6, labels[6]].float() + 60
     row_weight = torch.full((n,), 1 / (n - 1))
     row_weight[3] = 0.0  # an ignored row: no gradient
     return logits, b, labels, row_weight
