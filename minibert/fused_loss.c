@@ -62,13 +62,13 @@ static inline void transpose_tile(const float *restrict tile, float *restrict ou
 // One strip: the LANES positions whose logits are x[j * stride + l] (word j, lane l). bias[j *
 // bias_step] is word j's bias (a step of 0 over a single 0 without one: no branch in the loops).
 // Writes grad (LANES, V), and each lane's shift, sum of exponentials over e^shift, and rank.
-#define STRIP(SUFFIX, T, TO_FLOAT, FROM_FLOAT)                                                          \
+#define STRIP(SUFFIX, T, TO_FLOAT, FROM_FLOAT)                                                        \
     /* One pass over the strip: the top logit, the rank, and the exponentials over e^shift. */        \
     static void exponentials_##SUFFIX(const T *restrict x, int64_t stride, const float *restrict bias,    \
-                                      int64_t bias_step, const float *restrict right,                  \
-                                      const float *restrict shift, float *restrict top,                \
-                                      float *restrict total, int32_t *restrict above,                  \
-                                      float *restrict scratch, int64_t V) {                            \
+                                      int64_t bias_step, const float *restrict right,                 \
+                                      const float *restrict shift, float *restrict top,               \
+                                      float *restrict total, int32_t *restrict above,                 \
+                                      float *restrict scratch, int64_t V) {                           \
         EACH_LANE top[l] = -FLT_MAX, total[l] = 0.0f, above[l] = 0;                                   \
         for (int64_t j = 0; j < V; j++) {                                                             \
             const float b = bias[j * bias_step];                                                      \
@@ -83,11 +83,11 @@ static inline void transpose_tile(const float *restrict tile, float *restrict ou
         }                                                                                             \
     }                                                                                                 \
                                                                                                       \
-    static void strip_##SUFFIX(const T *restrict x, int64_t stride, const float *restrict bias,          \
-                               int64_t bias_step, const float *restrict right,                         \
+    static void strip_##SUFFIX(const T *restrict x, int64_t stride, const float *restrict bias,       \
+                               int64_t bias_step, const float *restrict right,                        \
                                const float *restrict row_weight, T *restrict grad, float *restrict shift, \
                                float *restrict total, int32_t *restrict above, float *restrict scratch, \
-                               int64_t V) {                                                            \
+                               int64_t V) {                                                           \
         float top[LANES];                                                                             \
         EACH_LANE shift[l] = right[l];                                                                \
         exponentials_##SUFFIX(x, stride, bias, bias_step, right, shift, top, total, above, scratch, V); \
@@ -101,7 +101,7 @@ static inline void transpose_tile(const float *restrict tile, float *restrict ou
         EACH_LANE scale[l] = row_weight[l] / total[l];                                                \
         for (int64_t j0 = 0; j0 < V; j0 += LANES) {                                                   \
             const int words = V - j0 < LANES ? (int)(V - j0) : LANES;                                 \
-            for (int w = 0; w < LANES; w++) /* past the last word: repeats it, never stored */         \
+            for (int w = 0; w < LANES; w++) /* past the last word: repeats it, never stored */        \
                 EACH_LANE tile[w * LANES + l] = scratch[(j0 + (w < words ? w : 0)) * LANES + l] * scale[l]; \
             transpose_tile(tile, rows);                                                               \
             for (int l = 0; l < LANES; l++) {                                                         \
@@ -119,39 +119,39 @@ STRIP(float, float, float_to_float, float_to_float)
 // bias (V,) float32 or NULL; labels (n,) in [0, V); row_weight (n,) float32. Writes losses (n,)
 // float32, ranks (n,) int64 and right_grads (n,) float32. A last strip of fewer than LANES
 // positions is copied into a whole one first (n is a multiple of LANES in training).
-#define BLOCK_LOSS(SUFFIX, T, TO_FLOAT)                                                                \
-    void block_loss_##SUFFIX(const T *word_logits, const float *bias, const int64_t *labels,             \
-                             const float *row_weight, T *grad_out, float *losses, int64_t *ranks,       \
-                             float *right_grads, int64_t n, int64_t V, int threads) {                   \
+#define BLOCK_LOSS(SUFFIX, T, TO_FLOAT)                                                               \
+    void block_loss_##SUFFIX(const T *word_logits, const float *bias, const int64_t *labels,          \
+                             const float *row_weight, T *grad_out, float *losses, int64_t *ranks,     \
+                             float *right_grads, int64_t n, int64_t V, int threads) {                 \
         static const float no_bias = 0.0f;                                                            \
         const float *bias_at = bias ? bias : &no_bias;                                                \
         const int64_t bias_step = bias ? 1 : 0;                                                       \
         _Pragma("omp parallel num_threads(threads)") {                                                \
-            float *scratch = malloc(sizeof(float) * V * LANES); /* this thread's exponentials */       \
+            float *scratch = malloc(sizeof(float) * V * LANES); /* this thread's exponentials */      \
             T *part = NULL;                                  /* a short strip's logits and gradient */ \
             _Pragma("omp for schedule(static)") for (int64_t p0 = 0; p0 < n; p0 += LANES) {           \
                 const int lanes = n - p0 < LANES ? (int)(n - p0) : LANES;                             \
-                float right[LANES], weight[LANES], shift[LANES], total[LANES];                          \
+                float right[LANES], weight[LANES], shift[LANES], total[LANES];                        \
                 int32_t above[LANES];                                                                 \
                 for (int l = 0; l < LANES; l++) { /* lanes past the last position repeat it */        \
-                    const int64_t p = p0 + (l < lanes ? l : lanes - 1), label = labels[p];             \
+                    const int64_t p = p0 + (l < lanes ? l : lanes - 1), label = labels[p];            \
                     right[l] = TO_FLOAT(word_logits[label * n + p]) + bias_at[label * bias_step];     \
                     weight[l] = l < lanes ? row_weight[p] : 0.0f;                                     \
                 }                                                                                     \
                 if (lanes == LANES) {                                                                 \
                     strip_##SUFFIX(word_logits + p0, n, bias_at, bias_step, right, weight,            \
-                                   grad_out + p0 * V, shift, total, above, scratch, V);                 \
+                                   grad_out + p0 * V, shift, total, above, scratch, V);               \
                 } else {                                                                              \
                     if (!part) part = malloc(sizeof(T) * V * LANES * 2);                              \
                     for (int64_t j = 0; j < V; j++)                                                   \
                         for (int l = 0; l < LANES; l++)                                               \
                             part[j * LANES + l] = word_logits[j * n + p0 + (l < lanes ? l : lanes - 1)]; \
                     strip_##SUFFIX(part, LANES, bias_at, bias_step, right, weight, part + V * LANES,  \
-                                   shift, total, above, scratch, V);                                    \
+                                   shift, total, above, scratch, V);                                  \
                     memcpy(grad_out + p0 * V, part + V * LANES, sizeof(T) * V * lanes);               \
                 }                                                                                     \
                 for (int l = 0; l < lanes; l++) {                                                     \
-                    const float log_norm = shift[l] + logf(total[l]);                                   \
+                    const float log_norm = shift[l] + logf(total[l]);                                 \
                     losses[p0 + l] = log_norm - right[l];                                             \
                     ranks[p0 + l] = above[l] - 1;                                                     \
                     right_grads[p0 + l] = (expf(right[l] - log_norm) - 1.0f) * weight[l];             \
