@@ -67,6 +67,11 @@ def requires_shared(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} is not here (fresh clone without ../shared)")
 
 
+def global_step(path: Path) -> int:
+    """The step a checkpoint file was saved at (checked whole first)."""
+    return check_checkpoint_file(path)["global_step"]
+
+
 def wait_for_last_checkpoint(
     process: subprocess.Popen,
     folder: Path,
@@ -84,7 +89,7 @@ def wait_for_last_checkpoint(
         stamp = last.stat().st_mtime_ns if last.exists() else None
         if stamp != seen and stamp is not None:
             seen = stamp
-            if (step := check_checkpoint_file(last)["global_step"]) > after_step:
+            if (step := global_step(last)) > after_step:
                 return step
         if process.poll() is not None:
             stderr = process.communicate()[1] or ""

@@ -20,7 +20,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import script, wait_for_last_checkpoint
+from conftest import global_step, script, wait_for_last_checkpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from minibert.cli import main
@@ -53,10 +53,6 @@ def start(workdir: Path, *args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def global_step(path: Path) -> int:
-    return check_checkpoint_file(path)["global_step"]
 
 
 def test_killed_then_stopped_then_resumed_run_reaches_the_end(workdir, monkeypatch):

@@ -146,7 +146,9 @@ def block(dtype: torch.dtype, bias: bool, n: int = 12, words: int = 3000):
     generator = torch.Generator().manual_seed(1)
     logits = (torch.randn(n, words, generator=generator) * 4).to(dtype)
     logits[1, :40] = 30.0  # 40 words tie for first place, the right word among them
-    logits[2, 5] = 200.0  # a word far above the rest (and the right one): exp underflows to 0 elsewhere,
+    logits[2, 5] = (
+        200.0  # a word far above every other, the right one included: exp underflows to 0 elsewhere,
+    )
     # and fused_loss.c computes the strip again, shifted by the top logit instead of the right one
     b = torch.randn(words, generator=generator) if bias else None
     if bias:

@@ -12,21 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli, script, wait_for_last_checkpoint
+from conftest import REPO, global_step, run_cli, script, wait_for_last_checkpoint
 
 from minibert.cli import main
 from minibert.errors import MinibertError
-from minibert.machinery.checkpoint import check_checkpoint_file
 from minibert.machinery.files import atomic_write, host, owner, remove_stale_temporaries
 from minibert.machinery.run_folder import RunLock
 
 pytestmark = pytest.mark.slow  # runs are started, killed and resumed
 
 FIT = ["fit", "--config", "configs/tiny.yaml", "--trainer.max_epochs", "-1"]
-
-
-def global_step(path: Path) -> int:
-    return check_checkpoint_file(path)["global_step"]
 
 
 def dead_pid() -> int:
