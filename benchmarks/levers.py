@@ -16,7 +16,9 @@ can be turned at run time:
   block loss, compiled dropout factors, attention's explicit steps);
 - ``c_block_loss``, ``c_dropout`` and ``c_attention``: each of them alone;
 - ``kept_buffer``: the logits' gradient in memory kept from step to step (``KeptBuffer`` in
-  ``minibert/machinery/allocator.py``) against a fresh block every step.
+  ``minibert/machinery/allocator.py``) against a fresh block every step;
+- ``tied_gradient``: the word embeddings' gradient added into the head's (``TiedEmbedding`` in
+  ``minibert/fast.py``) against autograd's own sum of the two.
 
 The model, data and recipe options are ``benchmarks/throughput.py``'s (base.yaml's step by
 default). Needs the ``bench`` extra: ``pip install -e ".[bench]"``.
@@ -63,6 +65,7 @@ def lever_switches() -> dict[str, Callable[[bool], None]]:
         "c_dropout": c_dropout,
         "c_attention": c_attention,
         "kept_buffer": switch(fused_loss, "logits_gradient", FreshBlock()),
+        "tied_gradient": switch(fast.TiedEmbedding, "add_into_head", False),
     }
 
 

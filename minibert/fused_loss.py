@@ -181,8 +181,30 @@ def set_right_words(grad: Tensor, labels: Tensor, values: Tensor) -> None:
     grad.view(-1).index_copy_(0, flat, values)
 
 
+class WeightGradient:
+    """Where the head's backward leaves the weight's gradient, for a later backward of the same pass to add to.
+
+    With tied embeddings the weight is also the word embeddings, whose backward comes after the
+    head's: :class:`minibert.fast.TiedEmbedding` adds its rows straight into this tensor, which
+    autograd still holds and has not yet made the weight's ``.grad``.
+    """
+
+    def __init__(self) -> None:
+        self.grad: Tensor | None = None
+
+    def take(self) -> Tensor | None:
+        """The gradient left here, once: None where there is none (any more)."""
+        grad, self.grad = self.grad, None
+        return grad
+
+
 def linear_cross_entropy(
-    hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, block_rows: int = BLOCK_ROWS
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    labels: Tensor,
+    block_rows: int = BLOCK_ROWS,
+    weight_gradient: WeightGradient | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``F.cross_entropy(hidden @ weight.T + bias, labels)`` and each right word's rank, without the whole logits.
 
@@ -192,6 +214,7 @@ def linear_cross_entropy(
         bias: (V,) the head's bias, or None.
         labels: (N,) the right words; ``IGNORE_INDEX`` rows count for nothing.
         block_rows: rows of logits computed at once.
+        weight_gradient: where the backward also leaves the weight's gradient, or None.
 
     Returns:
         the mean loss over the rows that are not ignored (a scalar, float32), and the ranks (N,).
@@ -205,15 +228,18 @@ def linear_cross_entropy(
         t is not None and t.requires_grad for t in (hidden, weight, bias)
     )
     with torch.autocast(device, enabled=False):
-        return _LinearCrossEntropy.apply(hidden.to(dtype), weight, bias, labels, block_rows, with_grad)
+        return _LinearCrossEntropy.apply(
+            hidden.to(dtype), weight, bias, labels, block_rows, with_grad, weight_gradient
+        )
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """The forward computes the loss and, at the same time, every gradient; the backward scales them."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, block_rows, with_grad):
+    def forward(ctx, hidden, weight, bias, labels, block_rows, with_grad, weight_gradient):
         (N, D), dtype = hidden.shape, hidden.dtype
+        ctx.weight_gradient = weight_gradient
         large = weight.shape[0] >= COMPILE_FROM_VOCAB  # worth compiling the passes over (V, D) or (n, V)
         weight_c = weight.to(dtype)  # (V, D) in the compute dtype: the weight itself in float32
         scored = labels != IGNORE_INDEX  # (N,)
@@ -281,15 +307,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 transpose_fn = compiled_transpose if large else transpose
                 grad_weight = transpose_fn(grads[:D], weight.dtype)  # (V, D)
                 grad_bias = None if bias is None else grads[D].to(bias.dtype)  # (V,)
-            ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+            if weight_gradient is None:
+                ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+            else:  # given away by the backward, the weight's to be added to: not saved for another
+                ctx.grads = grad_hidden, grad_weight, grad_bias
         ctx.mark_non_differentiable(ranks)
         return (losses * row_weight).sum(), ranks
 
     @staticmethod
     def backward(ctx, grad_loss, grad_ranks):
-        grads = ctx.saved_tensors  # the hidden states', the weight's and the bias's (or None)
-        if grad_loss.device.type == "cpu" and grad_loss.item() == 1.0:
-            # loss.backward() itself: nothing to scale (a pass over the weight's 3M gradients
-            # saved). Autograd copies these before it adds anything to them, as they are still held.
-            return *grads, None, None, None
-        return *(None if g is None else g * grad_loss.to(g.dtype) for g in grads), None, None, None
+        # The hidden states', the weight's and the bias's (or None).
+        if ctx.weight_gradient is None:
+            grads = ctx.saved_tensors
+        elif ctx.grads is None:
+            raise RuntimeError("a second backward through the head: the first gave its gradients away")
+        else:
+            grads, ctx.grads = ctx.grads, None
+        # loss.backward() itself: nothing to scale (a pass over the weight's 3M gradients saved).
+        # Autograd copies saved tensors before it adds anything to them, as they are still held.
+        if not (grad_loss.device.type == "cpu" and grad_loss.item() == 1.0):
+            grads = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in grads)
+        if ctx.weight_gradient is not None and ctx.needs_input_grad[1]:
+            ctx.weight_gradient.grad = grads[1]
+        return *grads, None, None, None, None

@@ -13,11 +13,13 @@ from minibert.fast import (
     CpuDropout,
     FastEncoder,
     FusedSelfAttention,
+    TiedEmbedding,
     c_dropout,
     compiled_dropout_scale,
     dropout_scale,
     random_words,
 )
+from minibert.fused_loss import WeightGradient
 from minibert.machinery.c_library import CLibrary, SwitchedOff
 from minibert.model import Encoder, EncoderConfig, MultiHeadSelfAttention
 
@@ -70,9 +72,11 @@ def test_both_encoders_hold_the_same_weights_under_the_same_names():
 
 @pytest.mark.parametrize("layers", [0, 1, 3])
 @pytest.mark.parametrize("mode", ["eval", "train"])
-def test_same_outputs_and_gradients_within_1e_6(layers, mode):
+@pytest.mark.parametrize("tied", [False, True])
+def test_same_outputs_and_gradients_within_1e_6(layers, mode, tied):
     # Training mode without dropout: the fused kernel and the last layer on scored rows only.
-    plain, fast = twins(num_layers=layers)
+    # Tied, without the head in the loss: the word embeddings' gradient alone, made dense.
+    plain, fast = twins(num_layers=layers, tie_embeddings=tied)
     plain.train(mode == "train")
     fast.train(mode == "train")
     ids, padding, rows = batch()
@@ -88,6 +92,34 @@ def test_same_outputs_and_gradients_within_1e_6(layers, mode):
     torch.testing.assert_close(fast_out, plain_out, atol=1e-6, rtol=0)
     for name, grad in plain_grads.items():
         torch.testing.assert_close(fast_grads[name], grad, atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_tied_embeddings_add_their_gradient_into_the_heads(monkeypatch, precision):
+    plain, fast = twins(tie_embeddings=True, vocab_size=5000)  # a vocabulary the fused head compiles for
+    ids, padding, rows = batch()
+    labels = ids[rows]  # (N,)
+    taken = []  # where each gradient the embeddings took from the head lies, or None
+    take = WeightGradient.take
+
+    def take_and_note(self):
+        grad = take(self)
+        taken.append(None if grad is None else grad.data_ptr())
+        return grad
+
+    monkeypatch.setattr(WeightGradient, "take", take_and_note)
+    grads = []
+    for encoder in (plain, fast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            loss, _ = encoder.loss_and_ranks(encoder(ids, padding, scored=rows), labels)
+        loss.backward()
+        grads.append({name: p.grad for name, p in encoder.named_parameters()})
+    assert isinstance(fast.token_embedding, TiedEmbedding) and len(taken) == 1 and taken[0] is not None
+    # The weight's .grad is the head's gradient itself, the embeddings' rows added in: no copy.
+    assert fast.token_embedding.weight.grad.data_ptr() == taken[0]
+    tolerance = dict(atol=1e-6, rtol=0) if precision == "32-true" else dict(atol=2e-3, rtol=2e-2)
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, **tolerance, msg=name)
 
 
 def test_without_rows_the_fast_encoder_gives_every_position():

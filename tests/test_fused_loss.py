@@ -91,6 +91,19 @@ def test_loss_backward_unscaled_accumulates_and_leaves_the_saved_gradients_alone
         torch.testing.assert_close(total, 3 * first)
 
 
+def test_the_weight_gradient_is_handed_on_once_and_not_saved_for_a_second_backward():
+    hidden, weight, b, labels = inputs(9)
+    handed = fused_loss.WeightGradient()
+    loss = linear_cross_entropy(hidden, weight, b, labels, 4, weight_gradient=handed)[0]
+    loss.backward(retain_graph=True)
+    expected = grads(reference(hidden, weight, b, labels)[0], (weight,))[0]
+    torch.testing.assert_close(weight.grad, expected, rtol=1e-5, atol=1e-6)
+    head_grad = handed.take()  # what a tied embedding would add its rows into
+    assert head_grad is not None and torch.equal(head_grad, weight.grad) and handed.take() is None
+    with pytest.raises(RuntimeError, match="second backward through the head"):
+        loss.backward()  # its gradients may have been added to since: not given again
+
+
 def test_the_logits_gradient_is_kept_memory_that_no_result_refers_to():
     # A second forward writes the same scratch memory before the first's backward: the first's
     # gradients were made from it in its own forward and do not depend on it afterwards.

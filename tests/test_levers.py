@@ -19,6 +19,7 @@ def test_each_lever_turns_its_code_off_and_on_again(monkeypatch):
     monkeypatch.setattr(fused_loss, "c_library", fused_loss.c_library)  # restored after the test
     monkeypatch.setattr(fast, "c_library", fast.c_library)
     monkeypatch.setattr(fused_loss, "logits_gradient", fused_loss.logits_gradient)
+    monkeypatch.setattr(fast.TiedEmbedding, "add_into_head", True)
     originals = fused_loss.c_library, fast.c_library, fused_loss.logits_gradient
     switches = levers.lever_switches()
     assert set(switches) == set(levers.LEVERS)
@@ -26,12 +27,15 @@ def test_each_lever_turns_its_code_off_and_on_again(monkeypatch):
     assert fused_loss.c_library.get() is None and fast.c_library.get() is None
     switches["c_dropout"](True)
     assert fused_loss.c_library.get() is None and fast.c_library is originals[1]
+    switches["tied_gradient"](False)
+    assert not fast.TiedEmbedding.add_into_head
     switches["kept_buffer"](False)
     like = torch.zeros(1)
     first, second = (fused_loss.logits_gradient.take(2, 3, like) for _ in range(2))
     assert first.data_ptr() != second.data_ptr()  # a new block every step, where the kept one is reused
     for turn in switches.values():
         turn(True)
+    assert fast.TiedEmbedding.add_into_head
     assert (fused_loss.c_library, fast.c_library, fused_loss.logits_gradient) == originals
 
 
