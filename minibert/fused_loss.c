@@ -117,12 +117,15 @@ STRIP(float, float, float_to_float, float_to_float)
 // block_loss_bf16 and block_loss_float: the arguments of fused_loss.py's block_loss, as pointers to
 // contiguous memory, with the logits one row per word. word_logits (V, n) and grad_out (n, V) in T;
 // bias (V,) float32 or NULL; labels (n,) in [0, V); row_weight (n,) float32. Writes losses (n,)
-// float32, ranks (n,) int64 and right_grads (n,) float32. A last strip of fewer than LANES
-// positions is copied into a whole one first (n is a multiple of LANES in training).
+// float32, ranks (n,) int64 and right_grads (n,) float32, and returns 0; returns 1, having written
+// nothing, where a label is outside [0, V). A last strip of fewer than LANES positions is copied
+// into a whole one first (n is a multiple of LANES in training).
 #define BLOCK_LOSS(SUFFIX, T, TO_FLOAT)                                                               \
-    void block_loss_##SUFFIX(const T *word_logits, const float *bias, const int64_t *labels,          \
-                             const float *row_weight, T *grad_out, float *losses, int64_t *ranks,     \
-                             float *right_grads, int64_t n, int64_t V, int threads) {                 \
+    int block_loss_##SUFFIX(const T *word_logits, const float *bias, const int64_t *labels,           \
+                            const float *row_weight, T *grad_out, float *losses, int64_t *ranks,      \
+                            float *right_grads, int64_t n, int64_t V, int threads) {                  \
+        for (int64_t p = 0; p < n; p++)                                                               \
+            if (labels[p] < 0 || labels[p] >= V) return 1;                                            \
         static const float no_bias = 0.0f;                                                            \
         const float *bias_at = bias ? bias : &no_bias;                                                \
         const int64_t bias_step = bias ? 1 : 0;                                                       \
@@ -159,6 +162,7 @@ STRIP(float, float, float_to_float, float_to_float)
             }                                                                                         \
             free(scratch), free(part);                                                                \
         }                                                                                             \
+        return 0;                                                                                     \
     }
 
 BLOCK_LOSS(bf16, uint16_t, bf16_to_float)

@@ -194,11 +194,14 @@ def test_the_c_loop_computes_what_block_loss_does(dtype, bias, n):
     assert got[2].dtype == dtype and not got_grad[3].any()
 
 
-def test_the_c_loop_refuses_a_label_outside_the_vocabulary():
+@pytest.mark.parametrize("label", [100, -1])
+def test_the_c_loop_refuses_a_label_outside_the_vocabulary_and_writes_nothing(label):
     logits, b, labels, row_weight = block(torch.float32, True, words=100)
-    labels[4] = 100
+    labels[4] = label
+    grad = torch.zeros_like(logits)
     with pytest.raises(IndexError, match="vocabulary of 100 words"):
-        fast_block_loss(logits.T.contiguous(), b, labels, row_weight, torch.empty_like(logits))
+        fast_block_loss(logits.T.contiguous(), b, labels, row_weight, grad)
+    assert not grad.any()
 
 
 def test_without_a_c_compiler_the_block_is_computed_by_pytorch(monkeypatch, caplog):

@@ -45,14 +45,17 @@ class CLibrary:
             self.library = self.build()
         return self.library
 
-    def call(self, function: str, dtype: torch.dtype, *args: object) -> None:
+    def call(self, function: str, dtype: torch.dtype, *args: object) -> int:
         """Call ``function`` for ``dtype`` (``function_bf16`` or ``function_float``), building the library first.
 
         A tensor goes as a pointer to its memory (the caller makes it contiguous), None as NULL,
-        a ctypes value as it is; the last argument is the number of threads, PyTorch's.
+        a ctypes value as it is; the last argument is the number of threads, PyTorch's. Returns
+        what the function returns, as an int (meaningless for a void one).
         """
         pointers = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, Tensor) else a for a in args]
-        getattr(self.get(), f"{function}_{C_DTYPES[dtype]}")(*pointers, ctypes.c_int(torch.get_num_threads()))
+        return getattr(self.get(), f"{function}_{C_DTYPES[dtype]}")(
+            *pointers, ctypes.c_int(torch.get_num_threads())
+        )
 
     def build(self) -> ctypes.CDLL | None:
         compiler = os.environ.get("CC", "cc")
