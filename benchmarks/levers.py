@@ -11,10 +11,11 @@ every pair), and the script prints each version's median step and the median of 
 differences, which the drift mostly cancels. The levers are the switches of the speed code that
 can be turned at run time:
 
-- ``c_loops``: the three C files (``minibert/fused_loss.c``, ``minibert/fast.c`` and
-  ``minibert/attention.c``) against the PyTorch code they replace (torch.compile's loops for the
-  block loss, compiled dropout factors, attention's explicit steps);
-- ``c_block_loss``, ``c_dropout`` and ``c_attention``: each of them alone;
+- ``c_loops``: the four C files (``minibert/fused_loss.c``, ``minibert/fast.c``,
+  ``minibert/attention.c`` and ``minibert/layer_norm.c``) against the PyTorch code they replace
+  (torch.compile's loops for the block loss, compiled dropout factors, attention's explicit
+  steps, PyTorch's LayerNorm and the cast after it);
+- ``c_block_loss``, ``c_dropout``, ``c_attention`` and ``c_layer_norm``: each of them alone;
 - ``kept_buffer``: the logits' gradient in memory kept from step to step (``KeptBuffer`` in
   ``minibert/machinery/allocator.py``) against a fresh block every step;
 - ``tied_gradient``: the word embeddings' gradient added into the head's (``TiedEmbedding`` in
@@ -59,11 +60,13 @@ def lever_switches() -> dict[str, Callable[[bool], None]]:
     c_block_loss = switch(fused_loss, "c_library", SwitchedOff())
     c_dropout = switch(fast, "c_library", SwitchedOff())
     c_attention = switch(fast, "attention_library", SwitchedOff())
+    c_layer_norm = switch(fast, "layer_norm_library", SwitchedOff())
     return {
-        "c_loops": lambda on: (c_block_loss(on), c_dropout(on), c_attention(on)),
+        "c_loops": lambda on: (c_block_loss(on), c_dropout(on), c_attention(on), c_layer_norm(on)),
         "c_block_loss": c_block_loss,
         "c_dropout": c_dropout,
         "c_attention": c_attention,
+        "c_layer_norm": c_layer_norm,
         "kept_buffer": switch(fused_loss, "logits_gradient", FreshBlock()),
         "tied_gradient": switch(fast.TiedEmbedding, "add_into_head", False),
     }

@@ -2,10 +2,12 @@
 
 Not part of the lesson: read ``model.py`` first. Training uses :class:`FastEncoder` unless the
 config says ``model.fast: false``; ``tests/test_fast.py`` checks that both compute the same
-outputs and gradients. Five changes, each measured at the base configuration on a CPU:
+outputs and gradients. Six changes, each measured at the base configuration on a CPU:
 
 - :class:`CpuDropout`: cheaper random numbers for dropout on a CPU, drawn and applied in one C
   pass (``fast.c``) where a C compiler builds it (about a tenth of a step);
+- :class:`CpuLayerNorm`: LayerNorm in one C pass on a CPU (``layer_norm.c``), its output
+  written in the dtype of the product that follows (bfloat16 under autocast);
 - :class:`FusedSelfAttention`: attention's core in one kernel: PyTorch's fused one on a GPU, a
   C loop over 16 heads at once on a CPU (``attention.c``);
 - :meth:`FastEncoder.forward`: the last layer's feed-forward runs on the scored positions only;
@@ -129,6 +131,67 @@ class CpuDropout(nn.Dropout):
         make = compiled_dropout_scale if x.numel() >= COMPILE_FROM_ELEMENTS else dropout_scale
         scale = make(seed, x.numel(), dropped, x.dtype)  # (n,)
         return x * scale.view(x.shape)
+
+
+layer_norm_library = CLibrary(Path(__file__).with_name("layer_norm.c"))
+
+
+class _CLayerNorm(torch.autograd.Function):
+    """LayerNorm over the last dimension by ``layer_norm.c``: float32 in, ``dtype`` out; float32 gradients."""
+
+    @staticmethod
+    def forward(
+        ctx, x: Tensor, weight: Tensor, bias: Tensor | None, eps: float, dtype: torch.dtype
+    ) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1]).contiguous()  # (..., D) -> (R, D)
+        (R, D), stats = rows.shape, x.new_empty(2, rows.shape[0])  # mean and 1 / std of each row
+        y = torch.empty(R, D, dtype=dtype)
+        sizes = ctypes.c_int64(R), ctypes.c_int64(D)
+        layer_norm_library.call(
+            "layer_norm", dtype, rows, weight, bias, y, stats[0], stats[1], *sizes, ctypes.c_float(eps)
+        )
+        ctx.save_for_backward(rows, weight, stats)
+        ctx.shape, ctx.has_bias = x.shape, bias is not None
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        rows, weight, stats = ctx.saved_tensors
+        grad_y = grad_y.reshape(rows.shape).contiguous()  # in the output's dtype, as the product gives it
+        grad_x, grad_weight = torch.empty_like(rows), torch.empty_like(weight)
+        grad_bias = torch.empty_like(weight) if ctx.has_bias else None
+        sizes = ctypes.c_int64(rows.shape[0]), ctypes.c_int64(rows.shape[1])
+        layer_norm_library.call(
+            "layer_norm_backward", grad_y.dtype, rows, weight, stats[0], stats[1], grad_y, grad_x, grad_weight,
+            grad_bias, *sizes,
+        )  # fmt: skip
+        return grad_x.view(ctx.shape), grad_weight, grad_bias, None, None
+
+
+class CpuLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` that, on a CPU, writes its output in the dtype of the product that follows.
+
+    Under autocast, PyTorch normalises in float32 and the next linear layer casts the result to
+    bfloat16, a second pass over it (and another for its gradient on the way back).
+    ``layer_norm.c`` normalises a float32 row in float32 and writes it in bfloat16 at once; the backward reads
+    the bfloat16 gradient. Elsewhere (another device, another dtype, inside torch.compile, no
+    C compiler), PyTorch's.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        applies = (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and dtype in C_DTYPES
+            and self.weight is not None
+            and len(self.normalized_shape) == 1
+            and not torch.compiler.is_compiling()
+            and layer_norm_library.get() is not None
+        )
+        if not applies:
+            return super().forward(x)
+        return _CLayerNorm.apply(x, self.weight, self.bias, self.eps, dtype)
 
 
 attention_library = CLibrary(Path(__file__).with_name("attention.c"))
@@ -257,6 +320,8 @@ def use_fast_kernels(module: nn.Module) -> None:
     for inner in module.modules():
         if type(inner) is nn.Dropout:
             inner.__class__ = CpuDropout
+        elif type(inner) is nn.LayerNorm:
+            inner.__class__ = CpuLayerNorm
         elif type(inner) is MultiHeadSelfAttention:
             inner.__class__ = FusedSelfAttention
 

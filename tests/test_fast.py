@@ -11,6 +11,7 @@ from minibert.fast import (
     COMPILE_FROM_ELEMENTS,
     ROW_MULTIPLE,
     CpuDropout,
+    CpuLayerNorm,
     FastEncoder,
     FusedSelfAttention,
     TiedEmbedding,
@@ -66,8 +67,8 @@ def test_both_encoders_hold_the_same_weights_under_the_same_names():
     assert plain.state_dict().keys() == fast.state_dict().keys()
     for name, value in plain.state_dict().items():
         assert torch.equal(value, fast.state_dict()[name]), name
-    assert {type(m) for m in fast.modules()} >= {CpuDropout, FusedSelfAttention}
-    assert not {nn.Dropout, MultiHeadSelfAttention} & {type(m) for m in fast.modules()}
+    assert {type(m) for m in fast.modules()} >= {CpuDropout, FusedSelfAttention, CpuLayerNorm}
+    assert not {nn.Dropout, MultiHeadSelfAttention, nn.LayerNorm} & {type(m) for m in fast.modules()}
 
 
 @pytest.mark.parametrize("layers", [0, 1, 3])
@@ -120,6 +121,43 @@ def test_tied_embeddings_add_their_gradient_into_the_heads(monkeypatch, precisio
     tolerance = dict(atol=1e-6, rtol=0) if precision == "32-true" else dict(atol=2e-3, rtol=2e-2)
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, **tolerance, msg=name)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_cpu_layer_norm_computes_pytorchs_in_the_dtype_of_the_next_product(bias, precision):
+    bf16 = precision == "bf16-mixed"
+    torch.manual_seed(0)
+    norm = nn.LayerNorm(D, bias=bias)
+    nn.init.normal_(norm.weight)
+    if bias:
+        nn.init.normal_(norm.bias)
+    x = torch.randn(3, T, D, requires_grad=True)
+    weights = torch.randn(3, T, D)
+    results = []
+    for norm_class in (nn.LayerNorm, CpuLayerNorm):
+        norm.__class__ = norm_class
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = norm(x)
+        product_input = y.to(torch.bfloat16) if bf16 else y  # what autocast's next product reads
+        loss = (product_input.float() * weights).sum()
+        results.append((y.dtype, product_input, torch.autograd.grad(loss, [x, *norm.parameters()])))
+    (plain_dtype, plain_y, plain_grads), (fast_dtype, fast_y, fast_grads) = results
+    assert plain_dtype == torch.float32 and fast_dtype == (torch.bfloat16 if bf16 else torch.float32)
+    step = dict(rtol=8e-3, atol=1e-6) if bf16 else dict(rtol=0, atol=1e-5)  # one bf16 step, or float32's
+    torch.testing.assert_close(fast_y.float(), plain_y.float(), **step)
+    for fast_grad, plain_grad in zip(fast_grads, plain_grads):
+        torch.testing.assert_close(fast_grad, plain_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_without_a_c_compiler_layer_norm_is_pytorchs(monkeypatch):
+    monkeypatch.setattr(fast, "layer_norm_library", SwitchedOff())
+    norm, x = nn.LayerNorm(D), torch.randn(3, T, D)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = norm(x)
+        norm.__class__ = CpuLayerNorm
+        got = norm(x)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
 
 
 def test_without_rows_the_fast_encoder_gives_every_position():

@@ -17,14 +17,19 @@ def test_each_lever_turns_its_code_off_and_on_again(monkeypatch):
     import levers
 
     monkeypatch.setattr(fused_loss, "c_library", fused_loss.c_library)  # restored after the test
-    monkeypatch.setattr(fast, "c_library", fast.c_library)
+    for name in ("c_library", "attention_library", "layer_norm_library"):
+        monkeypatch.setattr(fast, name, getattr(fast, name))
     monkeypatch.setattr(fused_loss, "logits_gradient", fused_loss.logits_gradient)
     monkeypatch.setattr(fast.TiedEmbedding, "add_into_head", True)
-    originals = fused_loss.c_library, fast.c_library, fused_loss.logits_gradient
+
+    def libraries():
+        return fused_loss.c_library, fast.c_library, fast.attention_library, fast.layer_norm_library
+
+    originals = *libraries(), fused_loss.logits_gradient
     switches = levers.lever_switches()
     assert set(switches) == set(levers.LEVERS)
     switches["c_loops"](False)
-    assert fused_loss.c_library.get() is None and fast.c_library.get() is None
+    assert all(library.get() is None for library in libraries())
     switches["c_dropout"](True)
     assert fused_loss.c_library.get() is None and fast.c_library is originals[1]
     switches["tied_gradient"](False)
@@ -36,7 +41,7 @@ def test_each_lever_turns_its_code_off_and_on_again(monkeypatch):
     for turn in switches.values():
         turn(True)
     assert fast.TiedEmbedding.add_into_head
-    assert (fused_loss.c_library, fast.c_library, fused_loss.logits_gradient) == originals
+    assert (*libraries(), fused_loss.logits_gradient) == originals
 
 
 @pytest.mark.slow
