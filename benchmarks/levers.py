@@ -15,7 +15,8 @@ can be turned at run time:
   ``minibert/attention.c`` and ``minibert/layer_norm.c``) against the PyTorch code they replace
   (torch.compile's loops for the block loss, compiled dropout factors, attention's explicit
   steps, PyTorch's LayerNorm and the cast after it);
-- ``c_block_loss``, ``c_dropout``, ``c_attention`` and ``c_layer_norm``: each of them alone;
+- ``c_block_loss``, ``c_dropout`` (dropout, and the residual additions with it),
+  ``c_attention`` and ``c_layer_norm``: each of them alone;
 - ``kept_buffer``: the logits' gradient in memory kept from step to step (``KeptBuffer`` in
   ``minibert/machinery/allocator.py``) against a fresh block every step;
 - ``tied_gradient``: the word embeddings' gradient added into the head's (``TiedEmbedding`` in

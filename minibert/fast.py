@@ -2,10 +2,12 @@
 
 Not part of the lesson: read ``model.py`` first. Training uses :class:`FastEncoder` unless the
 config says ``model.fast: false``; ``tests/test_fast.py`` checks that both compute the same
-outputs and gradients. Six changes, each measured at the base configuration on a CPU:
+outputs and gradients. Seven changes, each measured at the base configuration on a CPU:
 
 - :class:`CpuDropout`: cheaper random numbers for dropout on a CPU, drawn and applied in one C
   pass (``fast.c``) where a C compiler builds it (about a tenth of a step);
+- :class:`FastEncoderLayer`: each residual addition and the dropout before it in one C pass
+  (``fast.c``), the same numbers bit for bit;
 - :class:`CpuLayerNorm`: LayerNorm in one C pass on a CPU (``layer_norm.c``), its output
   written in the dtype of the product that follows (bfloat16 under autocast);
 - :class:`FusedSelfAttention`: attention's core in one kernel: PyTorch's fused one on a GPU, a
@@ -28,7 +30,7 @@ from torch import Tensor, nn
 
 from minibert.fused_loss import IGNORE_INDEX, CompiledOnce, WeightGradient, linear_cross_entropy
 from minibert.machinery.c_library import C_DTYPES, CLibrary
-from minibert.model import Encoder, EncoderConfig, MultiHeadSelfAttention
+from minibert.model import Encoder, EncoderConfig, EncoderLayer, MultiHeadSelfAttention
 
 # SplitMix64's constants (Steele, Lea and Flood, 2014), as signed 64-bit integers.
 GOLDEN_GAMMA, MIX_1, MIX_2 = -7046029254386353131, -4658895280553007687, -7723592293110705685
@@ -82,12 +84,14 @@ def c_dropout(x: Tensor, seed: int, dropped: int) -> Tensor:
     """
     x = x.contiguous()
     out = torch.empty_like(x)
-    factor = dropout_factor(dropped, x.dtype)
-    c_library.call(
-        "dropout", x.dtype, x, out, ctypes.c_int64(x.numel()), ctypes.c_int64(seed), ctypes.c_int32(dropped),
-        ctypes.c_float(factor),
-    )  # fmt: skip
+    c_library.call("dropout", x.dtype, x, out, *dropout_arguments(x.numel(), seed, dropped, x.dtype))
     return out
+
+
+def dropout_arguments(n: int, seed: int, dropped: int, dtype: torch.dtype) -> tuple:
+    """``fast.c``'s last arguments: n elements, the seed, the dropped count and the survivors' factor in ``dtype``."""
+    factor = dropout_factor(dropped, dtype)
+    return ctypes.c_int64(n), ctypes.c_int64(seed), ctypes.c_int32(dropped), ctypes.c_float(factor)
 
 
 class _CDropout(torch.autograd.Function):
@@ -101,6 +105,51 @@ class _CDropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         return c_dropout(grad, ctx.seed, ctx.dropped), None, None
+
+
+class _CResidualDropout(torch.autograd.Function):
+    """``residual + c_dropout(x, seed, dropped)``, float32, in one pass; the backward gives ``x`` its gradient in one too."""
+
+    @staticmethod
+    def forward(ctx, residual: Tensor, x: Tensor, seed: int, dropped: int) -> Tensor:
+        residual, x = residual.contiguous(), x.contiguous()
+        ctx.arguments = dropout_arguments(x.numel(), seed, dropped, x.dtype)
+        ctx.dtype = x.dtype
+        out = torch.empty_like(residual)
+        c_library.call("residual_dropout", x.dtype, residual, x, out, *ctx.arguments)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.contiguous()
+        grad_x = torch.empty(grad.shape, dtype=ctx.dtype)
+        c_library.call("dropout_of_float", ctx.dtype, grad, grad_x, *ctx.arguments)
+        return grad, grad_x, None, None
+
+
+def residual_dropout(residual: Tensor, x: Tensor, dropout: nn.Dropout) -> Tensor:
+    """``residual + dropout(x)``: on a CPU in training, one C pass (``fast.c``) where :class:`CpuDropout` would make two.
+
+    The same numbers bit for bit: the same seed is drawn from PyTorch's generator, the dropped
+    ``x`` is rounded to its dtype before the addition in float32, and its gradient to that
+    dtype before the dropout's factors. A pre-norm block's output is its float32 input plus
+    its bfloat16 (under autocast) branch: PyTorch's dropout writes the branch, the addition
+    reads it again, and on the way back autograd casts the gradient in a pass of its own.
+    """
+    applies = (
+        dropout.training
+        and dropout.p > 0
+        and residual.device.type == "cpu"
+        and residual.dtype == torch.float32
+        and x.dtype in C_DTYPES
+        and residual.shape == x.shape
+        and not torch.compiler.is_compiling()
+        and c_library.get() is not None
+    )
+    if not applies:
+        return residual + dropout(x)
+    seed, dropped = dropout_draw(dropout.p)  # as CpuDropout draws them
+    return _CResidualDropout.apply(residual, x, int(seed), dropped)
 
 
 class CpuDropout(nn.Dropout):
@@ -311,6 +360,16 @@ class TiedEmbedding(nn.Embedding):
         return _AddedIntoHead.apply(self.weight, input_ids, self.head_gradient)
 
 
+class FastEncoderLayer(EncoderLayer):
+    """:class:`minibert.model.EncoderLayer` whose residual additions take the dropout before them in one pass."""
+
+    def attention_block(self, x: Tensor, attend: Tensor | None = None) -> Tensor:
+        return residual_dropout(x, self.attn(self.norm1(x), attend), self.dropout)  # (B, T, D)
+
+    def feed_forward_block(self, x: Tensor) -> Tensor:
+        return residual_dropout(x, self.ff(self.norm2(x)), self.dropout)  # (..., D)
+
+
 def use_fast_kernels(module: nn.Module) -> None:
     """Give every ``nn.Dropout`` and attention inside ``module`` the faster class of this file.
 
@@ -322,6 +381,8 @@ def use_fast_kernels(module: nn.Module) -> None:
             inner.__class__ = CpuDropout
         elif type(inner) is nn.LayerNorm:
             inner.__class__ = CpuLayerNorm
+        elif type(inner) is EncoderLayer:
+            inner.__class__ = FastEncoderLayer
         elif type(inner) is MultiHeadSelfAttention:
             inner.__class__ = FusedSelfAttention
 

@@ -13,6 +13,7 @@ from minibert.fast import (
     CpuDropout,
     CpuLayerNorm,
     FastEncoder,
+    FastEncoderLayer,
     FusedSelfAttention,
     TiedEmbedding,
     c_dropout,
@@ -67,8 +68,14 @@ def test_both_encoders_hold_the_same_weights_under_the_same_names():
     assert plain.state_dict().keys() == fast.state_dict().keys()
     for name, value in plain.state_dict().items():
         assert torch.equal(value, fast.state_dict()[name]), name
-    assert {type(m) for m in fast.modules()} >= {CpuDropout, FusedSelfAttention, CpuLayerNorm}
-    assert not {nn.Dropout, MultiHeadSelfAttention, nn.LayerNorm} & {type(m) for m in fast.modules()}
+    assert {type(m) for m in fast.modules()} >= {
+        CpuDropout,
+        FusedSelfAttention,
+        CpuLayerNorm,
+        FastEncoderLayer,
+    }
+    plain_classes = {nn.Dropout, MultiHeadSelfAttention, nn.LayerNorm, model.EncoderLayer}
+    assert not plain_classes & {type(m) for m in fast.modules()}
 
 
 @pytest.mark.parametrize("layers", [0, 1, 3])
@@ -158,6 +165,34 @@ def test_without_a_c_compiler_layer_norm_is_pytorchs(monkeypatch):
         norm.__class__ = CpuLayerNorm
         got = norm(x)
     assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_residual_dropout_in_one_pass_computes_the_two_passes_bit_for_bit(monkeypatch, precision):
+    # The same seeds drawn, the same rounding: outputs and gradients equal, not just close.
+    one_pass = fast._CResidualDropout.apply
+    calls = []
+    monkeypatch.setattr(fast._CResidualDropout, "apply", lambda *args: calls.append(1) or one_pass(*args))
+    _, encoder = twins(dropout=0.3)
+    ids, padding, rows = batch()
+    weights = torch.randn(4, T, D)
+    results = []
+    for layer_class in (FastEncoderLayer, model.EncoderLayer):
+        for layer in encoder.layers:
+            layer.__class__ = layer_class
+        encoder.zero_grad()
+        torch.manual_seed(5)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            hidden = encoder(ids, padding)
+        (hidden.float() * weights).sum().backward()
+        results.append(
+            (hidden.detach(), [p.grad.clone() for p in encoder.parameters() if p.grad is not None])
+        )
+    assert len(calls) == 2 * len(encoder.layers)  # both blocks of each layer, in the first run only
+    (one_pass, one_pass_grads), (two_passes, two_passes_grads) = results
+    assert torch.equal(one_pass, two_passes)
+    assert len(one_pass_grads) == len(two_passes_grads) > 30  # every layer's weights
+    assert all(torch.equal(a, b) for a, b in zip(one_pass_grads, two_passes_grads))
 
 
 def test_without_rows_the_fast_encoder_gives_every_position():
