@@ -122,7 +122,7 @@ class _CResidualDropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         grad = grad.contiguous()
-        grad_x = torch.empty(grad.shape, dtype=ctx.dtype)
+        grad_x = grad.new_empty(grad.shape, dtype=ctx.dtype)
         c_library.call("dropout_of_float", ctx.dtype, grad, grad_x, *ctx.arguments)
         return grad, grad_x, None, None
 
@@ -194,7 +194,7 @@ class _CLayerNorm(torch.autograd.Function):
     ) -> Tensor:
         rows = x.reshape(-1, x.shape[-1]).contiguous()  # (..., D) -> (R, D)
         (R, D), stats = rows.shape, x.new_empty(2, rows.shape[0])  # mean and 1 / std of each row
-        y = torch.empty(R, D, dtype=dtype)
+        y = rows.new_empty(R, D, dtype=dtype)
         sizes = ctypes.c_int64(R), ctypes.c_int64(D)
         layer_norm_library.call(
             "layer_norm", dtype, rows, weight, bias, y, stats[0], stats[1], *sizes, ctypes.c_float(eps)
@@ -222,9 +222,9 @@ class CpuLayerNorm(nn.LayerNorm):
 
     Under autocast, PyTorch normalises in float32 and the next linear layer casts the result to
     bfloat16, a second pass over it (and another for its gradient on the way back).
-    ``layer_norm.c`` normalises a float32 row in float32 and writes it in bfloat16 at once; the backward reads
-    the bfloat16 gradient. Elsewhere (another device, another dtype, inside torch.compile, no
-    C compiler), PyTorch's.
+    ``layer_norm.c`` normalises a float32 row in float32 and writes it in bfloat16 at once; the
+    backward reads the bfloat16 gradient. Elsewhere (another device, another dtype, inside
+    torch.compile, no C compiler), PyTorch's.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -371,7 +371,7 @@ class FastEncoderLayer(EncoderLayer):
 
 
 def use_fast_kernels(module: nn.Module) -> None:
-    """Give every ``nn.Dropout`` and attention inside ``module`` the faster class of this file.
+    """Give every dropout, LayerNorm, attention and encoder layer inside ``module`` the faster class of this file.
 
     The modules keep their parameters and state_dict keys: only the class, which says how they
     compute, changes (both classes have the same attributes), so nothing is copied or re-drawn.
