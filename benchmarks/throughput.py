@@ -14,8 +14,9 @@ default the step is base.yaml's: batch 128 x 20 tokens, 40% of the words masked 
 same precision, each precision in turn. A step is forward + loss + backward + clipping +
 optimiser step; minibert's is its LightningModule's own ``training_step`` (metrics included).
 The script also prints the peak resident memory of each model's training (in a fresh
-process each), the machine, a roofline (one large ``torch.mm``) and a profile of minibert's
-step. It ends with ``speedup_vs_hf=<ratio>`` for each precision (tokens/s of minibert over
+process each), the machine, a roofline (one large ``torch.mm``), minibert's own matrix products
+timed alone (the part of its step that no speed code outside them can remove) and a profile of
+minibert's step. It ends with ``speedup_vs_hf=<ratio>`` for each precision (tokens/s of minibert over
 BertForMaskedLM's).
 
 Both models run with glibc's allocator as a user has it: BertForMaskedLM's step then faults in
@@ -298,6 +299,50 @@ def matmul_peak_gflops(device: str, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm")
+DTYPES = {"c10::BFloat16": torch.bfloat16, "c10::Half": torch.float16, "float": torch.float32}
+
+
+def products_alone(step: Callable, batches: list, device: str, repeats: int = 10) -> tuple[float, float, int]:
+    """The step's own matrix products, each timed alone: seconds and FLOPs a step, and their count.
+
+    One step runs under the profiler, which records every ``torch.mm``, ``addmm`` and ``bmm``
+    with its shapes and dtypes; each product is then run again on its own, on fresh contiguous
+    operands, after two untimed runs (the median of ``repeats``). Their sum is the time under
+    which the step cannot go with these products on this machine; the rest of the step is
+    everything else (attention's core, the softmax, LayerNorm, dropout, the optimiser, Python).
+    """
+    from torch.profiler import profile
+
+    with profile(record_shapes=True) as prof:
+        step(batches[0], 0)
+    calls: dict[tuple, int] = {}
+    for event in prof.events():
+        if event.name in PRODUCTS:
+            key = (event.name, tuple(map(tuple, event.input_shapes[:3])), tuple(event.input_dtypes[:3]))
+            calls[key] = calls.get(key, 0) + 1
+    seconds = flops = 0.0
+    for (name, shapes, dtypes), count in calls.items():
+        operands = [
+            torch.randn(shape, device=device, dtype=DTYPES.get(dtype, torch.float32))
+            for shape, dtype in zip(shapes, dtypes)
+            if shape
+        ]
+        product = getattr(torch, name.removeprefix("aten::"))
+        a, b = operands[-2:]
+        times = []
+        for i in range(repeats + 2):
+            sync(device)
+            start = time.perf_counter()
+            product(*operands)
+            sync(device)
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+        seconds += count * statistics.median(times)
+        flops += count * 2 * a.numel() * b.shape[-1]
+    return seconds, flops, sum(calls.values())
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident memory, MiB.
 
@@ -399,6 +444,16 @@ def compare(
         )
     print(
         f"\nminibert training steps/s (the data loader's demand): {1 / statistics.median(times['minibert']):.2f}"
+    )
+    _, step = make_minibert(args, vocab_size)
+    for i in range(2):
+        step(batches[i % len(batches)], i)
+    seconds, flops, count = products_alone(step, batches, args.device)
+    median = statistics.median(times["minibert"])
+    print(
+        f"minibert's matrix products, each timed alone: {count} a step, {flops / 1e9:.1f} GFLOP in "
+        f"{seconds * 1e3:.1f} ms ({flops / seconds / 1e9:.0f} GFLOP/s); the rest of its {median * 1e3:.1f} ms "
+        f"step: {(median - seconds) * 1e3:.1f} ms"
     )
 
     if not args.no_subprocess:

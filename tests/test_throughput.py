@@ -1,0 +1,24 @@
+"""benchmarks/throughput.py: the products of a step, found by the profiler and counted."""
+
+from __future__ import annotations
+
+import torch
+from conftest import REPO
+
+
+def test_products_alone_finds_and_counts_every_product_of_a_step(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import throughput
+
+    x, project = torch.randn(4, 3), torch.randn(5, 2)
+    weight, bias = torch.randn(3, 5, requires_grad=True), torch.randn(5, requires_grad=True)
+
+    def step(batch: None, index: int) -> None:
+        # forward: addmm (4 x 3 @ 3 x 5) and mm (4 x 5 @ 5 x 2); backward: the addmm's output
+        # gradient (4 x 2 @ 2 x 5) and the weight's (3 x 4 @ 4 x 5); the bias's is a sum.
+        (torch.addmm(bias, x, weight) @ project).sum().backward()
+
+    seconds, flops, count = throughput.products_alone(step, [None], "cpu", repeats=1)
+    assert count == 4
+    assert flops == 2 * (4 * 3 * 5 + 4 * 5 * 2 + 4 * 2 * 5 + 3 * 4 * 5)
+    assert seconds > 0
