@@ -10,20 +10,17 @@
 // bytes, 0 for a key no query may attend to (every row has one it may), or NULL. The weight of
 // query t on key s of head h in sequence b is element ((b H + h) T + t) T + s of a (B, H, T, T)
 // tensor, dropped as fast.c's `dropout` drops that element (seed, dropped, factor); dropped = 0:
-// no dropout. Built with -O3 -march=native by minibert/machinery/c_library.py; where AVX-512 is
-// there, the gathers below use its instructions.
+// no dropout. Built with -O3 -march=native by minibert/machinery/c_library.py.
 
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
+#include <string.h>
 
 #include "cpu_math.h"
 
 #define LANES 16  // (sequence, head) pairs a thread computes at once: one float32 vector of AVX-512
-_Static_assert(LANES == 16, "the AVX-512 gathers below move 16 lanes");
+_Static_assert(LANES == TILE, "the lanes move in and out through transpose_tile");
 #define EACH_LANE _Pragma("omp simd") for (int l = 0; l < LANES; l++)
 
 // The dropout factors keep (T, T, LANES) of the LANES heads: factor or 0 (1 without dropout).
@@ -156,61 +153,53 @@ static void attention_gradients(const float *restrict q, const float *restrict k
 }
 
 // Between a (B, T, H, d) layout of row stride `stride` (from `x`: x's rows) and a (T, d, LANES)
-// one: lane l is the head at offset at[l] of x. The gathers and scatters are vector instructions
-// over the lanes; bfloat16 moves two elements a 32-bit word (d and the strides are even).
-static void gather_float(float *restrict dst, const float *restrict x, const int64_t *restrict at,
-                         int64_t stride, int64_t T, int64_t d) {
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t e = 0; e < d; e++) {
-            const float *from = x + t * stride + e;
-            float *to = dst + (t * d + e) * LANES;
-#ifdef __AVX512F__
-            const __m256 low = _mm512_i64gather_ps(_mm512_loadu_si512(at), from, 4);  // lanes 0 to 7
-            const __m256 high = _mm512_i64gather_ps(_mm512_loadu_si512(at + 8), from, 4);
-            _mm512_storeu_ps(to, _mm512_insertf32x8(_mm512_castps256_ps512(low), high, 1));
-#else
-            EACH_LANE to[l] = from[at[l]];
-#endif
-        }
-}
+// one: lane l is the head at offset at[l] of x. Both go a LANES x LANES tile at a time through
+// transpose_tile (cpu_math.h), so that each lane's row of d elements is read or written in
+// order, as vectors, and the (T, d, LANES) side a vector at a time.
+#define MOVES(SUFFIX, T_, TO_FLOAT, FROM_FLOAT)                                                       \
+    static void gather_##SUFFIX(float *restrict dst, const T_ *restrict x, const int64_t *restrict at, \
+                                int64_t stride, int64_t T, int64_t d) {                               \
+        float tile[LANES * LANES] = {0}, rows[LANES * LANES];                                         \
+        for (int64_t t = 0; t < T; t++)                                                               \
+            for (int64_t e0 = 0; e0 < d; e0 += LANES) {                                               \
+                const int width = d - e0 < LANES ? (int)(d - e0) : LANES; /* elements e0 .. */        \
+                for (int l = 0; l < LANES; l++) {                                                     \
+                    const T_ *restrict from = x + at[l] + t * stride + e0;                            \
+                    for (int i = 0; i < width; i++) tile[l * LANES + i] = TO_FLOAT(from[i]);          \
+                }                                                                                     \
+                float *restrict to = dst + (t * d + e0) * LANES; /* width rows of LANES */            \
+                if (width == LANES) {                                                                 \
+                    transpose_tile(tile, to);                                                         \
+                } else {                                                                              \
+                    transpose_tile(tile, rows);                                                       \
+                    memcpy(to, rows, sizeof(float) * (size_t)(width * LANES));                        \
+                }                                                                                     \
+            }                                                                                         \
+    }                                                                                                 \
+                                                                                                      \
+    /* `lanes`: how many lanes hold a head (the last group of B H may hold fewer). */                 \
+    static void scatter_##SUFFIX(T_ *restrict x, const float *restrict src, const int64_t *restrict at, \
+                                 int64_t stride, int64_t T, int64_t d, int lanes) {                   \
+        float tile[LANES * LANES] = {0}, rows[LANES * LANES];                                         \
+        for (int64_t t = 0; t < T; t++)                                                               \
+            for (int64_t e0 = 0; e0 < d; e0 += LANES) {                                               \
+                const int width = d - e0 < LANES ? (int)(d - e0) : LANES;                             \
+                const float *restrict from = src + (t * d + e0) * LANES;                              \
+                if (width == LANES) {                                                                 \
+                    transpose_tile(from, rows);                                                       \
+                } else {                                                                              \
+                    memcpy(tile, from, sizeof(float) * (size_t)(width * LANES));                      \
+                    transpose_tile(tile, rows);                                                       \
+                }                                                                                     \
+                for (int l = 0; l < lanes; l++) {                                                     \
+                    T_ *restrict to = x + at[l] + t * stride + e0;                                    \
+                    for (int i = 0; i < width; i++) to[i] = FROM_FLOAT(rows[l * LANES + i]);          \
+                }                                                                                     \
+            }                                                                                         \
+    }
 
-static void gather_bf16(float *restrict dst, const uint16_t *restrict x, const int64_t *restrict at,
-                        int64_t stride, int64_t T, int64_t d) {
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t e = 0; e < d; e += 2) {
-            const uint16_t *from = x + t * stride + e;
-            float *to = dst + (t * d + e) * LANES;
-#ifdef __AVX512F__
-            // 32-bit words: elements e and e + 1 of each lane's row, e in the low half.
-            const __m512i pairs = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm512_i64gather_epi32(_mm512_loadu_si512(at), from, 2)),
-                _mm512_i64gather_epi32(_mm512_loadu_si512(at + 8), from, 2), 1);
-            _mm512_storeu_si512(to, _mm512_slli_epi32(pairs, 16));
-            _mm512_storeu_si512(to + LANES, _mm512_and_si512(pairs, _mm512_set1_epi32((int)0xFFFF0000)));
-#else
-            EACH_LANE to[l] = bf16_to_float(from[at[l]]), to[LANES + l] = bf16_to_float(from[at[l] + 1]);
-#endif
-        }
-}
-
-// `lanes`: how many lanes hold a head (the last group of B H may hold fewer).
-static void scatter_float(float *restrict x, const float *restrict src, const int64_t *restrict at,
-                          int64_t stride, int64_t T, int64_t d, int lanes) {
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t e = 0; e < d; e++)
-            EACH_LANE if (l < lanes) x[at[l] + t * stride + e] = src[(t * d + e) * LANES + l];
-}
-
-static void scatter_bf16(uint16_t *restrict x, const float *restrict src, const int64_t *restrict at,
-                         int64_t stride, int64_t T, int64_t d, int lanes) {
-    uint32_t *pairs = (uint32_t *)x;
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t e = 0; e < d; e += 2) EACH_LANE if (l < lanes) {
-            const uint32_t low = float_to_bf16(src[(t * d + e) * LANES + l]);
-            const uint32_t high = float_to_bf16(src[(t * d + e + 1) * LANES + l]);
-            pairs[(at[l] + t * stride + e) >> 1] = low | high << 16;
-        }
-}
+MOVES(bf16, uint16_t, bf16_to_float, float_to_bf16)
+MOVES(float, float, float_to_float, float_to_float)
 
 // The LANES (sequence, head) pairs first, first + 1, ... of B H: where each starts in the
 // projection's output qkv (B, T, 3, H, d), in the (B, T, H, d) attention output, and in the

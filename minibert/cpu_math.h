@@ -1,11 +1,14 @@
-// Small helpers shared by fused_loss.c and fast.c: bfloat16 <-> float32, an exponential that the
-// compiler turns into vector instructions, and SplitMix64's mixing function.
+// Small helpers shared by the C files: bfloat16 <-> float32, an exponential that the compiler
+// turns into vector instructions, SplitMix64's mixing function, and a 16 x 16 transpose.
 #ifndef MINIBERT_CPU_MATH_H
 #define MINIBERT_CPU_MATH_H
 
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 static inline float bf16_to_float(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -48,6 +51,34 @@ static inline uint64_t splitmix64(uint64_t counter) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
+}
+
+#define TILE 16  // the side of transpose_tile's square: 16 float32, one vector of AVX-512
+
+// out (TILE, TILE) = tile^T, both stored by rows: what comes one row per word (or per lane) goes
+// out one row per position (or per element), in sixteen loads, 64 shuffles and sixteen stores.
+static inline void transpose_tile(const float *restrict tile, float *restrict out) {
+#ifdef __AVX512F__
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(tile + 16 * i);
+    for (int i = 0; i < 16; i += 2)  // pairs of rows interleaved
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]), t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    for (int i = 0; i < 16; i += 4) {  // 4 x 4 blocks transposed inside each 128-bit quarter
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44), r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44), r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; c++) {  // then the quarters: column c + 4k gathers quarter k of each group
+        const __m512 low01 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44), high01 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xEE);
+        const __m512 low23 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44), high23 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xEE);
+        _mm512_storeu_ps(out + 16 * c, _mm512_shuffle_f32x4(low01, low23, 0x88));
+        _mm512_storeu_ps(out + 16 * (c + 4), _mm512_shuffle_f32x4(low01, low23, 0xDD));
+        _mm512_storeu_ps(out + 16 * (c + 8), _mm512_shuffle_f32x4(high01, high23, 0x88));
+        _mm512_storeu_ps(out + 16 * (c + 12), _mm512_shuffle_f32x4(high01, high23, 0xDD));
+    }
+#else
+    for (int i = 0; i < TILE; i++)
+        for (int j = 0; j < TILE; j++) out[j * TILE + i] = tile[i * TILE + j];
+#endif
 }
 
 #endif

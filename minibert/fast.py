@@ -303,15 +303,9 @@ class FusedSelfAttention(MultiHeadSelfAttention):
         return self.merge_heads(y)  # (B, T, D)
 
     def c_applies(self, x: Tensor) -> bool:
-        """Whether ``attention.c`` computes this call: bfloat16 or float32, an even head size, outside torch.compile, built."""
+        """Whether ``attention.c`` computes this call: bfloat16 or float32, outside torch.compile, built."""
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-        even_heads = (x.shape[-1] // self.num_heads) % 2 == 0  # its bfloat16 loads take two numbers at once
-        return (
-            dtype in C_DTYPES
-            and even_heads
-            and not torch.compiler.is_compiling()
-            and attention_library.get() is not None
-        )
+        return dtype in C_DTYPES and not torch.compiler.is_compiling() and attention_library.get() is not None
 
 
 class _AddedIntoHead(torch.autograd.Function):

@@ -18,40 +18,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
 
 #include "cpu_math.h"
 
 #define LANES 16  // positions a thread computes at once: one float32 vector of AVX-512
+_Static_assert(LANES == TILE, "a strip's gradient goes out through transpose_tile");
 #define EACH_LANE _Pragma("omp simd") for (int l = 0; l < LANES; l++)
-
-// out (LANES, LANES) = tile^T, both stored by rows: word-major values into position-major ones.
-static inline void transpose_tile(const float *restrict tile, float *restrict out) {
-#ifdef __AVX512F__
-    _Static_assert(LANES == 16, "the shuffles below transpose 16 x 16");
-    __m512 r[16], t[16];
-    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(tile + 16 * i);
-    for (int i = 0; i < 16; i += 2)  // pairs of rows interleaved
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]), t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    for (int i = 0; i < 16; i += 4) {  // 4 x 4 blocks transposed inside each 128-bit quarter
-        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44), r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
-        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44), r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    for (int c = 0; c < 4; c++) {  // then the quarters: column c + 4k gathers quarter k of each group
-        const __m512 low01 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44), high01 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xEE);
-        const __m512 low23 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44), high23 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xEE);
-        _mm512_storeu_ps(out + 16 * c, _mm512_shuffle_f32x4(low01, low23, 0x88));
-        _mm512_storeu_ps(out + 16 * (c + 4), _mm512_shuffle_f32x4(low01, low23, 0xDD));
-        _mm512_storeu_ps(out + 16 * (c + 8), _mm512_shuffle_f32x4(high01, high23, 0x88));
-        _mm512_storeu_ps(out + 16 * (c + 12), _mm512_shuffle_f32x4(high01, high23, 0xDD));
-    }
-#else
-    for (int i = 0; i < LANES; i++)
-        for (int j = 0; j < LANES; j++) out[j * LANES + i] = tile[i * LANES + j];
-#endif
-}
 
 // The exponentials are shifted by each position's right logit, known before the loop, so that
 // one pass over the block finds the top logit, the rank and the exponentials together. A word
