@@ -67,8 +67,8 @@ _Static_assert(LANES % WIDTH == 0, "the lanes are whole vectors");
 typedef float Vector __attribute__((vector_size(4 * WIDTH), aligned(4), may_alias));
 
 // Keeps v in a register: GCC would otherwise fold its load into each multiply-add that uses it,
-// loading it again every time, and the loads, not the arithmetic, would bound the loop (the
-// kernel took 1.4 to 1.6 times as long so, with AVX-512).
+// loading it again every time, and the loads, not the arithmetic, would bound the loop (blocks
+// of sums were then no faster than a row of four at a time).
 #if defined(__x86_64__) && defined(__AVX__)
 #define IN_REGISTER(v) __asm__("" : "+v"(v))
 #else
@@ -105,7 +105,7 @@ static inline __attribute__((always_inline)) void block_sums(int R, int C, float
 // additions, each waiting for the one before (4 cycles), and each of its steps loads two vectors:
 // made in blocks of BLOCK_ROWS x 4, many chains keep the vector units busy, and each vector
 // loaded serves several of them (AVX-512: 8 loads for 16 multiply-adds, against 5 for 4 a row
-// at a time; the kernel 1.4 to 1.6 times as fast; with AVX2, 1.2 to 1.3).
+// at a time; the kernel 1.3 to 1.6 times as fast; with AVX2, 1.2 to 1.3).
 static void products(float *restrict out, int64_t rows, int64_t out_next, int64_t count, const float *restrict a,
                      int64_t a_next, int64_t a_step, const float *restrict b, int64_t b_next, int64_t b_step,
                      int64_t n) {
