@@ -14,9 +14,10 @@ default the step is base.yaml's: batch 128 x 20 tokens, 40% of the words masked 
 same precision, each precision in turn. A step is forward + loss + backward + clipping +
 optimiser step; minibert's is its LightningModule's own ``training_step`` (metrics included).
 The script also prints the peak resident memory of each model's training (in a fresh
-process each), the machine, a roofline (one large ``torch.mm``), minibert's own matrix products
-timed alone (the part of its step that no speed code outside them can remove) and a profile of
-minibert's step. It ends with ``speedup_vs_hf=<ratio>`` for each precision (tokens/s of minibert over
+process each), the machine, how far apart its first two cores are (a cache line's round trip
+between them, before and after the timed steps: ``benchmarks/core_latency.c``), a roofline (one
+large ``torch.mm``), minibert's own matrix products timed alone (the part of its step that no
+speed code outside them can remove) and a profile of minibert's step. It ends with ``speedup_vs_hf=<ratio>`` for each precision (tokens/s of minibert over
 BertForMaskedLM's).
 
 Both models run with glibc's allocator as a user has it: BertForMaskedLM's step then faults in
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import platform
@@ -46,6 +48,7 @@ import torch
 
 from minibert.data import EuroparlDataModule
 from minibert.machinery.allocator import keep_freed_memory
+from minibert.machinery.c_library import CLibrary
 from minibert.masking import IGNORE_INDEX, mask_tokens
 from minibert.module import MiniBert
 from minibert.static_step import compile_mode
@@ -53,6 +56,7 @@ from minibert.static_step import compile_mode
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = "europarl-v7-fr"  # base.yaml's: downloaded into --data-dir on first use
 MODELS = ("minibert", "hf_bert")
+CORE_LATENCY = CLibrary(Path(__file__).with_name("core_latency.c"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -378,6 +382,30 @@ def profile_step(step: Callable, batches: list, rows: int = 12) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
+def core_round_trip_ns(rounds: int = 100_000) -> float | None:
+    """The round trip of a cache line between the first two usable cores, in nanoseconds.
+
+    Tens of nanoseconds where the two cores share an L3 cache, several times that where they do
+    not. On a virtual machine the host chooses, and changes it while a benchmark runs: on this
+    project's 2-core AMD EPYC guest, base.yaml's step took about 162 ms with its cores 50 to 70 ns
+    apart and about 192 ms with them 330 to 360 ns apart (docs/benchmarks.md, "The machine's two
+    paces"). None with a single core, or where core_latency.c cannot be built or pinned.
+    """
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    library = CORE_LATENCY.get() if len(cores) >= 2 else None
+    if library is None:
+        return None
+    library.core_round_trip_ns.restype = ctypes.c_double
+    nanoseconds = library.core_round_trip_ns(cores[0], cores[1], ctypes.c_long(rounds))
+    return nanoseconds if nanoseconds > 0 else None
+
+
+def round_trip() -> str:
+    """:func:`core_round_trip_ns` now, as text: "57 ns", or "not measured"."""
+    nanoseconds = core_round_trip_ns()
+    return "not measured" if nanoseconds is None else f"{nanoseconds:.0f} ns"
+
+
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     with contextlib.suppress(OSError):
@@ -428,9 +456,13 @@ def compare(
     """Both models' steps in one precision, interleaved: the table, their memory, a profile; minibert's speed-up."""
     torch.manual_seed(0)
     steps = {name: MAKERS[name](args, vocab_size)[1] for name in MODELS}
+    before = round_trip()
     times = timed_interleaved(steps, batches, args)
     tokens = args.batch_size * args.seq_len
     print(f"\n## {args.precision[0]}\n")
+    print(
+        f"a cache line's round trip between the first two cores: {before} before the timed steps, {round_trip()} after\n"
+    )
     print("| model | tokens/s (median) | step ms (median) | min..max ms | GFLOP/step | GFLOP/s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     rate = {}
