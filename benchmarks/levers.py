@@ -32,16 +32,13 @@ import argparse
 import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable
 
 import torch
-from throughput import make_minibert, masked_batches, parse_args
+from throughput import minibert_step_in_fit_setting, parse_args
 
 from minibert import fast, fused_loss
-from minibert.machinery.allocator import keep_freed_memory
 from minibert.machinery.c_library import SwitchedOff
-from minibert.machinery.denormals import flush_denormals
 
 
 class FreshBlock:
@@ -87,15 +84,7 @@ def main(argv: list[str]) -> None:
         parse_args(["--help"])  # prints them and exits
     ours, rest = parser.parse_known_args(argv)
     args = parse_args([*rest, "--precision", ours.precision, "--device", "cpu"])
-    torch.set_num_threads(args.threads)
-    flush_denormals()  # as the command line does
-    if args.keep_freed_memory:
-        keep_freed_memory()
-    warnings.filterwarnings("ignore", message=".*self.log.*")  # training_step logs; no Trainer here
-
-    batches, vocab_size = masked_batches(args, count=8)
-    torch.manual_seed(0)
-    _, step = make_minibert(args, vocab_size)
+    step, batches = minibert_step_in_fit_setting(args)
     turn = lever_switches()[ours.lever]
     for on in (True, False):  # builds, compiles and first-shape kernels out of the timing
         turn(on)

@@ -49,6 +49,7 @@ import torch
 from minibert.data import EuroparlDataModule
 from minibert.machinery.allocator import keep_freed_memory
 from minibert.machinery.c_library import CLibrary
+from minibert.machinery.denormals import flush_denormals
 from minibert.masking import IGNORE_INDEX, mask_tokens
 from minibert.module import MiniBert
 from minibert.static_step import compile_mode
@@ -185,6 +186,23 @@ def make_minibert(args: argparse.Namespace, vocab_size: int) -> tuple[torch.nn.M
         optimizer.zero_grad(set_to_none=True)
 
     return module, step
+
+
+def minibert_step_in_fit_setting(args: argparse.Namespace) -> tuple[Callable, list[dict[str, torch.Tensor]]]:
+    """minibert's step and 8 masked batches, in a process set up as ``lightning fit`` sets up a CPU run.
+
+    PyTorch's threads as ``--threads`` says, denormal numbers flushed, and training's allocator
+    setting where ``--keep-freed-memory`` asks for it. For the scripts that time minibert's step
+    alone (``benchmarks/levers.py``, ``benchmarks/placement.py``).
+    """
+    torch.set_num_threads(args.threads)
+    flush_denormals()  # as the command line does
+    if args.keep_freed_memory:
+        keep_freed_memory()
+    warnings.filterwarnings("ignore", message=".*self.log.*")  # training_step logs; no Trainer here
+    batches, vocab_size = masked_batches(args, count=8)
+    torch.manual_seed(0)
+    return make_minibert(args, vocab_size)[1], batches
 
 
 def make_hf_bert(args: argparse.Namespace, vocab_size: int) -> tuple[torch.nn.Module, Callable]:
