@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from throughput import minibert_step_in_fit_setting, parse_args
+from throughput import minibert_step_in_fit_setting, parse_step_script_args
 
 from minibert import fast, fused_loss
 from minibert.machinery.c_library import SwitchedOff
@@ -77,13 +77,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
     parser.add_argument("--lever", choices=LEVERS, required=True)
     parser.add_argument("--pairs", type=int, default=40, help="timed steps of each version")
-    parser.add_argument("--precision", default="bf16-mixed", choices=("32-true", "bf16-mixed"))
-    if {"-h", "--help"} & set(argv):
-        parser.print_help()
-        print("\nand benchmarks/throughput.py's model and data options:")
-        parse_args(["--help"])  # prints them and exits
-    ours, rest = parser.parse_known_args(argv)
-    args = parse_args([*rest, "--precision", ours.precision, "--device", "cpu"])
+    ours, args = parse_step_script_args(parser, argv)
     step, batches = minibert_step_in_fit_setting(args)
     turn = lever_switches()[ours.lever]
     for on in (True, False):  # builds, compiles and first-shape kernels out of the timing

@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 
-from throughput import core_round_trip_ns, minibert_step_in_fit_setting, parse_args
+from throughput import core_round_trip_ns, minibert_step_in_fit_setting, parse_step_script_args
 
 
 def main(argv: list[str]) -> None:
@@ -30,13 +30,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--seconds", type=float, default=300, help="how long to keep measuring")
     parser.add_argument("--round-steps", type=int, default=20, help="steps timed between two round trips")
     parser.add_argument("--near-ns", type=float, default=150, help="round trips under this: cores together")
-    parser.add_argument("--precision", default="bf16-mixed", choices=("32-true", "bf16-mixed"))
-    if {"-h", "--help"} & set(argv):
-        parser.print_help()
-        print("\nand benchmarks/throughput.py's model and data options:")
-        parse_args(["--help"])  # prints them and exits
-    ours, rest = parser.parse_known_args(argv)
-    args = parse_args([*rest, "--precision", ours.precision, "--device", "cpu"])
+    ours, args = parse_step_script_args(parser, argv)
     if core_round_trip_ns(rounds=1_000) is None:
         sys.exit("error: the round trip needs two usable cores and a C compiler (benchmarks/core_latency.c)")
     step, batches = minibert_step_in_fit_setting(args)

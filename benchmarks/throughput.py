@@ -17,8 +17,8 @@ The script also prints the peak resident memory of each model's training (in a f
 process each), the machine, how far apart its first two cores are (a cache line's round trip
 between them, before and after the timed steps: ``benchmarks/core_latency.c``), a roofline (one
 large ``torch.mm``), minibert's own matrix products timed alone (the part of its step that no
-speed code outside them can remove) and a profile of minibert's step. It ends with ``speedup_vs_hf=<ratio>`` for each precision (tokens/s of minibert over
-BertForMaskedLM's).
+speed code outside them can remove) and a profile of minibert's step. It ends with
+``speedup_vs_hf=<ratio>`` for each precision (tokens/s of minibert over BertForMaskedLM's).
 
 Both models run with glibc's allocator as a user has it: BertForMaskedLM's step then faults in
 its 240 MB of logits afresh every step, where minibert's keeps its largest block from one step
@@ -203,6 +203,23 @@ def minibert_step_in_fit_setting(args: argparse.Namespace) -> tuple[Callable, li
     batches, vocab_size = masked_batches(args, count=8)
     torch.manual_seed(0)
     return make_minibert(args, vocab_size)[1], batches
+
+
+def parse_step_script_args(
+    parser: argparse.ArgumentParser, argv: list[str]
+) -> tuple[argparse.Namespace, argparse.Namespace]:
+    """A step-timing script's own options (``parser``, given ``--precision`` here) and this script's model and data options.
+
+    For ``benchmarks/levers.py`` and ``benchmarks/placement.py``, which time minibert alone, on a
+    CPU, in one precision; ``--help`` prints both sets of options.
+    """
+    parser.add_argument("--precision", default="bf16-mixed", choices=("32-true", "bf16-mixed"))
+    if {"-h", "--help"} & set(argv):
+        parser.print_help()
+        print("\nand benchmarks/throughput.py's model and data options:")
+        parse_args(["--help"])  # prints them and exits
+    ours, rest = parser.parse_known_args(argv)
+    return ours, parse_args([*rest, "--precision", ours.precision, "--device", "cpu"])
 
 
 def make_hf_bert(args: argparse.Namespace, vocab_size: int) -> tuple[torch.nn.Module, Callable]:

@@ -42,6 +42,25 @@ def run_cli(
     return result
 
 
+def run_step_benchmark(name: str, *options: str, data_dir: Path) -> subprocess.CompletedProcess:
+    """``benchmarks/<name>`` (levers.py, placement.py) on a tiny model and the fixture corpus, one warm-up step."""
+    tiny = (
+        "--embed-dim",
+        "16",
+        "--num-heads",
+        "2",
+        "--num-layers",
+        "1",
+        "--ff-dim",
+        "32",
+        "--batch-size",
+        "8",
+    )
+    command = [sys.executable, str(REPO / "benchmarks" / name), *options, "--warmup", "1"]
+    command += ["--corpus", str(TEST_DATA / "sample.fr.txt"), "--data-dir", str(data_dir), *tiny]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A fresh working directory holding the configs and the fixture corpus, like a clone."""

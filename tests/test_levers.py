@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
-from conftest import REPO, TEST_DATA
+from conftest import REPO, run_step_benchmark
 
 from minibert import fast, fused_loss
 
@@ -46,29 +43,7 @@ def test_each_lever_turns_its_code_off_and_on_again(monkeypatch):
 
 @pytest.mark.slow
 def test_the_script_times_both_versions(tmp_path):
-    tiny = [
-        "--embed-dim",
-        "16",
-        "--num-heads",
-        "2",
-        "--num-layers",
-        "1",
-        "--ff-dim",
-        "32",
-        "--batch-size",
-        "8",
-    ]
-    command = [sys.executable, str(REPO / "benchmarks" / "levers.py"), "--lever", "c_loops", "--pairs", "3"]
-    command += [
-        "--warmup",
-        "1",
-        "--corpus",
-        str(TEST_DATA / "sample.fr.txt"),
-        "--data-dir",
-        str(tmp_path),
-        *tiny,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = run_step_benchmark("levers.py", "--lever", "c_loops", "--pairs", "3", data_dir=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines[0].startswith("lever c_loops, bf16-mixed, ") and "3 pairs" in lines[0]

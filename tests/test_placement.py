@@ -3,45 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO, TEST_DATA
+from conftest import run_step_benchmark
 
 
 @pytest.mark.slow
 def test_the_script_times_rounds_and_sorts_them_by_the_round_trip(tmp_path):
-    tiny = [
-        "--embed-dim",
-        "16",
-        "--num-heads",
-        "2",
-        "--num-layers",
-        "1",
-        "--ff-dim",
-        "32",
-        "--batch-size",
-        "8",
-    ]
-    command = [
-        sys.executable,
-        str(REPO / "benchmarks" / "placement.py"),
-        "--seconds",
-        "0",
-        "--round-steps",
-        "2",
-    ]
-    command += [
-        "--warmup",
-        "1",
-        "--corpus",
-        str(TEST_DATA / "sample.fr.txt"),
-        "--data-dir",
-        str(tmp_path),
-        *tiny,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = run_step_benchmark("placement.py", "--seconds", "0", "--round-steps", "2", data_dir=tmp_path)
     if len(os.sched_getaffinity(0)) < 2:  # nothing to measure: one line, no traceback
         assert done.returncode != 0 and done.stderr.strip().startswith("error: the round trip needs two")
         return

@@ -1,8 +1,9 @@
-"""A C file of this package, built by the system's C compiler and loaded with ctypes, once per process.
+"""A C file of this repository, built by the system's C compiler and loaded with ctypes, once per process.
 
-Speed code only (``minibert/fused_loss.c``, ``minibert/fast.c``, ``minibert/attention.c``): where there is no C compiler,
-or it fails, the caller is told so by a ``None`` and a warning, and computes the same numbers
-another way.
+Speed code (``minibert/fused_loss.c``, ``minibert/fast.c``, ``minibert/attention.c``,
+``minibert/layer_norm.c``) and one benchmark probe (``benchmarks/core_latency.c``): where there
+is no C compiler, or it fails, the caller is told so by a ``None`` and a warning, and computes
+the same numbers another way (the probe: reports no figure).
 Built in a folder of its own that is removed once the library is loaded, so that nothing is
 left behind and two processes never share a half-written file; it takes under a second.
 """
