@@ -4,8 +4,8 @@
     python benchmarks/placement.py --precision 32-true --seconds 120
 
 A virtual machine's host may run its cores under one L3 cache or apart, and move them while a run
-goes; on this project's 2-core AMD EPYC guest, base.yaml's step took about 162 ms with the cores
-together and about 192 ms with them apart (docs/benchmarks.md, "The machine's two paces"). This
+goes; on this project's 2-core AMD EPYC guest, base.yaml's step took about 165 ms with the cores
+together and about 193 ms with them apart (docs/benchmarks.md, "The machine's two paces"). This
 script trains base.yaml's step in rounds of ``--round-steps`` steps and, after each round,
 measures a cache line's round trip between the first two cores (``benchmarks/core_latency.c``).
 It prints a row per round, then the median step with the cores together (a round trip under

@@ -422,8 +422,8 @@ def core_round_trip_ns(rounds: int = 100_000) -> float | None:
 
     Tens of nanoseconds where the two cores share an L3 cache, several times that where they do
     not. On a virtual machine the host chooses, and changes it while a benchmark runs: on this
-    project's 2-core AMD EPYC guest, base.yaml's step took about 162 ms with its cores 50 to 70 ns
-    apart and about 192 ms with them 330 to 360 ns apart (docs/benchmarks.md, "The machine's two
+    project's 2-core AMD EPYC guest, base.yaml's step took about 165 ms with its cores 54 to 74 ns
+    apart and about 193 ms with them 323 to 364 ns apart (docs/benchmarks.md, "The machine's two
     paces"). None with a single core, or where core_latency.c cannot be built or pinned.
     """
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []

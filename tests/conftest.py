@@ -44,18 +44,7 @@ def run_cli(
 
 def run_step_benchmark(name: str, *options: str, data_dir: Path) -> subprocess.CompletedProcess:
     """``benchmarks/<name>`` (levers.py, placement.py) on a tiny model and the fixture corpus, one warm-up step."""
-    tiny = (
-        "--embed-dim",
-        "16",
-        "--num-heads",
-        "2",
-        "--num-layers",
-        "1",
-        "--ff-dim",
-        "32",
-        "--batch-size",
-        "8",
-    )
+    tiny = ("--embed-dim", "16", "--num-heads", "2", "--num-layers", "1", "--ff-dim", "32", "--batch-size", "8")  # fmt: skip
     command = [sys.executable, str(REPO / "benchmarks" / name), *options, "--warmup", "1"]
     command += ["--corpus", str(TEST_DATA / "sample.fr.txt"), "--data-dir", str(data_dir), *tiny]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
