@@ -7,14 +7,17 @@
 // the largest logit of each position, how many words score at least as high as its right one,
 // and the exponentials and their sum, kept in the thread's scratch; (2) the softmax times
 // row_weight, turned (a LANES x LANES tile at a time) into the position's row of grad_out (n, V),
-// the layout of the products that follow. torch.compile's loops (the fallback) each read the whole
-// block back from the last level of cache; here the block is read once and the scratch once.
+// the layout of the products that follow, and, from the same tiles, each word's sum over the
+// strip's positions: the bias's gradient, without another pass over grad_out. torch.compile's
+// loops (the fallback) each read the whole block back from the last level of cache; here the
+// block is read once and the scratch once.
 //
 // Built by minibert/machinery/c_library.py with -O3 -march=native: the compiler turns the loops over
 // lanes into vector instructions. The exponential is written out so that it vectorises as well.
 
 #include <float.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +36,8 @@ _Static_assert(LANES == TILE, "a strip's gradient goes out through transpose_til
 
 // One strip: the LANES positions whose logits are x[j * stride + l] (word j, lane l). bias[j *
 // bias_step] is word j's bias (a step of 0 over a single 0 without one: no branch in the loops).
-// Writes grad (LANES, V), and each lane's shift, sum of exponentials over e^shift, and rank.
+// Writes grad (LANES, V), and each lane's shift, sum of exponentials over e^shift, and rank; and,
+// where sums is not NULL, adds into sums (V,) each word's gradient summed over the lanes.
 #define STRIP(SUFFIX, T, TO_FLOAT, FROM_FLOAT)                                                        \
     /* One pass over the strip: the top logit, the rank, and the exponentials over e^shift. */        \
     static void exponentials_##SUFFIX(const T *restrict x, int64_t stride, const float *restrict bias,    \
@@ -59,7 +63,7 @@ _Static_assert(LANES == TILE, "a strip's gradient goes out through transpose_til
                                int64_t bias_step, const float *restrict right,                        \
                                const float *restrict row_weight, T *restrict grad, float *restrict shift, \
                                float *restrict total, int32_t *restrict above, float *restrict scratch, \
-                               int64_t V) {                                                           \
+                               float *restrict sums, int64_t V) {                                     \
         float top[LANES];                                                                             \
         EACH_LANE shift[l] = right[l];                                                                \
         exponentials_##SUFFIX(x, stride, bias, bias_step, right, shift, top, total, above, scratch, V); \
@@ -76,6 +80,13 @@ _Static_assert(LANES == TILE, "a strip's gradient goes out through transpose_til
             for (int w = 0; w < LANES; w++) /* past the last word: repeats it, never stored */        \
                 EACH_LANE tile[w * LANES + l] = scratch[(j0 + (w < words ? w : 0)) * LANES + l] * scale[l]; \
             transpose_tile(tile, rows);                                                               \
+            if (sums) { /* row l of the tile is lane l's gradient of these LANES words */             \
+                float word_sum[LANES];                                                                \
+                _Pragma("omp simd") for (int w = 0; w < LANES; w++) word_sum[w] = rows[w];            \
+                for (int l = 1; l < LANES; l++)                                                       \
+                    _Pragma("omp simd") for (int w = 0; w < LANES; w++) word_sum[w] += rows[l * LANES + w]; \
+                for (int w = 0; w < words; w++) sums[j0 + w] += word_sum[w];                          \
+            }                                                                                         \
             for (int l = 0; l < LANES; l++) {                                                         \
                 _Pragma("omp simd") for (int w = 0; w < words; w++)                                   \
                     grad[l * V + j0 + w] = FROM_FLOAT(rows[l * LANES + w]);                           \
@@ -90,12 +101,16 @@ STRIP(float, float, float_to_float, float_to_float)
 // contiguous memory, with the logits one row per word. word_logits (V, n) and grad_out (n, V) in T;
 // bias (V,) float32 or NULL; labels (n,) in [0, V); row_weight (n,) float32. Writes losses (n,)
 // float32, ranks (n,) int64 and right_grads (n,) float32, and returns 0; returns 1, having written
-// nothing, where a label is outside [0, V). A last strip of fewer than LANES positions is copied
-// into a whole one first (n is a multiple of LANES in training).
+// nothing, where a label is outside [0, V). Where bias_sums (threads, V) float32 is not NULL, each
+// thread adds into its own row its positions' gradients, the right words' entries being
+// (softmax - 1) * row_weight: after the last block, the column sums of bias_sums are the bias's
+// gradient (the same threads take the same positions at every call: the same sums, bit for bit).
+// A last strip of fewer than LANES positions is copied into a whole one first (n is a multiple of
+// LANES in training).
 #define BLOCK_LOSS(SUFFIX, T, TO_FLOAT)                                                               \
     int block_loss_##SUFFIX(const T *word_logits, const float *bias, const int64_t *labels,           \
                             const float *row_weight, T *grad_out, float *losses, int64_t *ranks,      \
-                            float *right_grads, int64_t n, int64_t V, int threads) {                  \
+                            float *right_grads, float *bias_sums, int64_t n, int64_t V, int threads) { \
         for (int64_t p = 0; p < n; p++)                                                               \
             if (labels[p] < 0 || labels[p] >= V) return 1;                                            \
         static const float no_bias = 0.0f;                                                            \
@@ -104,6 +119,7 @@ STRIP(float, float, float_to_float, float_to_float)
         _Pragma("omp parallel num_threads(threads)") {                                                \
             float *scratch = malloc(sizeof(float) * V * LANES); /* this thread's exponentials */      \
             T *part = NULL;                                  /* a short strip's logits and gradient */ \
+            float *sums = bias_sums ? bias_sums + omp_get_thread_num() * V : NULL; /* its own row */  \
             _Pragma("omp for schedule(static)") for (int64_t p0 = 0; p0 < n; p0 += LANES) {           \
                 const int lanes = n - p0 < LANES ? (int)(n - p0) : LANES;                             \
                 float right[LANES], weight[LANES], shift[LANES], total[LANES];                        \
@@ -115,16 +131,18 @@ STRIP(float, float, float_to_float, float_to_float)
                 }                                                                                     \
                 if (lanes == LANES) {                                                                 \
                     strip_##SUFFIX(word_logits + p0, n, bias_at, bias_step, right, weight,            \
-                                   grad_out + p0 * V, shift, total, above, scratch, V);               \
+                                   grad_out + p0 * V, shift, total, above, scratch, sums, V);         \
                 } else {                                                                              \
                     if (!part) part = malloc(sizeof(T) * V * LANES * 2);                              \
                     for (int64_t j = 0; j < V; j++)                                                   \
                         for (int l = 0; l < LANES; l++)                                               \
                             part[j * LANES + l] = word_logits[j * n + p0 + (l < lanes ? l : lanes - 1)]; \
                     strip_##SUFFIX(part, LANES, bias_at, bias_step, right, weight, part + V * LANES,  \
-                                   shift, total, above, scratch, V);                                  \
+                                   shift, total, above, scratch, sums, V);                            \
                     memcpy(grad_out + p0 * V, part + V * LANES, sizeof(T) * V * lanes);               \
                 }                                                                                     \
+                if (sums) /* the one-hot's part: the loop summed the softmax alone */                 \
+                    for (int l = 0; l < lanes; l++) sums[labels[p0 + l]] -= weight[l];                \
                 for (int l = 0; l < lanes; l++) {                                                     \
                     const float log_norm = shift[l] + logf(total[l]);                                 \
                     losses[p0 + l] = log_norm - right[l];                                             \

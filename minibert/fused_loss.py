@@ -20,8 +20,8 @@ The arithmetic per block is a handful of element-wise passes over the block's lo
 that pays off (a vocabulary of at least ``COMPILE_FROM_VOCAB`` words) they run fused
 (:func:`fast_block_loss`): on a CPU as one C loop (``fused_loss.c``, built by the system's C
 compiler), elsewhere as the three loops ``torch.compile`` makes of them (the maximum and the
-ranks; the exponentials and their sum; the softmax); the transpose of the weight's gradient is
-compiled too. Where neither can be built, they run as written.
+ranks; the exponentials and their sum; the softmax). The C loop also sums the bias's gradient as
+it writes the block's. Where neither can be built, they run as written.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from torch import Tensor
 
 from minibert.machinery.allocator import KeptBuffer
 from minibert.machinery.c_library import C_DTYPES, CLibrary
+from minibert.machinery.precision import cpu_has_amx
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,18 @@ c_library = CLibrary(Path(__file__).with_name("fused_loss.c"))
 logits_gradient = KeptBuffer()
 
 
+def c_loop_runs(word_logits: Tensor) -> bool:
+    """Whether :func:`fast_block_loss` computes these logits by ``fused_loss.c``: on a CPU, in float32 or bfloat16, built."""
+    return word_logits.device.type == "cpu" and word_logits.dtype in C_DTYPES and c_library.get() is not None
+
+
 def fast_block_loss(
-    word_logits: Tensor, bias: Tensor | None, labels: Tensor, row_weight: Tensor, grad_out: Tensor
+    word_logits: Tensor,
+    bias: Tensor | None,
+    labels: Tensor,
+    row_weight: Tensor,
+    grad_out: Tensor,
+    bias_sums: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``block_loss(word_logits.T, ...)``, the fastest way here: on a CPU, ``fused_loss.c``'s loop; else compiled.
 
@@ -135,9 +146,13 @@ def fast_block_loss(
     takes 16 positions at once and reads the block once (docs/benchmarks.md). The same numbers up
     to rounding: its exponential is within two float32 steps of PyTorch's, its sums are added in
     another order, and shifted by the right word's logit rather than the largest one.
+
+    ``bias_sums``, (threads, V) float32, is for the C loop only (:func:`c_loop_runs`): each of its
+    threads adds its rows' gradients, right words included, into a row of its own, from the float32
+    values before they are rounded to ``grad_out``'s dtype. Summed over its rows once every block
+    is done, it is the bias's gradient, without another pass over the (N, V) gradient.
     """
-    ok = word_logits.device.type == "cpu" and word_logits.dtype in C_DTYPES and grad_out.is_contiguous()
-    if not ok or c_library.get() is None:
+    if not (c_loop_runs(word_logits) and grad_out.is_contiguous()):
         return compiled_block_loss(word_logits.T, bias, labels, row_weight, grad_out)
     V, n = word_logits.shape
     labels, row_weight = labels.long().contiguous(), row_weight.float().contiguous()
@@ -148,7 +163,7 @@ def fast_block_loss(
     ranks = labels.new_empty(n, dtype=torch.long)
     outside = c_library.call(
         "block_loss", word_logits.dtype, word_logits, bias, labels, row_weight, grad_out, losses, ranks,
-        right_grads, ctypes.c_int64(n), ctypes.c_int64(V),
+        right_grads, bias_sums, ctypes.c_int64(n), ctypes.c_int64(V),
     )  # fmt: skip
     if outside:  # checked by the loop before it reads anything
         raise IndexError(f"a label outside the vocabulary of {V} words")  # as gather would
@@ -162,12 +177,29 @@ def transpose(x: Tensor, dtype: torch.dtype) -> Tensor:
     (23,562, 128) float32 weight in 4.8 ms on 2 threads here, and cast it to bfloat16 and
     transposed it in 3.6 ms (two passes); inductor's loop, which transposes in vector-sized
     tiles and casts in the same pass, took 1.4 and 1.1 ms. It now turns the weight's bfloat16
-    gradient, (128, 23,562), into the weight's float32 layout.
+    gradient, (128, 23,562), into the weight's float32 layout on a CPU with AMX
+    (:func:`head_weight_gradient`).
     """
     return x.to(dtype).T.contiguous()
 
 
 compiled_transpose = CompiledOnce(transpose)
+
+
+def head_weight_gradient(grad_logits: Tensor, hidden: Tensor, hidden_t: Tensor, dtype: torch.dtype) -> Tensor:
+    """The head's weight gradient (V, D) in ``dtype``, ``grad_logits.T @ hidden``: (V, N) @ (N, D).
+
+    Straight into the weight's layout, where autograd adds the word embeddings' gradient to it
+    without a strided pass, and keeps the sum as the weight's ``.grad`` without a copy. On the
+    AMD EPYC this took 17.2 ms in bfloat16 (2 threads), where (D, N) @ (N, V) and its transpose
+    took 20.5. On the Intel Xeon, whose AMX multiplies bfloat16, that product was twice as fast
+    as this one, so there it is kept: ``hidden_t`` is ``hidden.T`` stored contiguous, as oneDNN's
+    product over the transposed view took 1.2 to 1.3 times as long.
+    """
+    if grad_logits.dtype == torch.bfloat16 and grad_logits.device.type == "cpu" and cpu_has_amx():
+        transpose_fn = compiled_transpose if grad_logits.shape[1] >= COMPILE_FROM_VOCAB else transpose
+        return transpose_fn(hidden_t @ grad_logits, dtype)  # (D, N) @ (N, V) -> (D, V) -> (V, D)
+    return (grad_logits.T @ hidden).to(dtype)
 
 
 def set_right_words(grad: Tensor, labels: Tensor, values: Tensor) -> None:
@@ -258,6 +290,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # with the one before keep their results (a row weight of 0 here: no gradient). One shape
         # of block is one compilation.
         fused = large and N >= block_rows
+        bias_sums = None  # (threads, V): where the C loop adds up the bias's gradient
+        if with_grad and bias is not None and fused and c_loop_runs(weight_c):
+            bias_sums = hidden.new_zeros(torch.get_num_threads(), weight.shape[0], dtype=torch.float32)
         for start in range(0, N, block_rows):
             new = slice(start, min(start + block_rows, N))  # the rows this block adds
             rows = slice(max(min(start, N - block_rows), 0), new.stop)  # the rows it computes
@@ -280,7 +315,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # 1.4 times as long with those).
             grad = grad_logits[rows] if with_grad and done == 0 else hidden.new_empty(logits.shape)  # (n, V)
             if fused:  # the C loop reads the block a row per word, as the product wrote it
-                results = fast_block_loss(word_logits, bias, labels[rows], weights, grad)
+                results = fast_block_loss(word_logits, bias, labels[rows], weights, grad, bias_sums)
             else:
                 results = block_loss(logits, bias, labels[rows], weights, grad)
             losses[new], ranks[new], right_grads[new] = (x[done:] for x in results)
@@ -289,25 +324,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if with_grad:
             set_right_words(grad_logits, labels, right_grads)  # every row's at once
             grad_hidden = grad_logits @ weight_c  # (N, V) @ (V, D) -> (N, D)
-            if dtype == torch.float32:
-                # In float32, (V, N) @ (N, D), straight into the weight's layout: 1.3 to 1.5 times
-                # as fast as the form below (AMD EPYC, 2 threads); the bias's gradient, the sum of
-                # the rows, as a row of ones times them (a column sum took 5.5 ms, this 4.2).
-                grad_weight = grad_logits.T @ hidden  # (V, N) @ (N, D) -> (V, D)
-                grad_bias = None if bias is None else (hidden.new_ones(1, N) @ grad_logits)[0]  # (V,)
-            else:
-                # In bfloat16, (D, N) @ (N, V): on the Intel Xeon (AMX), twice as fast as
-                # grad_logits.T @ hidden, and the AMD EPYC's step was 2.9 ms shorter this way.
-                # A row of ones under hidden.T makes the bias's gradient in the same product. hidden_t
-                # is stored contiguous: oneDNN's product over the transposed view took 1.2 to 1.3
-                # times as long.
-                lhs_t = hidden_t if bias is None else torch.cat([hidden_t, hidden.new_ones(1, N)])
-                grads = lhs_t @ grad_logits  # (D or D + 1, N) @ (N, V) -> (D or D + 1, V)
-                # Stored (V, D) like the weight: autograd then adds the word embeddings' gradient to
-                # it without a strided pass, and keeps the sum as the weight's .grad without a copy.
-                transpose_fn = compiled_transpose if large else transpose
-                grad_weight = transpose_fn(grads[:D], weight.dtype)  # (V, D)
-                grad_bias = None if bias is None else grads[D].to(bias.dtype)  # (V,)
+            grad_weight = head_weight_gradient(grad_logits, hidden, hidden_t, weight.dtype)
+            if bias is None:
+                grad_bias = None
+            elif bias_sums is not None:
+                grad_bias = bias_sums.sum(dim=0)  # (threads, V) -> (V,)
+            else:  # the rows' sum, as a row of ones times them (a column sum took 5.5 ms, this 4.2)
+                grad_bias = (hidden.new_ones(1, N) @ grad_logits)[0].to(bias.dtype)  # (V,)
             if weight_gradient is None:
                 ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
             else:  # given away by the backward, the weight's to be added to: not saved for another

@@ -54,6 +54,19 @@ def test_loss_ranks_and_every_gradient_equal_cross_entropy_on_the_whole_logits(n
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("amx", [False, True])
+def test_the_head_weight_gradient_is_grad_logits_transposed_times_hidden(monkeypatch, amx):
+    """Either form of the product, (V, N) @ (N, D) or AMX's (D, N) @ (N, V) transposed, in the weight's layout and dtype."""
+    monkeypatch.setattr(fused_loss, "cpu_has_amx", lambda: amx)
+    generator = torch.Generator().manual_seed(2)
+    grad_logits = torch.randn(24, V, generator=generator).bfloat16()
+    hidden = torch.randn(24, D, generator=generator).bfloat16()
+    got = fused_loss.head_weight_gradient(grad_logits, hidden, hidden.T.contiguous(), torch.float32)
+    want = grad_logits.double().T @ hidden.double()
+    assert got.dtype == torch.float32 and got.shape == (V, D) and got.is_contiguous()
+    torch.testing.assert_close(got, want.float(), rtol=1e-2, atol=1e-2)  # bfloat16's output rounding
+
+
 def test_ranks_count_ties_against_the_right_word():
     logits = torch.tensor([[1.0, 3.0, 3.0, 0.0], [5.0, 1.0, 5.0, 2.0], [2.0, 1.0, 0.0, 0.0]])
     grad = torch.full_like(logits, float("nan"))
@@ -194,6 +207,20 @@ def test_the_c_loop_computes_what_block_loss_does(dtype, bias, n):
     assert got[2].dtype == dtype and not got_grad[3].any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n", [12, 40])
+def test_the_c_loop_adds_up_the_bias_gradient_a_row_per_thread(dtype, n):
+    """The gradient's column sums, right words set, from the float32 values before any rounding; added to what is there."""
+    logits, b, labels, row_weight = block(dtype, True, n)
+    exact = torch.empty_like(logits, dtype=torch.float32)
+    right = block_loss(logits.float(), b, labels, row_weight, exact)[2]  # the same logits, in float32
+    exact[torch.arange(n), labels] = right
+    bias_sums = torch.zeros(torch.get_num_threads(), logits.shape[1])
+    bias_sums[0] = 1.0  # what earlier blocks left
+    fast_block_loss(logits.T.contiguous(), b, labels, row_weight, torch.empty_like(logits), bias_sums)
+    torch.testing.assert_close(bias_sums.sum(dim=0), exact.sum(dim=0) + 1.0, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("label", [100, -1])
 def test_the_c_loop_refuses_a_label_outside_the_vocabulary_and_writes_nothing(label):
     logits, b, labels, row_weight = block(torch.float32, True, words=100)
@@ -223,8 +250,9 @@ def test_without_a_c_compiler_the_block_is_computed_by_pytorch(monkeypatch, capl
 @pytest.mark.slow
 @pytest.mark.parametrize("loop", ["c", "compiled"])
 def test_the_compiled_block_computes_what_the_plain_one_does(monkeypatch, loop):
-    """The C loop, or torch.compile's loops, and bfloat16's compiled transpose; the numbers stay the plain ones."""
+    """The C loop, or torch.compile's loops, and AMX's compiled transpose; the numbers stay the plain ones."""
     monkeypatch.setattr(fused_loss, "COMPILE_FROM_VOCAB", V)
+    monkeypatch.setattr(fused_loss, "cpu_has_amx", lambda: True)  # its form of the weight's gradient
     if loop == "compiled":
         monkeypatch.setattr(fused_loss, "c_library", SwitchedOff())
     hidden, weight, b, labels = inputs(11)
@@ -244,7 +272,7 @@ def test_the_compiled_block_computes_what_the_plain_one_does(monkeypatch, loop):
         scoring_loss, scoring_ranks = linear_cross_entropy(hidden, weight, b, labels, 4)
     torch.testing.assert_close(scoring_loss, expected_loss, rtol=1e-6, atol=1e-6)
     assert torch.equal(scoring_ranks[scored], expected_ranks[scored])
-    # In bfloat16, the weight's gradient goes through the compiled transpose.
+    # In bfloat16 on a CPU with AMX, the weight's gradient goes through the compiled transpose.
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16_loss, _ = linear_cross_entropy(hidden, weight, b, labels, 4)
     assert fused_loss.compiled_transpose.compiled is not None and not fused_loss.compiled_transpose.failed

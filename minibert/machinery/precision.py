@@ -18,8 +18,12 @@ FP32 = "32-true"
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX), as PyTorch detects it."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or cpu_has_amx()
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX's matrix tiles (Intel from Sapphire Rapids), as PyTorch detects it."""
+    return getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
 
 
 def choose_precision(accelerator: object) -> tuple[str, str]:
