@@ -54,6 +54,21 @@ def test_loss_ranks_and_every_gradient_equal_cross_entropy_on_the_whole_logits(n
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_with_the_c_loop_every_gradient_equals_cross_entropys(monkeypatch, dtype):
+    """The fused path as base.yaml runs it on a CPU without AMX: the C loop, its bias sums, grad_logits.T @ hidden."""
+    monkeypatch.setattr(fused_loss, "COMPILE_FROM_VOCAB", V)  # this small vocabulary takes the fused path
+    monkeypatch.setattr(fused_loss, "cpu_has_amx", lambda: False)
+    hidden, weight, b, labels = inputs(40)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        loss, _ = linear_cross_entropy(hidden, weight, b, labels, 16)
+        expected, _ = reference(hidden, weight, b, labels)
+    assert fused_loss.c_library.get() is not None
+    tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 5e-2, "atol": 5e-3}
+    for got, want in zip(grads(loss, (hidden, weight, b)), grads(expected, (hidden, weight, b))):
+        torch.testing.assert_close(got, want, **tolerance)
+
+
 @pytest.mark.parametrize("amx", [False, True])
 def test_the_head_weight_gradient_is_grad_logits_transposed_times_hidden(monkeypatch, amx):
     """Either form of the product, (V, N) @ (N, D) or AMX's (D, N) @ (N, V) transposed, in the weight's layout and dtype."""
