@@ -191,10 +191,11 @@ def head_weight_gradient(grad_logits: Tensor, hidden: Tensor, hidden_t: Tensor, 
 
     Straight into the weight's layout, where autograd adds the word embeddings' gradient to it
     without a strided pass, and keeps the sum as the weight's ``.grad`` without a copy. On the
-    AMD EPYC this took 17.2 ms in bfloat16 (2 threads), where (D, N) @ (N, V) and its transpose
-    took 20.5. On the Intel Xeon, whose AMX multiplies bfloat16, that product was twice as fast
-    as this one, so there it is kept: ``hidden_t`` is ``hidden.T`` stored contiguous, as oneDNN's
-    product over the transposed view took 1.2 to 1.3 times as long.
+    AMD EPYC this took 17.4 ms in bfloat16 (2 threads), where (D + 1, N) @ (N, V), the bias's
+    row of ones under ``hidden.T``, and the transpose took 20.5. On the Intel Xeon, whose AMX
+    multiplies bfloat16, (D, N) @ (N, V) was twice as fast as this product, so there it is kept:
+    ``hidden_t`` is ``hidden.T`` stored contiguous, as oneDNN's product over the transposed view
+    took 1.2 to 1.3 times as long.
     """
     if grad_logits.dtype == torch.bfloat16 and grad_logits.device.type == "cpu" and cpu_has_amx():
         transpose_fn = compiled_transpose if grad_logits.shape[1] >= COMPILE_FROM_VOCAB else transpose
@@ -270,7 +271,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, block_rows, with_grad, weight_gradient):
-        (N, D), dtype = hidden.shape, hidden.dtype
+        N, dtype = hidden.shape[0], hidden.dtype
         ctx.weight_gradient = weight_gradient
         large = weight.shape[0] >= COMPILE_FROM_VOCAB  # worth compiling the passes over (V, D) or (n, V)
         weight_c = weight.to(dtype)  # (V, D) in the compute dtype: the weight itself in float32
