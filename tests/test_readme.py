@@ -219,6 +219,17 @@ def runner(argv: list[str]) -> tuple[Callable[[list[str], Path], None], bool]:
 COMMANDS = [step for argv in readme_commands() for step in steps(argv)]
 
 
+def test_every_step_of_ci_but_the_last_stops_it_when_it_fails():
+    """Under ``set -e`` a failure before the last command of an ``&&`` list does not stop the script.
+
+    ``ruff check . && ruff format --check .`` let a lint error through to a green test run; only
+    the last line, whose status is the script's, may be such a list.
+    """
+    lines = [line for line in CI_SCRIPT.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert "set -euo pipefail" in lines
+    assert [line for line in lines[:-1] if "&&" in line or "||" in line] == []
+
+
 def test_the_readme_has_the_two_quickstart_commands():
     first, second = readme_commands((README,))[:2]
     assert " ".join(first) == "pip install -e . && lightning fit --config configs/base.yaml"
