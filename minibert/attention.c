@@ -212,7 +212,10 @@ static void attention_gradients(const float *restrict q, const float *restrict k
                 const int width = d - e0 < LANES ? (int)(d - e0) : LANES; /* elements e0 .. */        \
                 for (int l = 0; l < LANES; l++) {                                                     \
                     const T_ *restrict from = x + at[l] + t * stride + e0;                            \
-                    for (int i = 0; i < width; i++) tile[l * LANES + i] = TO_FLOAT(from[i]);          \
+                    if (width == LANES) /* a loop of known length: one vector, no loop */             \
+                        for (int i = 0; i < LANES; i++) tile[l * LANES + i] = TO_FLOAT(from[i]);      \
+                    else                                                                              \
+                        for (int i = 0; i < width; i++) tile[l * LANES + i] = TO_FLOAT(from[i]);      \
                 }                                                                                     \
                 float *restrict to = dst + (t * d + e0) * LANES; /* width rows of LANES */            \
                 if (width == LANES) {                                                                 \
@@ -240,7 +243,10 @@ static void attention_gradients(const float *restrict q, const float *restrict k
                 }                                                                                     \
                 for (int l = 0; l < lanes; l++) {                                                     \
                     T_ *restrict to = x + at[l] + t * stride + e0;                                    \
-                    for (int i = 0; i < width; i++) to[i] = FROM_FLOAT(rows[l * LANES + i]);          \
+                    if (width == LANES)                                                               \
+                        for (int i = 0; i < LANES; i++) to[i] = FROM_FLOAT(rows[l * LANES + i]);      \
+                    else                                                                              \
+                        for (int i = 0; i < width; i++) to[i] = FROM_FLOAT(rows[l * LANES + i]);      \
                 }                                                                                     \
             }                                                                                         \
     }
