@@ -243,7 +243,7 @@ static void attention_gradients(const float *restrict q, const float *restrict k
                 }                                                                                     \
                 for (int l = 0; l < lanes; l++) {                                                     \
                     T_ *restrict to = x + at[l] + t * stride + e0;                                    \
-                    if (width == LANES)                                                               \
+                    if (width == LANES) /* as in gather_: a loop of known length */                   \
                         for (int i = 0; i < LANES; i++) to[i] = FROM_FLOAT(rows[l * LANES + i]);      \
                     else                                                                              \
                         for (int i = 0; i < width; i++) to[i] = FROM_FLOAT(rows[l * LANES + i]);      \
