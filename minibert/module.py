@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 
 from minibert.errors import MinibertError
 from minibert.fast import FastEncoder
+from minibert.machinery.clipping import clip_grad_norm
 from minibert.masking import IGNORE_INDEX
 from minibert.model import Encoder, EncoderConfig
 from minibert.static_step import StaticStep
@@ -190,7 +191,8 @@ class MiniBert(L.LightningModule):
         Lightning's mixed-precision plugin refuses to clip for a fused optimiser, because under
         float16 its gradients would still be scaled (see :meth:`configure_optimizers`). bfloat16
         has float32's range and needs no scaling: its gradients are the true ones, clipped here
-        by PyTorch's own functions, as Lightning clips them in float32.
+        as Lightning clips them in float32. By norm, the fused optimiser's step does the scaling
+        (:mod:`minibert.machinery.clipping`, speed only: one pass over the gradients fewer).
         """
         if not gradient_clip_val or self._precision() in ("16-mixed", "16-true"):
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
@@ -198,7 +200,7 @@ class MiniBert(L.LightningModule):
         if gradient_clip_algorithm == "value":
             torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
         else:
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            clip_grad_norm(optimizer, params, gradient_clip_val)
 
     def _precision(self) -> str:
         """The trainer's precision (``32-true``, ``bf16-mixed``, ...); ``32-true`` without a trainer (benchmarks)."""

@@ -54,6 +54,8 @@ def fit(workdir: Path, data_dir: Path, *extra: str) -> None:
         "linear",
         "--trainer.enable_checkpointing",
         "true",
+        "--trainer.gradient_clip_val",  # as base.yaml: the clipping's scaling, in AdamW's step, resumes too
+        "0.5",
         *extra,
     ]
     cwd = Path.cwd()

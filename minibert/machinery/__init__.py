@@ -13,5 +13,6 @@ Nothing here is needed to understand how minibert learns; it keeps a run exact a
 - ``options.py``: option errors as one line;
 - ``lightning_internals.py``: every use of a private part of Lightning, each behind one small function;
 - ``allocator.py``: CPU runs reuse freed memory from one step to the next (speed only);
+- ``clipping.py``: gradient clipping by norm whose scaling a fused optimizer's step does (speed only);
 - ``c_library.py``: a C file of the package (``fused_loss.c``, ``fast.c``, ``attention.c``, speed only) built and loaded once per process.
 """
