@@ -20,7 +20,9 @@ can be turned at run time:
 - ``kept_buffer``: the logits' gradient in memory kept from step to step (``KeptBuffer`` in
   ``minibert/machinery/allocator.py``) against a fresh block every step;
 - ``tied_gradient``: the word embeddings' gradient added into the head's (``TiedEmbedding`` in
-  ``minibert/fast.py``) against autograd's own sum of the two.
+  ``minibert/fast.py``) against autograd's own sum of the two;
+- ``clip_in_step``: gradient clipping's scaling done by AdamW's step
+  (``minibert/machinery/clipping.py``) against ``clip_grad_norm_``'s own pass.
 
 The model, data and recipe options are ``benchmarks/throughput.py``'s (base.yaml's step by
 default). Needs the ``bench`` extra: ``pip install -e ".[bench]"``.
@@ -38,6 +40,7 @@ import torch
 from throughput import minibert_step_in_fit_setting, parse_step_script_args
 
 from minibert import fast, fused_loss
+from minibert.machinery import clipping
 from minibert.machinery.c_library import SwitchedOff
 
 
@@ -67,6 +70,7 @@ def lever_switches() -> dict[str, Callable[[bool], None]]:
         "c_layer_norm": c_layer_norm,
         "kept_buffer": switch(fused_loss, "logits_gradient", FreshBlock()),
         "tied_gradient": switch(fast.TiedEmbedding, "add_into_head", False),
+        "clip_in_step": switch(clipping, "fold_into_step", False),
     }
 
 

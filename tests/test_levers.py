@@ -7,6 +7,7 @@ import torch
 from conftest import REPO, run_step_benchmark
 
 from minibert import fast, fused_loss
+from minibert.machinery import clipping
 
 
 def test_each_lever_turns_its_code_off_and_on_again(monkeypatch):
@@ -18,6 +19,7 @@ def test_each_lever_turns_its_code_off_and_on_again(monkeypatch):
         monkeypatch.setattr(fast, name, getattr(fast, name))
     monkeypatch.setattr(fused_loss, "logits_gradient", fused_loss.logits_gradient)
     monkeypatch.setattr(fast.TiedEmbedding, "add_into_head", True)
+    monkeypatch.setattr(clipping, "fold_into_step", True)
 
     def libraries():
         return fused_loss.c_library, fast.c_library, fast.attention_library, fast.layer_norm_library
@@ -31,13 +33,15 @@ def test_each_lever_turns_its_code_off_and_on_again(monkeypatch):
     assert fused_loss.c_library.get() is None and fast.c_library is originals[1]
     switches["tied_gradient"](False)
     assert not fast.TiedEmbedding.add_into_head
+    switches["clip_in_step"](False)
+    assert not clipping.folds_into_step(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], fused=True))
     switches["kept_buffer"](False)
     like = torch.zeros(1)
     first, second = (fused_loss.logits_gradient.take(2, 3, like) for _ in range(2))
     assert first.data_ptr() != second.data_ptr()  # a new block every step, where the kept one is reused
     for turn in switches.values():
         turn(True)
-    assert fast.TiedEmbedding.add_into_head
+    assert fast.TiedEmbedding.add_into_head and clipping.fold_into_step
     assert (*libraries(), fused_loss.logits_gradient) == originals
 
 

@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 EPS = 1e-6  # clip_grad_norm_'s: max_norm / (norm + 1e-6)
+fold_into_step = True  # benchmarks/levers.py turns it off
 _divides: bool | None = None  # whether this PyTorch's fused AdamW divides by grad_scale; checked once
 _cleared: WeakSet[Optimizer] = WeakSet()  # the optimizers whose steps clear their grad_scale
 
@@ -56,7 +57,7 @@ def folds_into_step(optimizer: Optimizer) -> bool:
     fused = isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and all(
         group.get("fused") for group in optimizer.param_groups
     )
-    return fused and fused_step_divides()
+    return fold_into_step and fused and fused_step_divides()
 
 
 def fused_step_divides() -> bool:
