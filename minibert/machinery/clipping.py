@@ -6,8 +6,9 @@ is, at every step). A fused Adam or AdamW reads every gradient again in its step
 it there: PyTorch's ``GradScaler`` hands it the factor as the optimizer's ``grad_scale``
 attribute, which the fused kernel divides each gradient by (and writes back) before it updates
 the moments. :func:`clip_grad_norm` gives it the clipping's factor the same way, so the
-multiplying pass is gone: on 2 CPU cores at base.yaml's sizes, 0.6 ms a step when the cores
-share a cache, 3.9 ms when the host runs them apart (docs/benchmarks.md).
+multiplying pass is gone. On 2 CPU cores at base.yaml's sizes that pass took 0.6 ms a step with
+the cores under one cache and 3.9 ms with the host running them apart; the step's division
+takes some of it back: about 0.35 and 2 ms a step saved (docs/benchmarks.md).
 
 That attribute is not documented, so the first call checks on a one-element parameter that a
 fused step still divides by it; where it does not (another PyTorch), and for every other
